@@ -1,0 +1,31 @@
+# The README's two commands: `make run` (the tutorial) and `make test` (the suite).
+# Both create .venv with Python 3.8 and install the pinned lock on first use; later calls reuse it.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: run test clean
+run: $(STAMP)
+	$(PY) federated_learning_smpc.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+# syft 0.2.9 has wheels for Python <= 3.8 only. Use python3.8 if it works, else pyenv's 3.8.
+$(PY):
+	@set -e; \
+	if python3.8 --version >/dev/null 2>&1; then py="python3.8"; \
+	elif PYENV_VERSION=3.8 python3.8 --version >/dev/null 2>&1; then py="env PYENV_VERSION=3.8 python3.8"; \
+	else echo "error: Python 3.8 not found. syft 0.2.9 needs Python 3.8: install it (e.g. 'pyenv install 3.8' or your distribution's python3.8) so that 'python3.8' runs, then retry." >&2; exit 1; fi; \
+	echo "creating $(VENV) with $$($$py --version)"; \
+	$$py -m venv $(VENV)
+
+# --no-deps: the lock pins every transitive dependency (see requirements.txt for why).
+$(STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,53 @@
+"""Step 2: the seed's toy spam data, split across the data owners and sent to them.
+
+Sending is "only for demonstration" (the seed's words): in a real deployment each owner already
+holds its rows. Here the model owner builds the dataset and keeps only pointers to the parts.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+
+
+def toy_dataset() -> Tuple[torch.Tensor, torch.Tensor]:
+    """The seed's 6 messages x 3 binary features and their spam labels (1 = spam)."""
+    data = torch.tensor([[1.0, 1, 1], [0, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0]])
+    target = torch.tensor([[1.0], [1], [0], [0], [1], [0]])
+    return data, target
+
+
+def check_dataset(data: torch.Tensor, target: torch.Tensor) -> None:
+    """Raise ValueError naming the problem unless data is (rows, features) and target is 0/1 (rows, 1)."""
+    if data.dim() != 2 or data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError(f"data: expected a non-empty 2-D tensor (rows, features), got shape {tuple(data.shape)}")
+    if target.dim() != 2 or target.shape != (data.shape[0], 1):
+        raise ValueError(
+            f"target: expected shape ({data.shape[0]}, 1) to match {data.shape[0]} data rows, got {tuple(target.shape)}"
+        )
+    if not torch.isfinite(data).all():
+        raise ValueError("data: contains NaN or Inf")
+    bad = ~((target == 0) | (target == 1))
+    if bad.any():
+        rows = bad.nonzero()[:, 0].tolist()
+        raise ValueError(f"target: labels must be 0 or 1; rows {rows[:10]} have {target[bad][:10].tolist()}")
+
+
+def split_dataset(data: torch.Tensor, target: torch.Tensor, n_parts: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Contiguous, near-even split into ``n_parts`` (earlier parts get the extra rows).
+
+    For the toy data and 3 owners this is the seed's split: rows 0-1 bob, 2-3 alice, 4-5 jane.
+    """
+    check_dataset(data, target)
+    rows = data.shape[0]
+    if n_parts > rows:
+        raise ValueError(f"cannot split {rows} data rows across {n_parts} workers: every worker needs at least one row")
+    base, extra = divmod(rows, n_parts)
+    sizes = [base + (i < extra) for i in range(n_parts)]  # numpy.array_split's sizes
+    starts = [sum(sizes[:i]) for i in range(n_parts)]
+    return [(data[s : s + n], target[s : s + n]) for s, n in zip(starts, sizes)]
+
+
+def send_partitions(parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], workers: Sequence) -> List[Tuple]:
+    """Send part i to worker i; return the model owner's (data_ptr, target_ptr) pairs."""
+    if len(parts) != len(workers):
+        raise ValueError(f"{len(parts)} data parts for {len(workers)} workers")
+    return [(x.send(w), y.send(w)) for (x, y), w in zip(parts, workers)]

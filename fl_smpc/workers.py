@@ -1,0 +1,65 @@
+"""Step 1 of the tutorial: the hook and the data owners (syft VirtualWorkers).
+
+syft keeps every worker in a process-wide registry (the local worker's ``_known_workers``).
+Creating a worker whose id is already registered silently copies the *old* worker's objects, and
+``add_workers`` on a known id logs "Worker X already exists. Replacing old worker...". So workers
+are created with ``auto_add=False``, introduced to each other explicitly (the seed's
+``add_workers`` step, which real socket workers need), and always removed again afterwards.
+"""
+from contextlib import contextmanager
+from typing import Iterator, List, Sequence
+
+
+def create_hook():
+    """Return syft's TorchHook, hooking torch on the first call only (hooking twice is refused)."""
+    import syft as sy
+    import torch
+
+    if getattr(sy, "hook", None) is not None and getattr(torch, "torch_hooked", False):
+        return sy.hook
+    return sy.TorchHook(torch)
+
+
+def create_workers(hook, names: Sequence[str]) -> List:
+    """Create one VirtualWorker per name and make all of them (and the model owner) know each other."""
+    import syft as sy
+
+    taken = [n for n in names if n in hook.local_worker._known_workers]
+    if taken:
+        raise ValueError(f"workers {taken} already exist in this process; call remove_workers() first")
+    workers = [sy.VirtualWorker(hook, id=name, auto_add=False) for name in names]
+    introduce(hook.local_worker, workers)
+    return workers
+
+
+def introduce(local_worker, workers: Sequence) -> None:
+    """The seed's ``bob.add_workers([alice, jane])`` step, for every owner and the model owner.
+
+    Only ids a worker does not know yet are added, so syft logs no "already exists" warning.
+    """
+    everyone = [local_worker, *workers]
+    for worker in everyone:
+        unknown = [w for w in everyone if w.id not in worker._known_workers]
+        worker.add_workers(unknown)
+
+
+def remove_workers(hook, workers: Sequence) -> None:
+    """Delete the workers' objects and forget them everywhere, so the ids can be reused cleanly."""
+    ids = {w.id for w in workers}
+    for worker in workers:
+        worker.clear_objects()
+    for known in [hook.local_worker, *workers]:
+        for worker_id in ids & set(known._known_workers):
+            known.remove_worker_from_registry(worker_id)
+    hook._syft_workers.difference_update(workers)
+
+
+@contextmanager
+def virtual_workers(names: Sequence[str], hook=None) -> Iterator[List]:
+    """``with virtual_workers(["bob", "alice"]) as (bob, alice): ...`` -- workers removed on exit."""
+    hook = hook or create_hook()
+    workers = create_workers(hook, names)
+    try:
+        yield workers
+    finally:
+        remove_workers(hook, workers)
