@@ -12,7 +12,7 @@ from torch.nn.utils import vector_to_parameters
 
 from .config import FLConfig
 from .data import send_partitions, split_dataset, toy_dataset
-from .secure_aggregation import AggregationError, secure_average
+from .secure_aggregation import secure_average
 from .training import remote_loss, sum_squared_error, train_locally
 from .workers import create_hook, virtual_workers
 
@@ -25,6 +25,7 @@ class RoundResult:
     worker_losses: Dict[str, float]
     global_loss: float
     model: Dict[str, torch.Tensor]
+    metrics: Dict[str, float] = field(default_factory=dict)  # from ``evaluate``, e.g. test accuracy
 
 
 @dataclass
@@ -35,23 +36,25 @@ class History:
     initial_model: Dict[str, torch.Tensor]
     initial_loss: float
     rounds: List[RoundResult] = field(default_factory=list)
+    initial_metrics: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready form; the keys are a stable interface for other tools."""
-        return {
+        doc = {
             "config": {**asdict(self.config), "workers": list(self.config.workers)},
             "initial_model": state_to_lists(self.initial_model),
             "initial_global_loss": self.initial_loss,
-            "rounds": [
-                {
-                    "round": r.round,
-                    "worker_losses": dict(r.worker_losses),
-                    "global_loss": r.global_loss,
-                    "model": state_to_lists(r.model),
-                }
-                for r in self.rounds
-            ],
+            "rounds": [],
         }
+        if self.initial_metrics:
+            doc["initial_metrics"] = dict(self.initial_metrics)
+        for r in self.rounds:
+            item = {"round": r.round, "worker_losses": dict(r.worker_losses), "global_loss": r.global_loss,
+                    "model": state_to_lists(r.model)}
+            if r.metrics:
+                item["metrics"] = dict(r.metrics)
+            doc["rounds"].append(item)
+        return doc
 
 
 class RoundFailed(RuntimeError):
@@ -97,9 +100,34 @@ def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple],
     return losses
 
 
+def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple], config: FLConfig,
+               loss_fn=sum_squared_error, history: History = None, evaluate=None, on_round=None) -> History:
+    """The round loop over already connected workers holding ``remote_data`` (any syft transport).
+
+    ``evaluate(model) -> dict`` adds metrics to every round (e.g. on a held-out test set);
+    ``on_round(result, history)`` is called after each completed round (progress bars, checkpoints).
+    Pass a ``history`` to resume: rounds continue after its last completed one.
+    """
+    evaluate = evaluate or (lambda _model: {})
+    if history is None:
+        history = History(config, snapshot(model), global_loss(model, remote_data, loss_fn),
+                          initial_metrics=evaluate(model))
+    for r in range(len(history.rounds) + 1, config.rounds + 1):
+        try:
+            losses = run_round(model, workers, remote_data, config, loss_fn)
+            result = RoundResult(r, losses, global_loss(model, remote_data, loss_fn), snapshot(model), evaluate(model))
+        except Exception as err:  # the model holds round r's average at worst: put back round r-1's
+            model.load_state_dict(history.rounds[-1].model if history.rounds else history.initial_model)
+            raise RoundFailed(r, err, history, getattr(err, "worker", None)) from err
+        history.rounds.append(result)
+        if on_round is not None:
+            on_round(result, history)
+    return history
+
+
 def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, target: torch.Tensor = None,
-                    model: nn.Module = None, loss_fn=sum_squared_error) -> History:
-    """Run ``config.rounds`` rounds of federated learning with secure averaging; return the History.
+                    model: nn.Module = None, loss_fn=sum_squared_error, evaluate=None, on_round=None) -> History:
+    """Run ``config.rounds`` rounds of federated learning with secure averaging on VirtualWorkers.
 
     ``data``/``target`` default to the seed's toy dataset, ``model`` to ``nn.Linear(features, 1)``
     initialised from ``config.seed``. A given ``model`` is updated in place; if a round fails,
@@ -119,11 +147,4 @@ def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, ta
 
     with virtual_workers(config.workers, create_hook()) as workers:
         remote_data = send_partitions(parts, workers)
-        history = History(config, snapshot(model), global_loss(model, remote_data, loss_fn))
-        for r in range(1, config.rounds + 1):
-            try:
-                losses = run_round(model, workers, remote_data, config, loss_fn)
-            except AggregationError as err:
-                raise RoundFailed(r, err, history, err.worker) from err
-            history.rounds.append(RoundResult(r, losses, global_loss(model, remote_data, loss_fn), snapshot(model)))
-    return history
+        return run_rounds(model, workers, remote_data, config, loss_fn, evaluate=evaluate, on_round=on_round)
