@@ -14,7 +14,7 @@ from .config import FLConfig
 from .data import send_partitions, split_dataset, toy_dataset
 from .secure_aggregation import secure_average
 from .training import remote_loss, sum_squared_error, train_locally
-from .workers import create_hook, virtual_workers
+from .workers import create_hook, forget_transient_ids, virtual_workers
 
 
 @dataclass
@@ -80,23 +80,25 @@ def state_to_lists(state: Dict[str, torch.Tensor]) -> Dict[str, list]:
 def global_loss(model: nn.Module, remote_data: Sequence[Tuple], loss_fn=sum_squared_error) -> float:
     """Loss of the global model on all owners' data, as the sum of per-owner losses computed remotely."""
     total = 0.0
-    for data_ptr, target_ptr in remote_data:
-        remote_model = model.copy().send(data_ptr.location)
-        total += remote_loss(remote_model, data_ptr, target_ptr, loss_fn)
+    with forget_transient_ids([ptr.location for ptr, _ in remote_data]):
+        for data_ptr, target_ptr in remote_data:  # the copy is freed as soon as its loss is back
+            total += remote_loss(model.copy().send(data_ptr.location), data_ptr, target_ptr, loss_fn)
     return total
 
 
 def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple], config: FLConfig,
               loss_fn=sum_squared_error) -> Dict[str, float]:
     """One round, in place on ``model``; the model is only written once the secure average succeeded."""
-    remote_models = [model.copy().send(w) for w in workers]
-    losses = {
-        w.id: train_locally(m, x, y, config.lr, config.local_steps, loss_fn)
-        for w, m, (x, y) in zip(workers, remote_models, remote_data)
-    }
-    average = secure_average(remote_models, workers, config.precision_fractional)
-    with torch.no_grad():
-        vector_to_parameters(average, model.parameters())
+    with forget_transient_ids(workers):
+        remote_models = [model.copy().send(w) for w in workers]
+        losses = {
+            w.id: train_locally(m, x, y, config.lr, config.local_steps, loss_fn)
+            for w, m, (x, y) in zip(workers, remote_models, remote_data)
+        }
+        average = secure_average(remote_models, workers, config.precision_fractional)
+        del remote_models  # frees the copies on the workers now, before their ids are released
+        with torch.no_grad():
+            vector_to_parameters(average, model.parameters())
     return losses
 
 
