@@ -1,16 +1,20 @@
-# The README's two commands: `make run` (the tutorial) and `make test` (the suite).
+# The README's commands: `make run` (the tutorial), `make test` (the suite), `make bench` (the benchmark).
 # Both create .venv with Python 3.8 and install the pinned lock on first use; later calls reuse it.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 run: $(STAMP)
 	$(PY) federated_learning_smpc.py $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# ARGS=--quick for a smoke run; tables go to results/bench (JSON + CSV).
+bench: $(STAMP)
+	$(PY) -m fl_smpc.bench $(ARGS)
 
 # syft 0.2.9 has wheels for Python <= 3.8 only. Use python3.8 if it works, else pyenv's 3.8.
 $(PY):

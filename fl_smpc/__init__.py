@@ -12,11 +12,12 @@ __version__ = "0.1.0"
 # name -> module: loaded on first attribute access (PEP 562), so `import fl_smpc` stays light.
 _LAZY = {
     "create_hook": "workers", "create_workers": "workers", "remove_workers": "workers",
-    "virtual_workers": "workers", "introduce": "workers",
+    "virtual_workers": "workers", "introduce": "workers", "forget_transient_ids": "workers",
     "toy_dataset": "data", "split_dataset": "data", "send_partitions": "data", "check_dataset": "data",
     "train_locally": "training", "sum_squared_error": "training",
     "secure_average": "secure_aggregation", "secure_sum": "secure_aggregation",
-    "AggregationError": "secure_aggregation",
+    "AggregationError": "secure_aggregation", "share_randomness_from_os": "secure_aggregation",
+    "uncompressed_messages": "secure_aggregation", "run_benchmark": "bench",
     "train_federated": "federated", "run_round": "federated", "History": "federated",
     "RoundResult": "federated", "RoundFailed": "federated",
 }

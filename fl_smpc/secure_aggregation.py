@@ -52,6 +52,25 @@ def share_randomness_from_os():
         torch.set_rng_state(state)
 
 
+@contextmanager
+def uncompressed_messages():
+    """Turn off syft's LZ4 message compression inside the block, restoring the previous scheme.
+
+    Shares are uniformly random int64s: LZ4 cannot shrink them, yet compressing and decompressing
+    every share message was ~30 % of a secure sum. ``syft.serde.compression.default_compress_scheme``
+    is syft's own switch; receivers read the scheme from each message's header byte, so peers that
+    still compress (e.g. remote socket workers) interoperate unchanged.
+    """
+    from syft.serde import compression
+
+    previous = compression.default_compress_scheme
+    compression.default_compress_scheme = compression.NO_COMPRESSION
+    try:
+        yield
+    finally:
+        compression.default_compress_scheme = previous
+
+
 def encodable_limit(n_workers: int, precision_fractional: int) -> float:
     """Largest |x| each owner may hold so that the sum of n encoded values still fits in int64."""
     return FIELD_HALF / (n_workers * 10 ** precision_fractional) * (1 - 1e-6)  # margin for float32 rounding
@@ -84,18 +103,17 @@ def flatten_on_worker(remote_model):
 def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: int = 3) -> torch.Tensor:
     """Sum one remote tensor per owner; the model owner only handles shares and the revealed sum.
 
-    ``ptr.copy().fix_prec().share(...)`` runs on the pointer's worker; ``.get()`` returns to us the
-    AdditiveSharingTensor of pointers to the shares. Adding those adds share-wise on each owner.
+    ``ptr.fix_prec().share(...)`` runs on the pointer's worker (``fix_prec`` makes a new tensor, the
+    pointed-to one is left as it was); ``.get()`` returns to us the AdditiveSharingTensor of pointers
+    to the shares. Adding those adds share-wise on each owner.
     """
-    with share_randomness_from_os():
-        shared = [
-            ptr.copy().fix_prec(precision_fractional=precision_fractional).share(*workers).get()
-            for ptr in tensor_ptrs
-        ]
-    total = shared[0]
-    for s in shared[1:]:
-        total = total + s
-    return total.get().float_prec()
+    with uncompressed_messages():
+        with share_randomness_from_os():
+            shared = [ptr.fix_prec(precision_fractional=precision_fractional).share(*workers).get() for ptr in tensor_ptrs]
+        total = shared[0]
+        for s in shared[1:]:
+            total = total + s
+        return total.get().float_prec()
 
 
 def secure_average(remote_models: Sequence, workers: Sequence, precision_fractional: int = 3) -> torch.Tensor:

@@ -1,0 +1,302 @@
+"""Benchmark: what secure aggregation costs, per-tensor vs flattened sharing, a round, memory over time.
+
+    python -m fl_smpc.bench [--quick] [--out DIR]
+
+Prints one table per measurement and writes the same figures to DIR/bench.json and one CSV per
+table. Times are medians over repeats after one warm-up; both wall-clock and process CPU seconds
+are recorded (on a shared machine CPU time is the steadier of the two). No timing is asserted
+anywhere: these numbers are for reading.
+"""
+import argparse
+import copy
+import csv
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import psutil
+import torch
+from torch import nn, optim
+from torch.nn.utils import parameters_to_vector
+
+from .config import FLConfig
+from .data import send_partitions, split_dataset, toy_dataset
+from .federated import run_round, run_rounds
+from .secure_aggregation import secure_average, secure_average_per_tensor, secure_sum
+from .training import sum_squared_error, train_locally
+from .workers import create_hook, virtual_workers
+
+DEFAULTS = dict(
+    workers=(2, 3, 5, 10), params=(10, 10 ** 3, 10 ** 5, 10 ** 6), repeats=5, big_repeats=3,
+    layout_repeats=10, round_repeats=5, round_rows=1300, memory_rounds=500, memory_every=50,
+)
+QUICK = dict(
+    workers=(2, 3), params=(10, 10 ** 3), repeats=2, big_repeats=2,
+    layout_repeats=2, round_repeats=2, round_rows=60, memory_rounds=20, memory_every=5,
+)
+SMS_FEATURES = 4096  # the SMS model's bag-of-words size: nn.Linear(4096, 1)
+
+
+def timed(fn: Callable, repeats: int, setup: Callable = None) -> Dict[str, float]:
+    """Median wall and CPU seconds of ``fn(*setup())`` over ``repeats`` runs after one warm-up."""
+    wall, cpu = [], []
+    for i in range(repeats + 1):
+        args = setup() if setup else ()
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn(*args)
+        if i:  # run 0 is the warm-up
+            wall.append(time.perf_counter() - w0)
+            cpu.append(time.process_time() - c0)
+    return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+
+
+def bench_names(n: int) -> List[str]:
+    return [f"bench{i}" for i in range(n)]
+
+
+def plaintext_mean(ptrs: Sequence) -> torch.Tensor:
+    """What aggregation costs without SMPC: fetch every owner's tensor and average."""
+    return torch.stack([p.get() for p in ptrs]).mean(0)
+
+
+def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10 ** 3), repeats=5, big_repeats=3) -> List[dict]:
+    """Secure average (fix_prec -> share -> sum -> reveal -> decode -> divide) vs plaintext mean, by N and P."""
+    rows = []
+    for n in workers:
+        with virtual_workers(bench_names(n), hook) as ws:
+            for p in params:
+                reps = big_repeats if p >= 10 ** 6 else repeats
+                ptrs = [torch.randn(p).send(w) for w in ws]
+                secure = timed(lambda: secure_sum(ptrs, ws) / n, reps)
+                plain = timed(plaintext_mean, reps, setup=lambda: ([q.copy() for q in ptrs],))
+                rows.append({"workers": n, "params": p, "secure_s": secure["wall_s"], "plaintext_s": plain["wall_s"],
+                             "ratio": secure["wall_s"] / plain["wall_s"], "secure_cpu_s": secure["cpu_s"],
+                             "plaintext_cpu_s": plain["cpu_s"]})
+                del ptrs
+    return rows
+
+
+def mlp_13_32_24_1() -> nn.Module:
+    """PySyft Part 10's model: 6 parameter tensors, 1,265 parameters."""
+    return nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 1))
+
+
+def sharing_layout_cost(hook, repeats=10, n_workers=3) -> List[dict]:
+    """One ``share`` per parameter tensor (the seed) vs one per owner (flattened), same remote models."""
+    rows = []
+    models = {"MLP 13-32-24-1": mlp_13_32_24_1, f"Linear({SMS_FEATURES},1) SMS-sized": lambda: nn.Linear(SMS_FEATURES, 1)}
+    with virtual_workers(bench_names(n_workers), hook) as ws:
+        for name, make in models.items():
+            remote = [make().send(w) for w in ws]
+            per_tensor = timed(lambda: secure_average_per_tensor(remote, ws), repeats)
+            flat = timed(lambda: secure_average(remote, ws), repeats)
+            rows.append({"model": name, "tensors": len(list(make().parameters())),
+                         "params": sum(t.numel() for t in make().parameters()), "workers": n_workers,
+                         "per_tensor_s": per_tensor["wall_s"], "flattened_s": flat["wall_s"],
+                         "speedup": per_tensor["wall_s"] / flat["wall_s"], "per_tensor_cpu_s": per_tensor["cpu_s"],
+                         "flattened_cpu_s": flat["cpu_s"]})
+            del remote
+    return rows
+
+
+def sms_sized_parts(rows_per_owner: int, n_owners: int, density=0.005):
+    """Synthetic stand-in for the SMS data: sparse 0/1 bag-of-words rows, 0/1 labels."""
+    g = torch.Generator().manual_seed(0)
+    rows = rows_per_owner * n_owners
+    data = (torch.rand(rows, SMS_FEATURES, generator=g) < density).float()
+    target = (torch.rand(rows, 1, generator=g) < 0.13).float()
+    return split_dataset(data, target, n_owners)
+
+
+def pytorch_fedavg_round(model: nn.Module, parts, config: FLConfig) -> None:
+    """The same round without syft: local copies trained in turn, parameters averaged in memory."""
+    vectors = []
+    for x, y in parts:
+        local = copy.deepcopy(model)
+        opt = optim.SGD(local.parameters(), lr=config.lr)
+        for _ in range(config.local_steps):
+            opt.zero_grad()
+            sum_squared_error(local(x), y).backward()
+            opt.step()
+        vectors.append(parameters_to_vector(local.parameters()).detach())
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(torch.stack(vectors).mean(0), model.parameters())
+
+
+def round_cost(hook, repeats=5, rows_per_owner=1300, n_workers=3) -> List[dict]:
+    """One round of the SMS-sized model: local training, then secure or plaintext averaging of the same models."""
+    config = FLConfig(workers=bench_names(n_workers), rounds=1, local_steps=5, lr=1e-4, seed=0)
+    parts = sms_sized_parts(rows_per_owner, n_workers)
+    torch.manual_seed(0)
+    model = nn.Linear(SMS_FEATURES, 1)
+    train, secure, plain = [], [], []
+    with virtual_workers(config.workers, hook) as ws:
+        remote_data = send_partitions(parts, ws)
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            remote = [model.copy().send(w) for w in ws]
+            for m, (x, y) in zip(remote, remote_data):
+                train_locally(m, x, y, config.lr, config.local_steps)
+            t1 = time.perf_counter()
+            secure_average(remote, ws)
+            t2 = time.perf_counter()
+            torch.stack([parameters_to_vector(m.get().parameters()) for m in remote]).mean(0)
+            t3 = time.perf_counter()
+            if i:
+                train.append(t1 - t0), secure.append(t2 - t1), plain.append(t3 - t2)
+            del remote
+        full = timed(lambda: run_round(model, ws, remote_data, config), repeats)
+    fedavg = timed(lambda: pytorch_fedavg_round(model, parts, config), repeats)
+    t, s, p = (statistics.median(v) for v in (train, secure, plain))
+    base = dict(model=f"Linear({SMS_FEATURES},1)", workers=n_workers, rows_per_owner=rows_per_owner, local_steps=5)
+    return [
+        {**base, "variant": "send + local training (syft)", "round_s": t, "vs_plaintext": t / (t + p)},
+        {**base, "variant": "secure averaging only", "round_s": s, "vs_plaintext": s / (t + p)},
+        {**base, "variant": "plaintext averaging only", "round_s": p, "vs_plaintext": p / (t + p)},
+        {**base, "variant": "round, secure averaging", "round_s": t + s, "vs_plaintext": (t + s) / (t + p)},
+        {**base, "variant": "round, plaintext averaging", "round_s": t + p, "vs_plaintext": 1.0},
+        {**base, "variant": "run_round (secure, end to end)", "round_s": full["wall_s"],
+         "vs_plaintext": full["wall_s"] / (t + p)},
+        {**base, "variant": "pure PyTorch FedAvg (no syft)", "round_s": fedavg["wall_s"],
+         "vs_plaintext": fedavg["wall_s"] / (t + p)},
+    ]
+
+
+def memory_over_rounds(hook, rounds=500, every=50) -> List[dict]:
+    """The toy tutorial for ``rounds`` rounds: object-store sizes and process RSS every ``every`` rounds."""
+    import syft as sy
+
+    config = FLConfig(workers=("bench_bob", "bench_alice", "bench_jane"), rounds=rounds, seed=0)
+    torch.manual_seed(config.seed)
+    data, target = toy_dataset()
+    model = nn.Linear(data.shape[1], 1)
+    samples = []
+    process = psutil.Process()
+    with virtual_workers(config.workers, hook) as ws:
+        remote_data = send_partitions(split_dataset(data, target, len(ws)), ws)
+
+        def sample(result, history):
+            if result.round == 1 or result.round % every == 0:
+                samples.append({"round": result.round, "rss_mb": process.memory_info().rss / 2 ** 20,
+                                "local_objects": len(sy.local_worker._objects),
+                                **{f"objects_{w.id}": len(w._objects) for w in ws},
+                                "syft_ids": len(sy.ID_PROVIDER.generated), "global_loss": result.global_loss})
+
+        run_rounds(model, ws, remote_data, config, on_round=sample)
+    return samples
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import syft as sy
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "logical_cpus": os.cpu_count(),
+            "ram_gb": round(psutil.virtual_memory().total / 2 ** 30, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "syft": sy.version.__version__, "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def run_benchmark(quick: bool = False) -> dict:
+    """Every measurement; returns ``{"machine": ..., "<table>": [rows]}``."""
+    s = QUICK if quick else DEFAULTS
+    hook = create_hook()
+    started = time.perf_counter()
+    results = {"machine": machine(), "quick": quick}
+    results["secure_aggregation"] = secure_aggregation_cost(hook, s["workers"], s["params"], s["repeats"], s["big_repeats"])
+    results["sharing_layout"] = sharing_layout_cost(hook, s["layout_repeats"])
+    results["round_cost"] = round_cost(hook, s["round_repeats"], s["round_rows"])
+    results["memory"] = memory_over_rounds(hook, s["memory_rounds"], s["memory_every"])
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+TABLES = {
+    "secure_aggregation": ("Secure aggregation cost (seconds, median)",
+                           ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_cpu_s"]),
+    "sharing_layout": ("Per-tensor vs flattened sharing (seconds per secure average, median)",
+                       ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup"]),
+    "round_cost": ("Round cost, SMS-sized model (seconds, median; vs_plaintext = / plaintext round)",
+                   ["variant", "round_s", "vs_plaintext"]),
+    "memory": ("Memory over the toy run", None),
+}
+
+
+def format_cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def format_table(rows: List[dict], columns: List[str] = None) -> str:
+    """A plain aligned text table (also valid Markdown)."""
+    columns = columns or list(rows[0])
+    cells = [columns] + [[format_cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def format_results(results: dict) -> str:
+    m = results["machine"]
+    parts = [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['ram_gb']} GB RAM, {m['platform']}; "
+             f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), syft {m['syft']}; "
+             f"load average {m['load_average']} at start, {m['load_average_end']} at end"]
+    for key, (title, columns) in TABLES.items():
+        parts.append(f"{title}\n{format_table(results[key], columns)}")
+    parts.append(f"Total benchmark time: {results['seconds']:.0f} s")
+    return "\n\n".join(parts)
+
+
+def write_results(results: dict, out: Path) -> List[Path]:
+    """``bench.json`` with everything, and one CSV per table."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "bench.json"]
+    paths[0].write_text(json.dumps(results, indent=2))
+    for key in TABLES:
+        path = out / f"{key}.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(results[key][0]))
+            writer.writeheader()
+            writer.writerows(results[key])
+        paths.append(path)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fl_smpc.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and few repeats: checks that the benchmark runs (default: off, full run ~3 min)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"),
+                        help="directory for bench.json and the CSV files (default: results/bench)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own choice, one per core)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            build_parser().error(f"--threads: must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    results = run_benchmark(args.quick)
+    print(format_results(results))
+    for path in write_results(results, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Smoke test of ``python -m fl_smpc.bench --quick``: it runs and writes its tables (no timing asserted)."""
+import csv
+import json
+
+import pytest
+
+from fl_smpc import bench
+
+
+def test_quick_benchmark_writes_every_table(tmp_path, capsys):
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for title, _ in bench.TABLES.values():
+        assert title in printed
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["quick"] is True
+    grid = {(r["workers"], r["params"]) for r in results["secure_aggregation"]}
+    assert grid == {(n, p) for n in bench.QUICK["workers"] for p in bench.QUICK["params"]}
+    assert [r["tensors"] for r in results["sharing_layout"]] == [6, 2]
+    assert all(r["secure_s"] > 0 and r["ratio"] > 0 for r in results["secure_aggregation"])
+    memory = results["memory"]
+    assert [m["round"] for m in memory] == [1, 5, 10, 15, 20]
+    assert {m["objects_bench_bob"] for m in memory} == {2}  # data and target only
+    for key in bench.TABLES:
+        with open(tmp_path / f"{key}.csv") as f:
+            assert len(list(csv.DictReader(f))) == len(results[key])
+
+
+def test_bad_thread_count_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "0"])
+    assert "--threads: must be a positive integer" in capsys.readouterr().err
