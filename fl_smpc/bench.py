@@ -98,7 +98,7 @@ def sharing_layout_cost(hook, repeats=10, n_workers=3) -> List[dict]:
                          "params": sum(t.numel() for t in make().parameters()), "workers": n_workers,
                          "per_tensor_s": per_tensor["wall_s"], "flattened_s": flat["wall_s"],
                          "speedup": per_tensor["wall_s"] / flat["wall_s"], "per_tensor_cpu_s": per_tensor["cpu_s"],
-                         "flattened_cpu_s": flat["cpu_s"]})
+                         "flattened_cpu_s": flat["cpu_s"], "speedup_cpu": per_tensor["cpu_s"] / flat["cpu_s"]})
             del remote
     return rows
 
@@ -212,20 +212,48 @@ def run_benchmark(quick: bool = False) -> dict:
     hook = create_hook()
     started = time.perf_counter()
     results = {"machine": machine(), "quick": quick}
+    # memory first: the later sections' large buffers would otherwise dominate the RSS figures
+    results["memory"] = memory_over_rounds(hook, s["memory_rounds"], s["memory_every"])
     results["secure_aggregation"] = secure_aggregation_cost(hook, s["workers"], s["params"], s["repeats"], s["big_repeats"])
     results["sharing_layout"] = sharing_layout_cost(hook, s["layout_repeats"])
     results["round_cost"] = round_cost(hook, s["round_repeats"], s["round_rows"])
-    results["memory"] = memory_over_rounds(hook, s["memory_rounds"], s["memory_every"])
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["summary"] = summary(results)
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def summary(results: dict) -> dict:
+    """The key figures: secure/plaintext at the largest P, layout speed-ups, round overhead, RSS growth."""
+    out = {}
+    grid = results["secure_aggregation"]
+    top = max(r["params"] for r in grid)
+    for r in grid:
+        if r["params"] == top:
+            out[f"secure_s N={r['workers']} P={top}"] = r["secure_s"]
+            out[f"secure/plaintext N={r['workers']} P={top}"] = r["ratio"]
+    for r in results["sharing_layout"]:
+        out[f"flattened speed-up, {r['model']}"] = r["speedup"]
+    rounds = {r["variant"]: r["round_s"] for r in results["round_cost"]}
+    plain = rounds["round, plaintext averaging"]
+    out["secure averaging adds to a round (vs plaintext averaging)"] = rounds["round, secure averaging"] / plain - 1
+    out["pure PyTorch FedAvg round / plaintext syft round"] = rounds["pure PyTorch FedAvg (no syft)"] / plain
+    memory = {m["round"]: m for m in results["memory"]}
+    first = min(r for r in memory if r > 1) if len(memory) > 1 else 1
+    last = max(memory)
+    out[f"RSS MB at round {first}"] = memory[first]["rss_mb"]
+    out[f"RSS MB at round {last}"] = memory[last]["rss_mb"]
+    out[f"RSS growth round {first} -> {last}"] = memory[last]["rss_mb"] / memory[first]["rss_mb"] - 1
+    stores = {tuple(v for k, v in m.items() if "objects" in k) for m in results["memory"]}
+    out["object-store sizes constant"] = len(stores) == 1
+    return out
 
 
 TABLES = {
     "secure_aggregation": ("Secure aggregation cost (seconds, median)",
                            ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_cpu_s"]),
     "sharing_layout": ("Per-tensor vs flattened sharing (seconds per secure average, median)",
-                       ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup"]),
+                       ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup", "speedup_cpu"]),
     "round_cost": ("Round cost, SMS-sized model (seconds, median; vs_plaintext = / plaintext round)",
                    ["variant", "round_s", "vs_plaintext"]),
     "memory": ("Memory over the toy run", None),
@@ -255,6 +283,8 @@ def format_results(results: dict) -> str:
              f"load average {m['load_average']} at start, {m['load_average_end']} at end"]
     for key, (title, columns) in TABLES.items():
         parts.append(f"{title}\n{format_table(results[key], columns)}")
+    key_rows = [{"figure": k, "value": v} for k, v in results["summary"].items()]
+    parts.append(f"Key figures\n{format_table(key_rows)}")
     parts.append(f"Total benchmark time: {results['seconds']:.0f} s")
     return "\n\n".join(parts)
 

@@ -77,22 +77,23 @@ def encodable_limit(n_workers: int, precision_fractional: int) -> float:
 
 
 def check_encodable(flat_ptr, worker: str, n_workers: int, precision_fractional: int) -> None:
-    """Check on the worker that its parameters are finite and encodable; only two booleans come back."""
+    """Check on the worker that its parameters are finite and encodable; only booleans come back."""
     limit = encodable_limit(n_workers, precision_fractional)
     magnitude = flat_ptr.abs()
+    if bool((magnitude < limit).all().get()):  # False for NaN and Inf too: one round trip when all is well
+        return
     if not bool((magnitude < float("inf")).all().get()):  # False for NaN and Inf alike
         raise AggregationError(
             f"worker {worker!r} holds non-finite parameters (NaN or Inf): its local training diverged; "
             "lower the learning rate",
             worker,
         )
-    if not bool((magnitude < limit).all().get()):
-        raise AggregationError(
-            f"worker {worker!r} holds parameters of magnitude >= {limit:.3g}: with {n_workers} workers and "
-            f"precision {precision_fractional} their sum would overflow syft's int64 fixed-precision field "
-            "(|sum * 10**precision| must be < 2**63)",
-            worker,
-        )
+    raise AggregationError(
+        f"worker {worker!r} holds parameters of magnitude >= {limit:.3g}: with {n_workers} workers and "
+        f"precision {precision_fractional} their sum would overflow syft's int64 fixed-precision field "
+        "(|sum * 10**precision| must be < 2**63)",
+        worker,
+    )
 
 
 def flatten_on_worker(remote_model):

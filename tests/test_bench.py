@@ -21,6 +21,7 @@ def test_quick_benchmark_writes_every_table(tmp_path, capsys):
     memory = results["memory"]
     assert [m["round"] for m in memory] == [1, 5, 10, 15, 20]
     assert {m["objects_bench_bob"] for m in memory} == {2}  # data and target only
+    assert results["summary"]["object-store sizes constant"] is True
     for key in bench.TABLES:
         with open(tmp_path / f"{key}.csv") as f:
             assert len(list(csv.DictReader(f))) == len(results[key])
