@@ -10,7 +10,7 @@ from fl_smpc.workers import create_hook, virtual_workers
     ([1.0, -2.5], None),
     ([1.0, float("nan")], "non-finite"),
     ([float("-inf"), 0.0], "non-finite"),
-    ([3.1e15, 0.0], "magnitude >= 3.07e+15"),  # 2**63 / (3 * 10**3)
+    ([3.1e15, 0.0], r"magnitude >= 3\.07e\+15"),  # 2**63 / (3 * 10**3)
 ])
 def test_check_encodable_errors_name_the_worker_and_the_problem(values, message):
     with virtual_workers(["enc0"], create_hook()) as (worker,):
