@@ -8,6 +8,7 @@ are recorded (on a shared machine CPU time is the steadier of the two). No timin
 anywhere: these numbers are for reading.
 """
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -23,6 +24,7 @@ import torch
 from torch import nn, optim
 from torch.nn.utils import parameters_to_vector
 
+from . import secure_aggregation
 from .config import FLConfig
 from .data import send_partitions, split_dataset, toy_dataset
 from .federated import run_round, run_rounds
@@ -63,8 +65,22 @@ def plaintext_mean(ptrs: Sequence) -> torch.Tensor:
     return torch.stack([p.get() for p in ptrs]).mean(0)
 
 
+@contextlib.contextmanager
+def syft_default_compression():
+    """The "before" of the compression change: secure sums with syft's LZ4 on every share message."""
+    saved = secure_aggregation.uncompressed_messages
+    secure_aggregation.uncompressed_messages = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        secure_aggregation.uncompressed_messages = saved
+
+
 def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10 ** 3), repeats=5, big_repeats=3) -> List[dict]:
-    """Secure average (fix_prec -> share -> sum -> reveal -> decode -> divide) vs plaintext mean, by N and P."""
+    """Secure average (fix_prec -> share -> sum -> reveal -> decode -> divide) vs plaintext mean, by N and P.
+
+    ``secure_lz4_s`` is the same secure average with syft's default LZ4 compression of share messages.
+    """
     rows = []
     for n in workers:
         with virtual_workers(bench_names(n), hook) as ws:
@@ -72,9 +88,12 @@ def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10 ** 3), r
                 reps = big_repeats if p >= 10 ** 6 else repeats
                 ptrs = [torch.randn(p).send(w) for w in ws]
                 secure = timed(lambda: secure_sum(ptrs, ws) / n, reps)
+                with syft_default_compression():
+                    lz4 = timed(lambda: secure_sum(ptrs, ws) / n, reps)
                 plain = timed(plaintext_mean, reps, setup=lambda: ([q.copy() for q in ptrs],))
                 rows.append({"workers": n, "params": p, "secure_s": secure["wall_s"], "plaintext_s": plain["wall_s"],
-                             "ratio": secure["wall_s"] / plain["wall_s"], "secure_cpu_s": secure["cpu_s"],
+                             "ratio": secure["wall_s"] / plain["wall_s"], "secure_lz4_s": lz4["wall_s"],
+                             "secure_cpu_s": secure["cpu_s"], "secure_lz4_cpu_s": lz4["cpu_s"],
                              "plaintext_cpu_s": plain["cpu_s"]})
                 del ptrs
     return rows
@@ -250,8 +269,8 @@ def summary(results: dict) -> dict:
 
 
 TABLES = {
-    "secure_aggregation": ("Secure aggregation cost (seconds, median)",
-                           ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_cpu_s"]),
+    "secure_aggregation": ("Secure aggregation cost (seconds, median; secure_lz4 = with syft's default LZ4, i.e. before)",
+                           ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_lz4_s", "secure_cpu_s", "secure_lz4_cpu_s"]),
     "sharing_layout": ("Per-tensor vs flattened sharing (seconds per secure average, median)",
                        ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup", "speedup_cpu"]),
     "round_cost": ("Round cost, SMS-sized model (seconds, median; vs_plaintext = / plaintext round)",
