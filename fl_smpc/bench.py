@@ -34,7 +34,7 @@ from .workers import create_hook, virtual_workers
 
 DEFAULTS = dict(
     workers=(2, 3, 5, 10), params=(10, 10 ** 3, 10 ** 5, 10 ** 6), repeats=5, big_repeats=3,
-    layout_repeats=10, round_repeats=5, round_rows=1300, memory_rounds=500, memory_every=50,
+    layout_repeats=20, round_repeats=7, round_rows=1300, memory_rounds=500, memory_every=50,
 )
 QUICK = dict(
     workers=(2, 3), params=(10, 10 ** 3), repeats=2, big_repeats=2,
