@@ -81,5 +81,6 @@ def forget_transient_ids(workers: Sequence) -> Iterator[None]:
     try:
         yield
     finally:
-        stores = [sy.local_worker, *workers]
-        provider.generated.intersection_update(before.union(*(w._objects for w in stores)))
+        # object_store._objects, not _objects: only VirtualWorker has that shortcut (socket clients do not)
+        stores = [w.object_store._objects for w in (sy.local_worker, *workers)]
+        provider.generated.intersection_update(before.union(*stores))

@@ -41,3 +41,21 @@ def test_both_sharing_layouts_free_their_shares():
             secure_average(remote, workers)
             secure_average_per_tensor(remote, workers)
         assert [len(w._objects) for w in workers] == before == [4, 4, 4]
+
+
+def test_forget_transient_ids_keeps_stored_ids_and_needs_only_an_object_store():
+    """Any syft worker works (socket clients have ``object_store`` but no ``_objects`` shortcut)."""
+    from types import SimpleNamespace
+
+    from fl_smpc.workers import forget_transient_ids
+
+    create_hook()
+    store = {}
+    client_like = SimpleNamespace(object_store=SimpleNamespace(_objects=store))
+    before = set(sy.ID_PROVIDER.generated)
+    with forget_transient_ids([client_like]):
+        transient = [sy.ID_PROVIDER.pop() for _ in range(5)]
+        kept = sy.ID_PROVIDER.pop()
+        store[kept] = "still stored after the round"
+    assert sy.ID_PROVIDER.generated == before | {kept}
+    assert not set(transient) & sy.ID_PROVIDER.generated
