@@ -55,7 +55,10 @@ def test_forget_transient_ids_keeps_stored_ids_and_needs_only_an_object_store():
     before = set(sy.ID_PROVIDER.generated)
     with forget_transient_ids([client_like]):
         transient = [sy.ID_PROVIDER.pop() for _ in range(5)]
+        with forget_transient_ids([]):  # nested blocks (e.g. a round inside a caller's block) compose
+            transient.append(sy.ID_PROVIDER.pop())
         kept = sy.ID_PROVIDER.pop()
         store[kept] = "still stored after the round"
+    assert isinstance(sy.ID_PROVIDER.generated, set)
     assert sy.ID_PROVIDER.generated == before | {kept}
     assert not set(transient) & sy.ID_PROVIDER.generated
