@@ -209,6 +209,38 @@ def memory_over_rounds(hook, rounds=500, every=50) -> List[dict]:
     return samples
 
 
+# cProfile entries grouped by cause: (group, substrings of "file:function"); the first match wins.
+PROFILE_GROUPS = [
+    ("mask generation (torch random_)", ["random_"]),
+    ("LZ4 compress/decompress", ["lz4"]),
+    ("message bytes: msgpack, compression header", ["msgpack/__init__", "compression.py", "_msgpack_binary"]),
+    ("torch.save/torch.load of tensors", ["_write_file", "_set_from_file", "torch/serialization", "serde/torch/serde"]),
+    ("int64 arithmetic (encode, shares, sums, decode)", ["_TensorBase", "rsub"]),
+]
+
+
+def profile_secure_sum(hook, n_workers=3, params=10 ** 6, repeats=3, lz4=False) -> List[dict]:
+    """Where a secure sum's time goes, by cause (cProfile self time, so the groups add up)."""
+    import cProfile
+    import pstats
+
+    context = syft_default_compression() if lz4 else contextlib.nullcontext()
+    with virtual_workers(bench_names(n_workers), hook) as ws, context:
+        ptrs = [torch.randn(params).send(w) for w in ws]
+        secure_sum(ptrs, ws)  # warm-up
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [secure_sum(ptrs, ws) for _ in range(repeats)])
+    stats = pstats.Stats(profiler).stats
+    seconds = {group: 0.0 for group, _ in PROFILE_GROUPS + [("syft/Python overhead (the rest)", [])]}
+    for (path, _line, name), (_cc, _nc, self_time, _cum, _callers) in stats.items():
+        key = f"{path}:{name}"
+        group = next((g for g, pats in PROFILE_GROUPS if any(p in key for p in pats)), "syft/Python overhead (the rest)")
+        seconds[group] += self_time
+    total = sum(seconds.values())
+    return [{"messages": "LZ4 (syft default)" if lz4 else "uncompressed", "cause": g, "ms_per_sum": 1000 * t / repeats,
+             "percent": 100 * t / total} for g, t in seconds.items()]
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import syft as sy
@@ -329,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tiny sizes and few repeats: checks that the benchmark runs (default: off, full run ~3 min)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"),
                         help="directory for bench.json and the CSV files (default: results/bench)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the benchmark, profile one secure sum (3 owners, 10**6 parameters) with "
+                             "and without LZ4 and print where the time goes (default: off)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice, one per core)")
     return parser
@@ -340,6 +375,11 @@ def main(argv=None) -> int:
         if args.threads < 1:
             build_parser().error(f"--threads: must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.profile:
+        hook = create_hook()
+        rows = profile_secure_sum(hook) + profile_secure_sum(hook, lz4=True)
+        print(f"cProfile of one secure sum, 3 owners, 10**6 parameters\n{format_table(rows)}")
+        return 0
     results = run_benchmark(args.quick)
     print(format_results(results))
     for path in write_results(results, args.out):

@@ -57,7 +57,7 @@ def uncompressed_messages():
     """Turn off syft's LZ4 message compression inside the block, restoring the previous scheme.
 
     Shares are uniformly random int64s: LZ4 cannot shrink them, yet compressing and decompressing
-    every share message was ~30 % of a secure sum. ``syft.serde.compression.default_compress_scheme``
+    every share message was ~25-30 % of a secure sum. ``syft.serde.compression.default_compress_scheme``
     is syft's own switch; receivers read the scheme from each message's header byte, so peers that
     still compress (e.g. remote socket workers) interoperate unchanged.
     """
