@@ -19,6 +19,11 @@ _LAZY = {
     "AggregationError": "secure_aggregation",
     "train_federated": "federated", "run_round": "federated", "History": "federated",
     "RoundResult": "federated", "RoundFailed": "federated",
+    "train_network": "network", "network_workers": "network", "create_data_owner": "network",
+    "DataOwnerServer": "network", "NetworkClient": "network", "WorkerUnreachable": "network",
+    "read_csv": "csvdata", "write_csv": "csvdata", "split_to_csv": "csvdata", "DataFileError": "csvdata",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "CheckpointError": "checkpoint",
+    "local_workers": "launcher",
 }
 
 __all__ = ["FLConfig", *_LAZY]

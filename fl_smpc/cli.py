@@ -4,6 +4,7 @@ import json
 import sys
 
 from .config import FLConfig
+from .netcli import SUBCOMMANDS, add_run_arguments, worker_addresses
 
 DEFAULTS = FLConfig()
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="random seed for model init and training; shares stay random (default: a fresh seed, printed)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text (default: off)")
+    add_run_arguments(p)  # --transport, --timeout, --checkpoint, --resume (fl_smpc/netcli.py)
     return p
 
 
@@ -49,19 +51,26 @@ def format_history(history) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:  # worker, demo-network, split-data: fl_smpc/netcli.py
+        from .netcli import run_subcommand
+
+        return run_subcommand(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = FLConfig(workers=args.workers, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
-                          precision_fractional=args.precision, seed=args.seed)
+        addresses = worker_addresses(args)  # None in-process
+        config = FLConfig(workers=tuple(addresses or args.workers), rounds=args.rounds, local_steps=args.local_steps,
+                          lr=args.lr, precision_fractional=args.precision, seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
 
-    from .federated import RoundFailed, train_federated  # heavy (torch, syft): only once the flags are valid
+    from .federated import RoundFailed  # heavy (torch, syft): only once the flags are valid
+    from .netcli import run_errors, train_from_args
 
     try:
-        history = train_federated(config)
-    except RoundFailed as err:
+        history = train_from_args(config, args, addresses)
+    except (RoundFailed, *run_errors()) as err:
         print(f"fl-smpc: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(history.to_dict(), indent=2) if args.json else format_history(history))
