@@ -25,6 +25,7 @@ import syft as sy
 import torch
 import websocket
 import websockets
+from syft.messaging.message import ForceObjectDeleteMessage
 from syft.workers.websocket_client import WebsocketClientWorker
 from syft.workers.websocket_server import WebsocketServerWorker
 from torch import nn
@@ -82,7 +83,7 @@ class NetworkClient(WebsocketClientWorker):
 
     def __init__(self, hook, host: str, port: int, id: str, timeout: float = REPLY_TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT, reconnect: bool = False):
-        self.connect_timeout, self.reconnect = connect_timeout, reconnect
+        self.connect_timeout, self.reconnect, self.closed = connect_timeout, reconnect, False
         super().__init__(hook, host, port, id=id, timeout=timeout)
 
     def connect(self):  # called by WebsocketClientWorker.__init__: connecting is deferred to open()
@@ -90,10 +91,11 @@ class NetworkClient(WebsocketClientWorker):
 
     def open(self) -> "NetworkClient":
         self.ws = open_websocket(self.url, self.id, self.timeout, self.connect_timeout)
+        self.closed = False
         return self
 
     def close(self):
-        ws, self.ws = self.ws, None
+        ws, self.ws, self.closed = self.ws, None, True
         if ws is not None:
             try:
                 ws.close(timeout=1)
@@ -111,6 +113,10 @@ class NetworkClient(WebsocketClientWorker):
         return self._forward_to_websocket_server_worker(message)
 
     def _forward_to_websocket_server_worker(self, message: bytes) -> bytes:
+        if self.closed and isinstance(sy.serde.deserialize(message), ForceObjectDeleteMessage):
+            # a pointer freed after close() (e.g. kept alive by a traceback): its remote object went
+            # away with the session, and raising here would only print noise from ``__del__``
+            return sy.serde.serialize(None)
         if not self._usable():
             if not self.reconnect:
                 raise WorkerUnreachable(self.id, "connection lost" if self.ws else "not connected")
