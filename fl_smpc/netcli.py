@@ -38,7 +38,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="virtual: in-process VirtualWorkers; websocket: `fl-smpc worker` processes, "
                    "then --workers is NAME=HOST:PORT,... (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=REPLY_TIMEOUT,
-                   help="websocket: seconds to wait for a worker's reply before failing (default: %(default)s)")
+                   help="websocket: seconds to wait for a worker's reply, and at most 10 to connect, before "
+                   "failing with its name (default: %(default)s)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="write the run (config, global model, rounds) to PATH after every round (default: off)")
     p.add_argument("--resume", metavar="PATH",
@@ -169,7 +170,7 @@ def demo_main(argv) -> int:
     from .csvdata import split_to_csv
     from .launcher import WorkerStartError, local_workers
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below stops the workers
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the workers
     with tempfile.TemporaryDirectory(prefix="fl-smpc-demo-") as tmp:
         try:
             paths = split_to_csv(os.path.join(tmp, "data"), args.workers)
@@ -179,3 +180,8 @@ def demo_main(argv) -> int:
         except WorkerStartError as err:
             print(f"fl-smpc demo-network: error: {err}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("fl-smpc demo-network: interrupted; workers stopped", file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -278,18 +278,20 @@ def feature_count(remote_data: List[Tuple], names: List[str]) -> int:
 
 def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Module = None,
                   history: Optional[History] = None, loss_fn=sum_squared_error, evaluate=None, on_round=None,
-                  timeout: float = REPLY_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT, hook=None) -> History:
+                  timeout: float = REPLY_TIMEOUT, connect_timeout: float = None, hook=None) -> History:
     """:func:`fl_smpc.federated.train_federated` over websocket workers that hold their own data.
 
     ``addresses`` maps each name of ``config.workers`` (same order) to its ``(host, port)``.
     ``model`` defaults to ``nn.Linear(features, 1)`` initialised from ``config.seed``, exactly as
     in-process, so both transports give the same model. With ``history`` (a checkpoint) the run
-    resumes after its last completed round, from that round's model.
+    resumes after its last completed round, from that round's model. ``connect_timeout`` defaults
+    to the smaller of ``timeout`` and :data:`CONNECT_TIMEOUT`.
     """
     if tuple(addresses) != config.workers:
         raise ValueError(f"addresses are given for {list(addresses)} but the config names {list(config.workers)}")
     if config.seed is None:
         config = replace(config, seed=secrets.randbits(31))
+    connect_timeout = min(timeout, CONNECT_TIMEOUT) if connect_timeout is None else connect_timeout
     with network_workers(addresses, hook, timeout, connect_timeout) as clients:
         remote_data = [find_data(c) for c in clients]
         features = feature_count(remote_data, list(config.workers))

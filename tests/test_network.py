@@ -4,8 +4,11 @@ Worker processes are started by fixtures / ``with`` blocks that always stop them
 for every comparison is the in-process VirtualWorker run with the same seed, plus plain-torch
 local training for the message inspection.
 """
+import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from fl_smpc.csvdata import split_to_csv
 from fl_smpc.data import split_dataset, toy_dataset
 from fl_smpc.federated import RoundFailed, train_federated
 from fl_smpc.launcher import local_workers, start_worker, wait_ready
-from fl_smpc.network import NetworkClient, WorkerUnreachable, network_workers, train_network
+from fl_smpc.network import NetworkClient, WorkerUnreachable, find_data, network_workers, train_network
 from fl_smpc.training import sum_squared_error
 
 CONFIG = FLConfig(seed=0)
@@ -186,6 +189,30 @@ def test_killed_worker_is_named_and_resume_matches_uninterrupted(tmp_path, netwo
     assert_all_stopped([alice, *addresses.processes.values()])
 
 
+def test_worker_refuses_to_hand_out_its_data(cluster):
+    from syft.exceptions import GetNotPermittedError
+
+    with network_workers({"bob": cluster["bob"]}, timeout=REPLY_TIMEOUT) as (bob,):
+        data_ptr, target_ptr = find_data(bob)
+        for ptr in (data_ptr, target_ptr):
+            with pytest.raises(GetNotPermittedError):
+                ptr.get()
+        assert find_data(bob)[0].shape == (2, 3)  # still there
+
+
+def test_demo_network_command_prints_rounds_and_stops_its_workers(capsys):
+    from fl_smpc.cli import main
+
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert main(["demo-network", "--rounds", "2", "--seed", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["round"] for r in out["rounds"]] == [1, 2] and out["config"]["workers"] == list(CONFIG.workers)
+    left = [p.cmdline() for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert left == []
+
+
 BAD_FILES = {
     "not text": (b"\xff\xfe\x00x0,label\n", "cannot read"),
     "non-numeric": ("x0,x1,label\n1,abc,1\n", "line 2: non-numeric"),
@@ -208,9 +235,6 @@ def test_worker_refuses_bad_data_file(case, tmp_path, capsys):
 
 
 def test_worker_process_refuses_missing_data_file(tmp_path):
-    import subprocess
-    import sys
-
     missing = str(tmp_path / "nope.csv")
     done = subprocess.run([sys.executable, "-m", "fl_smpc", "worker", "--id", "bob", "--data", missing],
                           capture_output=True, text=True, timeout=120)
