@@ -34,6 +34,9 @@ def parse_addresses(text: str) -> Dict[str, Address]:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The training run's transport and checkpoint flags (added to :func:`fl_smpc.cli.build_parser`)."""
+    p.epilog = ("other commands (each with --help): `fl-smpc worker` serves one data owner's CSV over websockets; "
+                "`fl-smpc demo-network` runs three local workers and trains against them; "
+                "`fl-smpc split-data` writes one CSV per owner")
     p.add_argument("--transport", choices=("virtual", "websocket"), default="virtual",
                    help="virtual: in-process VirtualWorkers; websocket: `fl-smpc worker` processes, "
                    "then --workers is NAME=HOST:PORT,... (default: %(default)s)")
@@ -59,8 +62,9 @@ def worker_addresses(args) -> Optional[Dict[str, Address]]:
 def run_errors() -> tuple:
     """Errors a run reports as a one-line message and exit code 1 (besides RoundFailed)."""
     from .checkpoint import CheckpointError
+    from .network import WorkerSetupError
 
-    return ConnectionError, CheckpointError
+    return ConnectionError, CheckpointError, WorkerSetupError
 
 
 def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None):

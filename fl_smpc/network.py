@@ -52,6 +52,10 @@ class WorkerUnreachable(ConnectionError):
         self.worker = worker
 
 
+class WorkerSetupError(ValueError):
+    """A worker does not match what the model owner expects (id, data, feature count)."""
+
+
 def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float) -> websocket.WebSocket:
     """Connect, retrying refused connections with backoff until ``connect_timeout`` (upstream #2258).
 
@@ -223,6 +227,9 @@ def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", p
     """
     data, target = read_csv(data_path)
     peers = dict(peers or {})
+    if not peers:
+        raise ValueError("peers: a worker sends shares to the other owners, so it needs at least one "
+                         "peer NAME=HOST:PORT (--peers)")
     FLConfig(workers=(worker_id, *peers))  # same id rules as the in-process run (unique, not "me")
     hook = create_hook()
     reseed_from_os()
@@ -263,7 +270,11 @@ def find_data(client: NetworkClient) -> Tuple:
     for tag in (DATA_TAG, TARGET_TAG):
         hits = client.search([tag])
         if len(hits) != 1:
-            raise ValueError(f"worker {client.id!r} holds {len(hits)} tensors tagged {tag}, expected 1")
+            raise WorkerSetupError(f"worker {client.id!r} holds {len(hits)} tensors tagged {tag}, expected 1")
+        location = hits[0].location  # resolved by id: only our client of that name if the ids agree
+        if location is not client:
+            raise WorkerSetupError(f"the worker at {client.url} has id {getattr(location, 'id', location)!r}, "
+                             f"but it was given as {client.id!r}: use its --id")
         found.append(hits[0])
     return tuple(found)
 
@@ -272,7 +283,7 @@ def feature_count(remote_data: List[Tuple], names: List[str]) -> int:
     """The common number of feature columns; a worker whose file differs is named."""
     counts = {name: data_ptr.shape[1] for name, (data_ptr, _) in zip(names, remote_data)}
     if len(set(counts.values())) != 1:
-        raise ValueError(f"workers disagree on the number of feature columns: {counts}")
+        raise WorkerSetupError(f"workers disagree on the number of feature columns: {counts}")
     return next(iter(counts.values()))
 
 

@@ -20,7 +20,8 @@ from fl_smpc.csvdata import split_to_csv
 from fl_smpc.data import split_dataset, toy_dataset
 from fl_smpc.federated import RoundFailed, train_federated
 from fl_smpc.launcher import local_workers, start_worker, wait_ready
-from fl_smpc.network import NetworkClient, WorkerUnreachable, find_data, network_workers, train_network
+from fl_smpc.network import (NetworkClient, WorkerSetupError, WorkerUnreachable, find_data, network_workers,
+                              train_network)
 from fl_smpc.training import sum_squared_error
 
 CONFIG = FLConfig(seed=0)
@@ -198,6 +199,12 @@ def test_worker_refuses_to_hand_out_its_data(cluster):
             with pytest.raises(GetNotPermittedError):
                 ptr.get()
         assert find_data(bob)[0].shape == (2, 3)  # still there
+
+
+def test_worker_given_under_another_name_is_refused(cluster):
+    addresses = {"bobby": cluster["bob"], "alice": cluster["alice"]}
+    with pytest.raises(WorkerSetupError, match="has id 'bob', but it was given as 'bobby'"):
+        train_network(FLConfig(workers=("bobby", "alice"), seed=0), addresses, timeout=REPLY_TIMEOUT)
 
 
 def test_demo_network_command_prints_rounds_and_stops_its_workers(capsys):
