@@ -16,6 +16,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -26,6 +27,7 @@ import torch
 import websocket
 import websockets
 from syft.messaging.message import ForceObjectDeleteMessage
+from syft.serde.msgpack.serde import _deserialize_msgpack_binary, msgpack_global_state
 from syft.workers.websocket_client import WebsocketClientWorker
 from syft.workers.websocket_server import WebsocketServerWorker
 from torch import nn
@@ -33,7 +35,7 @@ from torch import nn
 from .config import FLConfig
 from .csvdata import read_csv
 from .checkpoint import latest_state
-from .federated import History, run_rounds
+from .federated import History, RoundFailed, run_rounds
 from .training import sum_squared_error
 from .workers import create_hook, remove_workers
 
@@ -88,6 +90,9 @@ class NetworkClient(WebsocketClientWorker):
     def __init__(self, hook, host: str, port: int, id: str, timeout: float = REPLY_TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT, reconnect: bool = False):
         self.connect_timeout, self.reconnect, self.closed = connect_timeout, reconnect, False
+        # the first failure and when: syft swallows some errors (``is_none``, ``__del__``), train_network reports them
+        self.failure: Optional[WorkerUnreachable] = None
+        self.failed_at = float("inf")
         super().__init__(hook, host, port, id=id, timeout=timeout)
 
     def connect(self):  # called by WebsocketClientWorker.__init__: connecting is deferred to open()
@@ -99,7 +104,12 @@ class NetworkClient(WebsocketClientWorker):
         return self
 
     def close(self):
-        ws, self.ws, self.closed = self.ws, None, True
+        """Close for good: later messages fail, except garbage collection, which is dropped."""
+        self._drop()
+        self.closed = True
+
+    def _drop(self):
+        ws, self.ws = self.ws, None
         if ws is not None:
             try:
                 ws.close(timeout=1)
@@ -117,30 +127,46 @@ class NetworkClient(WebsocketClientWorker):
         return self._forward_to_websocket_server_worker(message)
 
     def _forward_to_websocket_server_worker(self, message: bytes) -> bytes:
-        if self.closed and isinstance(sy.serde.deserialize(message), ForceObjectDeleteMessage):
-            # a pointer freed after close() (e.g. kept alive by a traceback): its remote object went
-            # away with the session, and raising here would only print noise from ``__del__``
-            return sy.serde.serialize(None)
+        try:
+            return self._exchange(message)
+        except WorkerUnreachable as err:
+            if self.failure is None:
+                self.failure, self.failed_at = err, time.monotonic()
+            if is_delete_message(message):
+                # garbage collection (``__del__``) of a pointer whose worker is gone or was closed:
+                # nothing left to delete, and raising would only print noise
+                return sy.serde.serialize(None)
+            raise
+
+    def _exchange(self, message: bytes) -> bytes:
+        if self.closed:
+            raise WorkerUnreachable(self.id, "connection closed")
         if not self._usable():
             if not self.reconnect:
-                raise WorkerUnreachable(self.id, "connection lost" if self.ws else "not connected")
-            self.close()
+                raise WorkerUnreachable(self.id, "connection lost")
+            self._drop()
             self.open()
         try:
             self.ws.send(str(binascii.hexlify(message)))
             opcode, data = self.ws.recv_data()
         except (OSError, websocket.WebSocketException) as err:
-            self.close()
-            raise WorkerUnreachable(self.id, f"{type(err).__name__}: {err or 'no reply'} "
-                                             f"(reply timeout {self.timeout:g}s)") from err
+            self._drop()
+            timed_out = isinstance(err, (socket.timeout, websocket.WebSocketTimeoutException))
+            waited = f" within {self.timeout:g}s" if timed_out else ""
+            raise WorkerUnreachable(self.id, f"no reply{waited}: {type(err).__name__}: {err}") from err
         if opcode == websocket.ABNF.OPCODE_CLOSE:
-            self.close()
+            self._drop()
             worker, _, reason = data[2:].decode("utf-8", "replace").partition("\n")
             if not reason:
                 raise WorkerUnreachable(self.id, "closed the connection")
             via = "" if worker == self.id else f" (reported by {self.id!r})"
             raise WorkerUnreachable(worker, reason + via)
         return binascii.unhexlify(data.decode()[2:-1])
+
+
+def is_delete_message(message: bytes) -> bool:
+    """Is this syft's ``ForceObjectDeleteMessage``? Read from the raw msgpack: detailing has side effects."""
+    return _deserialize_msgpack_binary(message)[0] == msgpack_global_state.simplifiers[ForceObjectDeleteMessage][0]
 
 
 def failure_reason(worker_id: str, err: Exception) -> str:
@@ -311,5 +337,11 @@ def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Mod
             model = nn.Linear(features, 1)
         if history is not None:
             model.load_state_dict(latest_state(history))
-        return run_rounds(model, clients, remote_data, config, loss_fn, history=history, evaluate=evaluate,
-                          on_round=on_round)
+        try:
+            return run_rounds(model, clients, remote_data, config, loss_fn, history=history, evaluate=evaluate,
+                              on_round=on_round)
+        except RoundFailed as err:
+            first = min(clients, key=lambda c: c.failed_at).failure
+            if err.worker is None and first is not None:  # syft swallowed the real error and failed obscurely
+                raise RoundFailed(err.round, first, err.history, first.worker) from err
+            raise

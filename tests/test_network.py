@@ -155,17 +155,25 @@ def test_killed_worker_is_named_and_resume_matches_uninterrupted(tmp_path, netwo
     checkpoint = str(tmp_path / "run.json")
     with local_workers(paths, timeout=PEER_TIMEOUT, log_dir=str(tmp_path)) as addresses:
         alice = addresses.processes["alice"]
+        armed = []
 
-        def checkpoint_then_kill(result, history):
+        def checkpoint_and_arm(result, history):
             save_checkpoint(checkpoint, history)
-            if result.round == 2:
+            armed.append(result.round == 2)
+
+        def loss_killing_alice_in_round_3(prediction, target):
+            # called by the model owner to build each remote step: kill alice during her round-3 training
+            if armed[-1:] == [True] and target.location.id == "alice":
                 os.killpg(alice.pid, signal.SIGKILL)
                 alice.wait()
+                armed.append(False)
+            return sum_squared_error(prediction, target)
 
         torch.manual_seed(CONFIG.seed)
         model = nn.Linear(3, 1)
         with pytest.raises(RoundFailed) as failed:
-            train_network(CONFIG, addresses, model=model, on_round=checkpoint_then_kill, timeout=REPLY_TIMEOUT)
+            train_network(CONFIG, addresses, model=model, loss_fn=loss_killing_alice_in_round_3,
+                          on_round=checkpoint_and_arm, timeout=REPLY_TIMEOUT)
         assert (failed.value.worker, failed.value.round) == ("alice", 3)
         assert "round 3" in str(failed.value) and "'alice'" in str(failed.value)
         assert_same_model(model.state_dict(), uninterrupted.rounds[1].model)  # kept the last completed round
