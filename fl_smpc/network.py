@@ -32,9 +32,9 @@ from syft.workers.websocket_client import WebsocketClientWorker
 from syft.workers.websocket_server import WebsocketServerWorker
 from torch import nn
 
+from .checkpoint import latest_state
 from .config import FLConfig
 from .csvdata import read_csv
-from .checkpoint import latest_state
 from .federated import History, RoundFailed, run_rounds
 from .training import sum_squared_error
 from .workers import create_hook, remove_workers
@@ -66,8 +66,11 @@ def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float
     """
     deadline, pause = time.monotonic() + connect_timeout, 0.05
     while True:
-        try:
-            return websocket.create_connection(url, timeout=timeout, max_size=None)
+        try:  # the handshake must also finish before the deadline (a hung server accepts TCP, then stalls)
+            ws = websocket.create_connection(url, timeout=max(min(timeout, deadline - time.monotonic()), 0.1),
+                                             max_size=None)
+            ws.settimeout(timeout)
+            return ws
         except (OSError, websocket.WebSocketException) as err:
             if time.monotonic() + pause > deadline:
                 raise WorkerUnreachable(worker, f"cannot connect to {url} within {connect_timeout:g}s: {err}") from err
