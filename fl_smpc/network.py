@@ -42,6 +42,7 @@ from .workers import create_hook, remove_workers
 DATA_TAG, TARGET_TAG = "#fl-smpc-data", "#fl-smpc-target"
 REPLY_TIMEOUT = 30.0  # seconds the model owner waits for one reply (local training included)
 CONNECT_TIMEOUT = 10.0  # seconds to keep retrying a refused connection (the server may still be starting)
+GC_DELAY = 0.5  # seconds the model owner collects remote deletes before sending them in one message
 CLOSE_INTERNAL_ERROR = 1011  # websocket close code: the server could not handle the request
 Address = Tuple[str, int]
 
@@ -276,7 +277,10 @@ def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", p
 @contextmanager
 def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = REPLY_TIMEOUT,
                     connect_timeout: float = CONNECT_TIMEOUT) -> Iterator[List[NetworkClient]]:
-    """Connect the model owner to every worker (retrying until ``connect_timeout``); close and forget them on exit."""
+    """Connect the model owner to every worker (retrying until ``connect_timeout``); close and forget them on exit.
+
+    Meanwhile the model owner batches syft's garbage collection (see :func:`batched_deletes`).
+    """
     hook = hook or create_hook()
     taken = [n for n in addresses if n in hook.local_worker._known_workers]
     if taken:
@@ -286,11 +290,32 @@ def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = R
         for name, (host, port) in addresses.items():
             clients.append(NetworkClient(hook, host, port, id=name, timeout=timeout, connect_timeout=connect_timeout))
             clients[-1].open()
-        yield clients
+        with batched_deletes(hook.local_worker, clients):
+            yield clients
     finally:
         for client in clients:
             client.close()
         remove_workers(hook, clients)
+
+
+@contextmanager
+def batched_deletes(local_worker, clients: List[NetworkClient], delay: float = GC_DELAY):
+    """Send syft's remote deletes at most every ``delay`` seconds per worker, and the rest on exit.
+
+    syft deletes the remote object of every freed pointer with its own round trip (``garbage_delay``
+    0): over a network that is a third of a run's messages. Batching keeps the workers' memory
+    bounded (one ``delay`` worth of objects) and the run's messages fewer.
+    """
+    store = local_worker.object_store
+    previous, store.garbage_delay = store.garbage_delay, delay
+    try:
+        yield
+    finally:
+        store.garbage_delay = previous
+        for client in clients:
+            ids = store.trash.pop(client.id, (0, []))[1]
+            if ids and client.failure is None:
+                local_worker.send_msg(ForceObjectDeleteMessage(ids), location=client)
 
 
 def find_data(client: NetworkClient) -> Tuple:
