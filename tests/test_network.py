@@ -198,6 +198,12 @@ def test_killed_worker_is_named_and_resume_matches_uninterrupted(tmp_path, netwo
     assert_all_stopped([alice, *addresses.processes.values()])
 
 
+def test_run_leaves_only_the_data_on_the_workers(cluster, network_run):
+    # every remote model, share and intermediate was deleted (the model owner batches the deletes)
+    with network_workers(cluster, timeout=REPLY_TIMEOUT) as clients:
+        assert [c.objects_count_remote() for c in clients] == [2, 2, 2]
+
+
 def test_worker_refuses_to_hand_out_its_data(cluster):
     from syft.exceptions import GetNotPermittedError
 
