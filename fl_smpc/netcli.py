@@ -79,6 +79,8 @@ def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None
         if addresses is not None and tuple(addresses) != config.workers:
             raise CheckpointError(f"{args.resume}: the checkpoint's workers are {list(config.workers)}, "
                                   f"--workers names {list(addresses)}")
+    if args.checkpoint and not os.path.isdir(os.path.dirname(os.path.abspath(args.checkpoint))):
+        raise CheckpointError(f"{args.checkpoint}: cannot write a checkpoint there: no such directory")
     on_round = checkpoint_writer(args.checkpoint) if args.checkpoint else None
     if addresses is not None:
         from .network import train_network

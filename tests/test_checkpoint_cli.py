@@ -64,6 +64,11 @@ def test_bad_checkpoint_is_reported(tmp_path, capsys, content, message):
     assert message in capsys.readouterr().err
 
 
+def test_checkpoint_into_missing_directory_is_refused_before_training(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "nope" / "run.json")]) == 1
+    assert "no such directory" in capsys.readouterr().err
+
+
 def test_parse_addresses():
     assert parse_addresses("bob=127.0.0.1:8777, alice=10.0.0.2:8778") == {
         "bob": ("127.0.0.1", 8777), "alice": ("10.0.0.2", 8778)}
