@@ -21,8 +21,10 @@ def worker_names(text: str):
 def output_path(text: str) -> Path:
     """An output file whose directory exists, checked before training starts rather than after it."""
     path = Path(text)
-    if path.is_dir() or not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory or its directory does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} of {text!r} does not exist")
     return path
 
 
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
         history = train_federated(config, on_round=bar and (lambda result, _history: advance(bar, result)))
     except RoundFailed as err:
         print(f"fl-smpc: error: {err}", file=sys.stderr)
+        if err.history.rounds:  # a long run that fails late still leaves its completed rounds on disk
+            write_outputs(err.history, args)
         return 1
     finally:
         if bar:

@@ -137,3 +137,12 @@ def test_bad_output_directory_is_refused_before_training(tmp_path, capsys):
         main(["--plot", str(tmp_path / "missing" / "x.png")])
     assert exit_info.value.code == 2
     assert "--plot" in capsys.readouterr().err
+
+
+def test_failed_run_still_writes_its_completed_rounds(tmp_path, capsys):
+    """lr 40 makes seed 0's owners diverge in round 2: round 1 is kept in the CSV and the error names round 2."""
+    table = tmp_path / "h.csv"
+    assert main(["--seed", "0", "--rounds", "3", "--lr", "40", "--history", str(table)]) == 1
+    assert "round 2 failed" in capsys.readouterr().err
+    with table.open() as f:
+        assert [(r["round"], r["worker"]) for r in csv.DictReader(f)] == [("1", "bob"), ("1", "alice"), ("1", "jane")]
