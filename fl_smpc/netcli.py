@@ -67,8 +67,11 @@ def run_errors() -> tuple:
     return ConnectionError, CheckpointError, WorkerSetupError
 
 
-def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None):
-    """Run with the chosen transport, checkpointing after each round and/or resuming; return the History."""
+def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None, on_round=None):
+    """Run with the chosen transport, checkpointing after each round and/or resuming; return the History.
+
+    ``on_round(result, history)`` (e.g. a progress bar) is called after the checkpoint is written.
+    """
     from torch import nn
 
     from .checkpoint import CheckpointError, checkpoint_writer, latest_state, load_checkpoint
@@ -81,7 +84,12 @@ def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None
                                   f"--workers names {list(addresses)}")
     if args.checkpoint and not os.path.isdir(os.path.dirname(os.path.abspath(args.checkpoint))):
         raise CheckpointError(f"{args.checkpoint}: cannot write a checkpoint there: no such directory")
-    on_round = checkpoint_writer(args.checkpoint) if args.checkpoint else None
+    callbacks = [checkpoint_writer(args.checkpoint)] if args.checkpoint else []
+    callbacks += [on_round] if on_round else []
+
+    def on_round(result, history):
+        for callback in callbacks:
+            callback(result, history)
     if addresses is not None:
         from .network import train_network
 
