@@ -2,10 +2,13 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import FLConfig
+from .netcli import SUBCOMMANDS, add_run_arguments, worker_addresses
 
 DEFAULTS = FLConfig()
+PROGRESS_MIN_ROUNDS = 6  # fewer rounds finish before a bar would tell anything
 
 
 def worker_names(text: str):
@@ -14,6 +17,16 @@ def worker_names(text: str):
         return FLConfig(workers=names).workers  # reuse the config's checks for the message
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err).replace("workers: ", "")) from None
+
+
+def output_path(text: str) -> Path:
+    """An output file whose directory exists, checked before training starts rather than after it."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} of {text!r} does not exist")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="random seed for model init and training; shares stay random (default: a fresh seed, printed)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text (default: off)")
+    p.add_argument("--plot", type=output_path, metavar="PATH",
+                   help="save a picture of the losses per round, e.g. training.png (default: none)")
+    p.add_argument("--history", type=output_path, metavar="PATH.csv",
+                   help="write one CSV row per round per worker: losses and metrics (default: none)")
+    add_run_arguments(p)  # --transport, --timeout, --checkpoint, --resume (fl_smpc/netcli.py)
     return p
 
 
@@ -49,20 +67,65 @@ def format_history(history) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:  # worker, demo-network, split-data: fl_smpc/netcli.py
+        from .netcli import run_subcommand
+
+        return run_subcommand(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = FLConfig(workers=args.workers, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
-                          precision_fractional=args.precision, seed=args.seed)
+        addresses = worker_addresses(args)  # None in-process
+        config = FLConfig(workers=tuple(addresses or args.workers), rounds=args.rounds, local_steps=args.local_steps,
+                          lr=args.lr, precision_fractional=args.precision, seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
 
-    from .federated import RoundFailed, train_federated  # heavy (torch, syft): only once the flags are valid
+    from .federated import RoundFailed  # heavy (torch, syft): only once the flags are valid
+    from .netcli import run_errors, train_from_args
 
+    bar = progress_bar(config.rounds, enabled=not args.json)
     try:
-        history = train_federated(config)
-    except RoundFailed as err:
+        history = train_from_args(config, args, addresses,
+                                  on_round=bar and (lambda result, _history: advance(bar, result)))
+    except (RoundFailed, *run_errors()) as err:
         print(f"fl-smpc: error: {err}", file=sys.stderr)
+        done = getattr(err, "history", None)  # RoundFailed has it; connection/checkpoint errors do not
+        if done is not None and done.rounds:  # a long run that fails late still leaves its completed rounds on disk
+            write_outputs(done, args)
         return 1
+    finally:
+        if bar:
+            bar.close()
     print(json.dumps(history.to_dict(), indent=2) if args.json else format_history(history))
+    write_outputs(history, args)
     return 0
+
+
+def progress_bar(rounds: int, enabled: bool = True):
+    """A tqdm bar over the rounds on stderr, only for long runs watched in a terminal; else None.
+
+    Never in --json mode or when stdout/stderr is redirected, so captured output stays clean.
+    """
+    if not enabled or rounds < PROGRESS_MIN_ROUNDS or not (sys.stdout.isatty() and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=rounds, desc="rounds", unit="round", leave=False, file=sys.stderr)
+
+
+def advance(bar, result) -> None:
+    bar.set_postfix(loss=f"{result.global_loss:.4f}", **{k: f"{v:.3f}" for k, v in result.metrics.items()})
+    bar.update(1)
+
+
+def write_outputs(history, args, baseline=None) -> None:
+    """The optional files: --plot (PNG etc.) and --history (CSV); each path is reported on stderr."""
+    if args.plot:
+        from .plots import save_plot
+
+        print(f"fl-smpc: wrote {save_plot(history, args.plot, baseline)}", file=sys.stderr)
+    if args.history:
+        from .history_csv import write_history_csv
+
+        print(f"fl-smpc: wrote {write_history_csv(history, args.history)}", file=sys.stderr)

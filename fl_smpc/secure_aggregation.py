@@ -8,7 +8,8 @@ Two deliberate differences from the seed tutorial:
   pointer brings back an AdditiveSharingTensor whose children are *pointers to shares* held by
   the owners -- never values.
 * **No division on shares.** syft 0.2.9 divides an AdditiveSharingTensor by dividing every share
-  separately (``_public_div``, "only works for 2 workers"); with 3 owners about a quarter of the
+  separately (``_public_div``, whose comment says it "works in most cases when the tensor is shared
+  between 2 workers"); with 3 owners about a quarter of the
   results are off by ~2**64/3/10**3 ~ 6e15. We sum the shares (exact in the int64 ring),
   reveal only the sum (what secure aggregation is meant to reveal), decode it, then divide.
 
@@ -109,11 +110,14 @@ def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: i
     to the shares. Adding those adds share-wise on each owner. Each owner's shares are added to
     the running total as soon as they exist, so at most two sets of shares are alive at a time
     (peak RSS for 10 owners x 10**6 parameters: ~0.8 GB instead of ~1.8 GB).
+    Owners are named by id: each resolves the ids to its own connections to its peers (worker
+    objects such as ``WebsocketClientWorker`` cannot be serialized into the command).
     """
+    owners = [getattr(w, "id", w) for w in workers]
     with uncompressed_messages(), share_randomness_from_os():
         total = None
         for ptr in tensor_ptrs:
-            shared = ptr.fix_prec(precision_fractional=precision_fractional).share(*workers).get()
+            shared = ptr.fix_prec(precision_fractional=precision_fractional).share(*owners).get()
             total = shared if total is None else total + shared
         return total.get().float_prec()
 
