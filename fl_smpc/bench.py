@@ -1,6 +1,7 @@
 """Benchmark: what secure aggregation costs, per-tensor vs flattened sharing, a round, memory over time.
 
-    python -m fl_smpc.bench [--quick] [--out DIR]
+    python -m fl_smpc.bench [--quick] [--out DIR] [--threads N]
+    python -m fl_smpc.bench --profile      # where one secure sum's time goes
 
 Prints one table per measurement and writes the same figures to DIR/bench.json and one CSV per
 table. Times are medians over repeats after one warm-up; both wall-clock and process CPU seconds
@@ -165,8 +166,10 @@ def round_cost(hook, repeats=5, rows_per_owner=1300, n_workers=3) -> List[dict]:
             t2 = time.perf_counter()
             torch.stack([parameters_to_vector(m.get().parameters()) for m in remote]).mean(0)
             t3 = time.perf_counter()
-            if i:
-                train.append(t1 - t0), secure.append(t2 - t1), plain.append(t3 - t2)
+            if i:  # run 0 is the warm-up
+                train.append(t1 - t0)
+                secure.append(t2 - t1)
+                plain.append(t3 - t2)
             del remote
         full = timed(lambda: run_round(model, ws, remote_data, config), repeats)
     fedavg = timed(lambda: pytorch_fedavg_round(model, parts, config), repeats)
@@ -358,7 +361,7 @@ def write_results(results: dict, out: Path) -> List[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fl_smpc.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and few repeats: checks that the benchmark runs (default: off, full run ~3 min)")
+                        help="tiny sizes and few repeats: checks that the benchmark runs (default: off; the full run takes ~2 min on 2 cores)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"),
                         help="directory for bench.json and the CSV files (default: results/bench)")
     parser.add_argument("--profile", action="store_true",
