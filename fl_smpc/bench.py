@@ -108,7 +108,8 @@ def mlp_13_32_24_1() -> nn.Module:
 def sharing_layout_cost(hook, repeats=10, n_workers=3) -> List[dict]:
     """One ``share`` per parameter tensor (the seed) vs one per owner (flattened), same remote models."""
     rows = []
-    models = {"MLP 13-32-24-1": mlp_13_32_24_1, f"Linear({SMS_FEATURES},1) SMS-sized": lambda: nn.Linear(SMS_FEATURES, 1)}
+    models = {"MLP 13-32-24-1": mlp_13_32_24_1,
+              f"Linear({SMS_FEATURES},1) SMS-sized": lambda: nn.Linear(SMS_FEATURES, 1)}
     with virtual_workers(bench_names(n_workers), hook) as ws:
         for name, make in models.items():
             remote = [make().send(w) for w in ws]
@@ -234,10 +235,11 @@ def profile_secure_sum(hook, n_workers=3, params=10 ** 6, repeats=3, lz4=False) 
         profiler = cProfile.Profile()
         profiler.runcall(lambda: [secure_sum(ptrs, ws) for _ in range(repeats)])
     stats = pstats.Stats(profiler).stats
-    seconds = {group: 0.0 for group, _ in PROFILE_GROUPS + [("syft/Python overhead (the rest)", [])]}
+    rest = "syft/Python overhead (the rest)"
+    seconds = {group: 0.0 for group, _ in PROFILE_GROUPS + [(rest, [])]}
     for (path, _line, name), (_cc, _nc, self_time, _cum, _callers) in stats.items():
         key = f"{path}:{name}"
-        group = next((g for g, pats in PROFILE_GROUPS if any(p in key for p in pats)), "syft/Python overhead (the rest)")
+        group = next((g for g, pats in PROFILE_GROUPS if any(p in key for p in pats)), rest)
         seconds[group] += self_time
     total = sum(seconds.values())
     return [{"messages": "LZ4 (syft default)" if lz4 else "uncompressed", "cause": g, "ms_per_sum": 1000 * t / repeats,
@@ -268,7 +270,8 @@ def run_benchmark(quick: bool = False) -> dict:
     results = {"machine": machine(), "quick": quick}
     # memory first: the later sections' large buffers would otherwise dominate the RSS figures
     results["memory"] = memory_over_rounds(hook, s["memory_rounds"], s["memory_every"])
-    results["secure_aggregation"] = secure_aggregation_cost(hook, s["workers"], s["params"], s["repeats"], s["big_repeats"])
+    results["secure_aggregation"] = secure_aggregation_cost(hook, s["workers"], s["params"], s["repeats"],
+                                                            s["big_repeats"])
     results["sharing_layout"] = sharing_layout_cost(hook, s["layout_repeats"])
     results["round_cost"] = round_cost(hook, s["round_repeats"], s["round_rows"])
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -305,9 +308,11 @@ def summary(results: dict) -> dict:
 
 TABLES = {
     "secure_aggregation": ("Secure aggregation cost (seconds, median; secure_lz4 = with syft's default LZ4, i.e. before)",
-                           ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_lz4_s", "secure_cpu_s", "secure_lz4_cpu_s"]),
+                           ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_lz4_s", "secure_cpu_s",
+                            "secure_lz4_cpu_s"]),
     "sharing_layout": ("Per-tensor vs flattened sharing (seconds per secure average, median)",
-                       ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup", "speedup_cpu"]),
+                       ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup",
+                        "speedup_cpu"]),
     "round_cost": ("Round cost, SMS-sized model (seconds, median; vs_plaintext = / plaintext round)",
                    ["variant", "round_s", "vs_plaintext"]),
     "memory": ("Memory over the toy run", None),
@@ -361,7 +366,8 @@ def write_results(results: dict, out: Path) -> List[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fl_smpc.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and few repeats: checks that the benchmark runs (default: off; the full run takes ~2 min on 2 cores)")
+                        help="tiny sizes and few repeats: checks that the benchmark runs "
+                             "(default: off; the full run takes ~2 min on 2 cores)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"),
                         help="directory for bench.json and the CSV files (default: results/bench)")
     parser.add_argument("--profile", action="store_true",
