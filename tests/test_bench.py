@@ -33,10 +33,8 @@ def test_bad_thread_count_is_refused(capsys):
     assert "--threads: must be a positive integer" in capsys.readouterr().err
 
 
-def test_profile_groups_add_up():
-    from fl_smpc.workers import create_hook
-
-    rows = bench.profile_secure_sum(create_hook(), n_workers=2, params=1000, repeats=1)
+def test_profile_groups_add_up(hook):
+    rows = bench.profile_secure_sum(hook, n_workers=2, params=1000, repeats=1)
     assert [r["cause"] for r in rows][:len(bench.PROFILE_GROUPS)] == [g for g, _ in bench.PROFILE_GROUPS]
     assert abs(sum(r["percent"] for r in rows) - 100) < 1e-6
     assert all(r["messages"] == "uncompressed" for r in rows)

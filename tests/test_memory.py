@@ -7,15 +7,15 @@ from fl_smpc import FLConfig
 from fl_smpc.data import send_partitions, split_dataset, toy_dataset
 from fl_smpc.federated import run_rounds
 from fl_smpc.secure_aggregation import secure_average, secure_average_per_tensor
-from fl_smpc.workers import create_hook, virtual_workers
+from fl_smpc.workers import virtual_workers
 
 
-def test_object_stores_stay_constant_over_30_rounds():
+def test_object_stores_stay_constant_over_30_rounds(hook):
     config = FLConfig(workers=("mem_bob", "mem_alice", "mem_jane"), rounds=30, seed=0)
     torch.manual_seed(config.seed)
     data, target = toy_dataset()
     sizes, ids = [], []
-    with virtual_workers(config.workers, create_hook()) as workers:
+    with virtual_workers(config.workers, hook) as workers:
         remote_data = send_partitions(split_dataset(data, target, len(workers)), workers)
 
         def record(result, history):
@@ -31,10 +31,10 @@ def test_object_stores_stay_constant_over_30_rounds():
     assert ids[-1] - ids[0] <= 2 * 29, ids
 
 
-def test_both_sharing_layouts_free_their_shares():
+def test_both_sharing_layouts_free_their_shares(hook):
     torch.manual_seed(0)
     models = [nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1)) for _ in range(3)]
-    with virtual_workers(["mem0", "mem1", "mem2"], create_hook()) as workers:
+    with virtual_workers(["mem0", "mem1", "mem2"], hook) as workers:
         remote = [m.copy().send(w) for m, w in zip(models, workers)]
         before = [len(w._objects) for w in workers]
         for _ in range(3):
@@ -43,13 +43,12 @@ def test_both_sharing_layouts_free_their_shares():
         assert [len(w._objects) for w in workers] == before == [4, 4, 4]
 
 
-def test_forget_transient_ids_keeps_stored_ids_and_needs_only_an_object_store():
+def test_forget_transient_ids_keeps_stored_ids_and_needs_only_an_object_store(hook):
     """Any syft worker works (socket clients have ``object_store`` but no ``_objects`` shortcut)."""
     from types import SimpleNamespace
 
     from fl_smpc.workers import forget_transient_ids
 
-    create_hook()
     store = {}
     client_like = SimpleNamespace(object_store=SimpleNamespace(_objects=store))
     before = set(sy.ID_PROVIDER.generated)

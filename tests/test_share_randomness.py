@@ -11,7 +11,7 @@ import torch
 
 from fl_smpc import FLConfig, secure_aggregation, train_federated
 from fl_smpc.secure_aggregation import secure_sum, share_randomness_from_os, uncompressed_messages
-from fl_smpc.workers import create_hook, virtual_workers
+from fl_smpc.workers import virtual_workers
 
 USER_SEED = 1234  # the --seed an attacker is assumed to know
 
@@ -104,8 +104,7 @@ def squared_correlation(secrets: torch.Tensor, shares: torch.Tensor) -> float:
     return float((r ** 2).mean() * (secrets.shape[0] - 1))
 
 
-def test_a_workers_share_is_uniform_and_uncorrelated_with_the_secret(recorded_shares, reseeded):
-    hook = create_hook()
+def test_a_workers_share_is_uniform_and_uncorrelated_with_the_secret(recorded_shares, reseeded, hook):
     secrets, shares = observe_owner_shares(recorded_shares, hook)
     trials, positions = secrets.shape
     dof = 15 * positions
@@ -137,7 +136,7 @@ def test_os_randomness_restores_the_training_generator():
     assert not torch.equal(first, second)
 
 
-def test_uncompressed_messages_is_scoped_and_sums_stay_exact():
+def test_uncompressed_messages_is_scoped_and_sums_stay_exact(hook):
     from syft.serde import compression
 
     before = compression.default_compress_scheme
@@ -147,7 +146,7 @@ def test_uncompressed_messages_is_scoped_and_sums_stay_exact():
             raise KeyError("boom")
     assert compression.default_compress_scheme == before
     values = [torch.tensor([1.5, -2.25, 1000.125, 0.0]), torch.tensor([3.0, 2.25, -0.125, -7.5])]
-    with virtual_workers(["exact0", "exact1"], create_hook()) as workers:
+    with virtual_workers(["exact0", "exact1"], hook) as workers:
         total = secure_sum([v.send(w) for v, w in zip(values, workers)], workers)
     assert torch.equal(total, values[0] + values[1])
     assert compression.default_compress_scheme == before
