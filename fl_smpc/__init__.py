@@ -19,6 +19,8 @@ _LAZY = {
     "AggregationError": "secure_aggregation",
     "train_federated": "federated", "run_round": "federated", "History": "federated",
     "RoundResult": "federated", "RoundFailed": "federated",
+    "load_packaged_corpus": "sms", "load_data_file": "sms", "Messages": "sms", "featurize": "sms",
+    "run_sms_experiment": "experiment", "SmsResult": "experiment",
 }
 
 __all__ = ["FLConfig", *_LAZY]
