@@ -23,11 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federated learning with secure multiparty averaging on PySyft 0.2.9 "
         "(the seed tutorial: Bob, Alice and Jane train a spam filter; only the sum of their models is revealed).",
     )
-    p.add_argument("--rounds", type=int, help=f"federated rounds (default: {DEFAULTS.rounds}; sms: {SMS['rounds']})")
-    p.add_argument("--local-steps", type=int,
-                   help=f"SGD steps per owner per round (default: {DEFAULTS.local_steps}; sms: {SMS['local_steps']})")
-    p.add_argument("--lr", type=float, help=f"SGD learning rate (default: {DEFAULTS.lr}; sms: {SMS['lr']['bce']} "
-                   f"with bce, {SMS['lr']['sse']} with sse)")
+    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
+                   help=f"federated rounds (default: %(default)s; sms: {SMS['rounds']})")
+    p.add_argument("--local-steps", type=int, default=DEFAULTS.local_steps,
+                   help=f"SGD steps per owner per round (default: %(default)s; sms: {SMS['local_steps']})")
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr,
+                   help=f"SGD learning rate (default: %(default)s; sms: {SMS['lr']['bce']} with bce, "
+                   f"{SMS['lr']['sse']} with sse)")
     p.add_argument("--workers", type=worker_names, default=DEFAULTS.workers,
                    help="data owners, comma-separated, 2 or more (default: %s)" % ",".join(DEFAULTS.workers))
     p.add_argument("--precision", type=int, default=DEFAULTS.precision_fractional,
@@ -84,18 +86,19 @@ def format_sms_result(result) -> str:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.dataset == "sms":  # FLConfig's defaults are the toy tutorial's; sms has its own
+        loss = known.loss or "bce"
+        parser.set_defaults(rounds=SMS["rounds"], local_steps=SMS["local_steps"], lr=SMS["lr"][loss], loss=loss)
     args = parser.parse_args(argv)
     sms = args.dataset == "sms"
     if not sms and (args.data_file or args.features is not None or args.partition):
         parser.error("--data-file, --features and --partition need --dataset sms")
     if args.features is not None and args.features < 1:
         parser.error(f"--features: must be a positive integer, got {args.features}")
-    loss = args.loss or ("bce" if sms else "sse")
-    defaults = ({**SMS, "lr": SMS["lr"][loss]} if sms else
-                {"rounds": DEFAULTS.rounds, "local_steps": DEFAULTS.local_steps, "lr": DEFAULTS.lr})
-    settings = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in defaults.items()}
     try:
-        config = FLConfig(workers=args.workers, precision_fractional=args.precision, seed=args.seed, **settings)
+        config = FLConfig(workers=args.workers, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
+                          precision_fractional=args.precision, seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
 
@@ -106,10 +109,10 @@ def main(argv=None) -> int:
     try:
         if sms:
             result = run_sms_experiment(config, args.data_file, args.features or SMS_FEATURES,
-                                        args.partition or "iid", loss)
+                                        args.partition or "iid", args.loss)
             print(json.dumps(result.to_dict(), indent=2) if args.json else format_sms_result(result))
         else:
-            history = train_federated(config, loss_fn=LOSSES[loss][0])
+            history = train_federated(config, loss_fn=LOSSES[args.loss or "sse"][0])
             print(json.dumps(history.to_dict(), indent=2) if args.json else format_history(history))
     except RoundFailed as err:
         print(f"fl-smpc: error: {err}", file=sys.stderr)

@@ -57,6 +57,14 @@ def test_fixture_parses_in_both_formats():
     assert removed == 1 and len(unique) == 5 and unique.texts == csv_.texts[:5]
 
 
+def test_windows_line_endings_and_bom_parse_the_same(tmp_path):
+    original = load_data_file(os.path.join(DATA, "sms_small.tsv"))
+    path = tmp_path / "crlf.tsv"
+    with open(os.path.join(DATA, "sms_small.tsv"), "rb") as f:
+        path.write_bytes(b"\xef\xbb\xbf" + f.read().replace(b"\n", b"\r\n"))
+    assert load_data_file(str(path)).texts == original.texts
+
+
 @pytest.mark.parametrize("content, message", [
     ("ham\tfine\nspam no tab here\n", "line 2: expected 'ham<TAB>text'"),
     ("ham\tfine\n\nmaybe\tnot a label\n", "line 3: label must be ham/spam"),
@@ -167,6 +175,27 @@ def test_cli_sms_text_prints_the_comparison(small_csv, capsys):
                  "--features", "128", "--seed", "0", "--loss", "sse"]) == 0
     out = capsys.readouterr().out
     assert "loss sse; lr 0.0002" in out and "centralized (2 steps)" in out and "always ham" in out
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], (20, 20, 100.0, "bce")),
+    (["--loss", "sse"], (20, 20, 2e-4, "sse")),
+    (["--rounds", "3", "--lr", "5"], (3, 20, 5.0, "bce")),
+])
+def test_cli_sms_defaults_apply_only_where_no_flag_is_given(monkeypatch, flags, expected):
+    import fl_smpc.experiment
+
+    seen = {}
+
+    def fake_run(config, data_file, n_features, scheme, loss):
+        seen.update(config=config, loss=loss, features=n_features, scheme=scheme)
+        raise ValueError("stop before training")
+
+    monkeypatch.setattr(fl_smpc.experiment, "run_sms_experiment", fake_run)
+    assert main(["--dataset", "sms", *flags]) == 1
+    config = seen["config"]
+    assert (config.rounds, config.local_steps, config.lr, seen["loss"]) == expected
+    assert (seen["features"], seen["scheme"]) == (4096, "iid")
 
 
 def test_cli_reports_malformed_data_file(tmp_path, capsys):
