@@ -241,7 +241,7 @@ def spam_metrics(labels: Sequence[int], predicted: Sequence[int]) -> dict:
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, labels=[1], average="binary", pos_label=1, zero_division=0
+        labels, predicted, average="binary", pos_label=1, zero_division=0
     )
     return {"accuracy": float(accuracy_score(labels, predicted)), "precision": float(precision),
             "recall": float(recall), "f1": float(f1)}
