@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test clean
+.PHONY: run test clean notebook picture
 run: $(STAMP)
 	$(PY) federated_learning_smpc.py $(ARGS)
 
@@ -26,6 +26,17 @@ $(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
+
+# The tutorial notebook in Jupyter (notebook 5.7.8 from the lock), kernel = this .venv's python:
+# JUPYTER_PATH puts the venv's "python3" kernelspec (argv "python" -> the server's interpreter) ahead of
+# any user-level one. Stop the server with Ctrl-C.
+notebook: $(STAMP)
+	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(PY) -m notebook --ip=127.0.0.1 \
+		--notebook-dir=examples examples/federated_learning_smpc.ipynb $(ARGS)
+
+# The README's training picture: the default run with --seed 0.
+picture: $(STAMP)
+	$(PY) federated_learning_smpc.py --seed 0 --plot docs/training.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

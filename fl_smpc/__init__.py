@@ -19,6 +19,8 @@ _LAZY = {
     "AggregationError": "secure_aggregation",
     "train_federated": "federated", "run_round": "federated", "History": "federated",
     "RoundResult": "federated", "RoundFailed": "federated",
+    "plot_history": "plots", "save_plot": "plots",
+    "history_rows": "history_csv", "write_history_csv": "history_csv",
     "load_packaged_corpus": "sms", "load_data_file": "sms", "Messages": "sms", "featurize": "sms",
     "run_sms_experiment": "experiment", "SmsResult": "experiment",
 }

@@ -2,11 +2,13 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import FLConfig
 from .sms import DEFAULT_FEATURES as SMS_FEATURES, PARTITIONS, SMS_DEFAULTS as SMS
 
 DEFAULTS = FLConfig()
+PROGRESS_MIN_ROUNDS = 6  # fewer rounds finish before a bar would tell anything
 
 
 def worker_names(text: str):
@@ -15,6 +17,16 @@ def worker_names(text: str):
         return FLConfig(workers=names).workers  # reuse the config's checks for the message
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err).replace("workers: ", "")) from None
+
+
+def output_path(text: str) -> Path:
+    """An output file whose directory exists, checked before training starts rather than after it."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} of {text!r} does not exist")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sms: owners with the same spam rate (iid) or very different ones (skewed) (default: iid)")
     p.add_argument("--loss", choices=("sse", "bce"),
                    help="sse: the seed's summed squared error; bce: mean logistic loss (default: sse; sms: bce)")
+    p.add_argument("--plot", type=output_path, metavar="PATH",
+                   help="save a picture of the losses per round, e.g. training.png (default: none)")
+    p.add_argument("--history", type=output_path, metavar="PATH.csv",
+                   help="write one CSV row per round per worker: losses and metrics (default: none)")
     return p
 
 
@@ -106,20 +122,61 @@ def main(argv=None) -> int:
     from .experiment import LOSSES, run_sms_experiment
     from .federated import RoundFailed, train_federated
 
+    bar = progress_bar(config.rounds, enabled=not args.json)
+    on_round = bar and (lambda result, _history: advance(bar, result))
     try:
         if sms:
             result = run_sms_experiment(config, args.data_file, args.features or SMS_FEATURES,
-                                        args.partition or "iid", args.loss)
-            print(json.dumps(result.to_dict(), indent=2) if args.json else format_sms_result(result))
+                                        args.partition or "iid", args.loss, on_round=on_round)
+            history, baseline = result.history, result.baseline["centralized"]["f1"]
         else:
-            history = train_federated(config, loss_fn=LOSSES[args.loss or "sse"][0])
-            print(json.dumps(history.to_dict(), indent=2) if args.json else format_history(history))
+            history = train_federated(config, loss_fn=LOSSES[args.loss or "sse"][0], on_round=on_round)
+            baseline = None
     except RoundFailed as err:
         print(f"fl-smpc: error: {err}", file=sys.stderr)
+        if err.history.rounds:  # a long run that fails late still leaves its completed rounds on disk
+            write_outputs(err.history, args)
         return 1
     except (OSError, ValueError) as err:  # an unreadable or malformed --data-file: the message names the line
         if not sms:
             raise
         print(f"fl-smpc: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        if bar:
+            bar.close()
+    if sms:
+        print(json.dumps(result.to_dict(), indent=2) if args.json else format_sms_result(result))
+    else:
+        print(json.dumps(history.to_dict(), indent=2) if args.json else format_history(history))
+    write_outputs(history, args, baseline)
     return 0
+
+
+def progress_bar(rounds: int, enabled: bool = True):
+    """A tqdm bar over the rounds on stderr, only for long runs watched in a terminal; else None.
+
+    Never in --json mode or when stdout/stderr is redirected, so captured output stays clean.
+    """
+    if not enabled or rounds < PROGRESS_MIN_ROUNDS or not (sys.stdout.isatty() and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=rounds, desc="rounds", unit="round", leave=False, file=sys.stderr)
+
+
+def advance(bar, result) -> None:
+    bar.set_postfix(loss=f"{result.global_loss:.4f}", **{k: f"{v:.3f}" for k, v in result.metrics.items()})
+    bar.update(1)
+
+
+def write_outputs(history, args, baseline=None) -> None:
+    """The optional files: --plot (PNG etc.) and --history (CSV); each path is reported on stderr."""
+    if args.plot:
+        from .plots import save_plot
+
+        print(f"fl-smpc: wrote {save_plot(history, args.plot, baseline)}", file=sys.stderr)
+    if args.history:
+        from .history_csv import write_history_csv
+
+        print(f"fl-smpc: wrote {write_history_csv(history, args.history)}", file=sys.stderr)

@@ -25,10 +25,10 @@ def check_dataset(data: torch.Tensor, target: torch.Tensor) -> None:
         )
     if not torch.isfinite(data).all():
         raise ValueError("data: contains NaN or Inf")
-    bad = ~((target == 0) | (target == 1))
-    if bad.any():
-        rows = bad.nonzero()[:, 0].tolist()
-        raise ValueError(f"target: labels must be 0 or 1; rows {rows[:10]} have {target[bad][:10].tolist()}")
+    labels = target.flatten().tolist()
+    bad = [i for i, y in enumerate(labels) if y not in (0.0, 1.0)]
+    if bad:
+        raise ValueError(f"target: labels must be 0 or 1; rows {bad[:10]} have {[labels[i] for i in bad[:10]]}")
 
 
 def split_dataset(data: torch.Tensor, target: torch.Tensor, n_parts: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:

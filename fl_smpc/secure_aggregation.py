@@ -8,7 +8,8 @@ Two deliberate differences from the seed tutorial:
   pointer brings back an AdditiveSharingTensor whose children are *pointers to shares* held by
   the owners -- never values.
 * **No division on shares.** syft 0.2.9 divides an AdditiveSharingTensor by dividing every share
-  separately (``_public_div``, "only works for 2 workers"); with 3 owners about a quarter of the
+  separately (``_public_div``, whose comment says it "works in most cases when the tensor is shared
+  between 2 workers"); with 3 owners about a quarter of the
   results are off by ~2**64/3/10**3 ~ 6e15. We sum the shares (exact in the int64 ring),
   reveal only the sum (what secure aggregation is meant to reveal), decode it, then divide.
 

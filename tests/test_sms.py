@@ -187,7 +187,7 @@ def test_cli_sms_defaults_apply_only_where_no_flag_is_given(monkeypatch, flags, 
 
     seen = {}
 
-    def fake_run(config, data_file, n_features, scheme, loss):
+    def fake_run(config, data_file, n_features, scheme, loss, on_round=None):
         seen.update(config=config, loss=loss, features=n_features, scheme=scheme)
         raise ValueError("stop before training")
 

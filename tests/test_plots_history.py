@@ -1,0 +1,148 @@
+"""--plot, --history and the progress bar: files people open elsewhere, and clean --json output."""
+import csv
+import io
+import json
+import sys
+
+import pytest
+
+from fl_smpc import FLConfig
+from fl_smpc.cli import main
+from fl_smpc.federated import History, RoundResult
+from fl_smpc.history_csv import history_rows, write_history_csv
+from fl_smpc.plots import plot_history
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def matplotlib_config_in_tmp(tmp_path_factory):
+    """matplotlib writes its font cache to MPLCONFIGDIR on first import: keep it out of $HOME."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("mplconfig")))
+    yield
+    mp.undo()
+
+
+def synthetic_history(with_f1=True) -> History:
+    """Three owners, three rounds, hand-made numbers (the shape an SMS run with test metrics has)."""
+    config = FLConfig(workers=("bob", "alice", "jane"), rounds=3, seed=7)
+    rounds = [
+        RoundResult(r, {"bob": 1.0 / r, "alice": 2.0 / r, "jane": 3.0 / r}, 5.0 / r, {},
+                    {"f1": 0.5 + 0.1 * r, "accuracy": 0.9} if with_f1 else {})
+        for r in (1, 2, 3)
+    ]
+    return History(config, {}, 6.0, rounds, {"f1": 0.2} if with_f1 else {})
+
+
+def test_figure_has_one_line_per_series_and_labelled_axes():
+    fig = plot_history(synthetic_history(with_f1=False))
+    (ax,) = fig.axes
+    assert len(ax.get_lines()) == 1 + 3  # global loss + one per owner
+    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "loss (log scale)" and ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()][1:] == [
+        "bob: local loss (last local step)", "alice: local loss (last local step)", "jane: local loss (last local step)"]
+    assert list(ax.get_lines()[0].get_xdata()) == [0, 1, 2, 3]
+    assert list(ax.get_lines()[0].get_ydata()) == [6.0, 5.0, 2.5, 5.0 / 3]
+    assert "seed 7" in fig._suptitle.get_text()
+
+
+def test_f1_panel_with_baseline_when_rounds_have_f1():
+    fig = plot_history(synthetic_history(), baseline=0.93)
+    loss_ax, f1_ax = fig.axes
+    assert len(loss_ax.get_lines()) == 4
+    f1_line, baseline_line = f1_ax.get_lines()
+    assert list(f1_line.get_xdata()) == [0, 1, 2, 3]  # round 0 = the initial model's metrics
+    assert list(f1_line.get_ydata()) == pytest.approx([0.2, 0.6, 0.7, 0.8])
+    assert list(baseline_line.get_ydata()) == [0.93, 0.93]
+    assert f1_ax.get_ylabel() == "test f1" and f1_ax.get_xlabel() == "round"
+    assert "centralized baseline" in f1_ax.get_legend().get_texts()[1].get_text()
+
+
+def test_csv_rows_carry_metrics_when_present(tmp_path):
+    history = synthetic_history()
+    with write_history_csv(history, tmp_path / "h.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["round", "worker", "local_loss", "global_loss", "accuracy", "f1"]
+    assert len(rows) == 3 * 3
+    assert [(r["round"], r["worker"]) for r in rows[:4]] == [("1", "bob"), ("1", "alice"), ("1", "jane"), ("2", "bob")]
+    assert [float(r["f1"]) for r in rows[::3]] == pytest.approx([0.6, 0.7, 0.8])
+    assert float(rows[7]["local_loss"]) == 2.0 / 3
+
+
+def test_metric_named_like_a_column_is_refused():
+    history = synthetic_history()
+    history.rounds[0].metrics["round"] = 1.0
+    with pytest.raises(ValueError, match="clash"):
+        history_rows(history)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One default-settings CLI run (2 rounds) writing --json to stdout, --plot and --history files."""
+    out = tmp_path_factory.mktemp("cli")
+    png, table = out / "training.png", out / "history.csv"
+    capture = pytest.MonkeyPatch()
+    stdout = io.StringIO()
+    capture.setattr(sys, "stdout", stdout)
+    try:
+        status = main(["--seed", "0", "--rounds", "2", "--json", "--plot", str(png), "--history", str(table)])
+    finally:
+        capture.undo()
+    assert status == 0
+    return json.loads(stdout.getvalue()), png, table
+
+
+def test_plot_writes_a_png(cli_run):
+    from PIL import Image
+
+    _, png, _ = cli_run
+    data = png.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 300
+
+
+def test_history_csv_matches_json(cli_run):
+    doc, _, table = cli_run
+    with table.open() as f:
+        rows = list(csv.DictReader(f))
+    workers = doc["config"]["workers"]
+    assert [(int(r["round"]), r["worker"]) for r in rows] == [(n, w) for n in (1, 2) for w in workers]
+    for row in rows:
+        json_round = doc["rounds"][int(row["round"]) - 1]
+        assert float(row["global_loss"]) == json_round["global_loss"]
+        assert float(row["local_loss"]) == json_round["worker_losses"][row["worker"]]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_progress_bar_only_without_json(as_json, capsys, monkeypatch):
+    """Pretend stdout and stderr are terminals: the bar must show in text mode and never with --json."""
+    for stream in (sys.stdout, sys.stderr):
+        monkeypatch.setattr(stream, "isatty", lambda: True)
+    assert main(["--seed", "0", "--rounds", "6", "--local-steps", "1"] + (["--json"] if as_json else [])) == 0
+    out, err = capsys.readouterr()
+    if as_json:
+        json.loads(out)  # nothing but the document on stdout
+        assert "rounds:" not in out + err and "round/s" not in out + err and "s/round" not in out + err
+    else:
+        assert "rounds:" in err and "/6 [" in err and "loss=" in err  # tqdm throttles redraws: not always 6/6
+        assert "rounds:" not in out
+
+
+def test_bad_output_directory_is_refused_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--plot", str(tmp_path / "missing" / "x.png")])
+    assert exit_info.value.code == 2
+    assert "--plot" in capsys.readouterr().err
+
+
+def test_failed_run_still_writes_its_completed_rounds(tmp_path, capsys):
+    """lr 40 makes seed 0's owners diverge in round 2: round 1 is kept in the CSV and the error names round 2."""
+    table = tmp_path / "h.csv"
+    assert main(["--seed", "0", "--rounds", "3", "--lr", "40", "--history", str(table)]) == 1
+    assert "round 2 failed" in capsys.readouterr().err
+    with table.open() as f:
+        assert [(r["round"], r["worker"]) for r in csv.DictReader(f)] == [("1", "bob"), ("1", "alice"), ("1", "jane")]

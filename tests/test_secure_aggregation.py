@@ -1,0 +1,173 @@
+"""Secure averaging: exact to one quantum, private in syft's own traffic, and why we never divide shares."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector
+
+from fl_smpc.data import send_partitions, split_dataset, toy_dataset
+from fl_smpc.federated import run_round
+from fl_smpc.config import FLConfig
+from fl_smpc.secure_aggregation import AggregationError, secure_average, secure_average_per_tensor, secure_sum
+from reference import local_train, seed_model
+
+PRECISION = 3
+QUANTUM = 10.0 ** -PRECISION
+largest_error = {}  # n_workers -> worst |secure - plaintext| seen, printed at the end (-s)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_secure_sum_average_is_within_one_quantum(make_workers, n):
+    """Every element of every trial: |secure mean - plaintext mean| <= 10**-p (+ float32 rounding)."""
+    workers = make_workers(n)
+    generator = torch.Generator().manual_seed(n)
+    worst = 0.0
+    for trial in range(20):
+        scale = 10.0 ** (trial % 5 - 2)  # 0.01 ... 100, negative and positive values
+        values = [torch.randn(64, generator=generator) * scale for _ in workers]
+        pointers = [v.send(w) for v, w in zip(values, workers)]
+        secure = secure_sum(pointers, workers, PRECISION) / n
+        plain = torch.stack(values).mean(0)
+        error = (secure - plain).abs().max().item()
+        worst = max(worst, error)
+        assert error <= QUANTUM + 1e-6 * scale * 10, f"trial {trial}: error {error}"
+    largest_error[n] = worst
+    print(f"n={n}: largest secure-vs-plaintext error {worst:.3g}")
+
+
+def test_secure_average_of_models_matches_plaintext_mean(workers):
+    models = [seed_model(s) for s in range(3)]
+    remote = [m.copy().send(w) for m, w in zip(models, workers)]
+    flat = secure_average(remote, workers, PRECISION)
+    per_tensor = secure_average_per_tensor(remote, workers, PRECISION)
+    plain = torch.stack([parameters_to_vector(m.parameters()) for m in models]).mean(0)
+    assert (flat - plain).abs().max() <= QUANTUM
+    assert (torch.cat([t.flatten() for t in per_tensor]) - plain).abs().max() <= QUANTUM
+
+
+def test_seed_literal_division_on_shares_is_wrong(workers):
+    """Documents syft 0.2.9's behaviour, not ours: ``(a + b + c) / 3`` on 3-party shares breaks.
+
+    syft divides every share separately; the wrap-around of the ring then leaves some values off by
+    about 2**64 / 3 / 10**3 = 6.1e15. This is why secure_sum reveals the sum and divides afterwards.
+    """
+    generator = torch.Generator().manual_seed(0)
+    wrong = 0
+    for _ in range(20):
+        values = [torch.randn(4, generator=generator) * 0.5 for _ in workers]
+        shares = [v.fix_prec().share(*workers) for v in values]
+        literal = ((shares[0] + shares[1] + shares[2]) / 3).get().float_prec()
+        wrong += int(((literal - sum(values) / 3).abs() > 1e12).sum())
+    assert wrong > 0
+
+
+class TrafficRecorder:
+    """Wraps the model owner's ``send_msg`` (the one path of every message it exchanges with workers)
+    and collects every plaintext tensor inside the deserialised responses it receives."""
+
+    def __init__(self, local_worker):
+        self.local_worker, self.original = local_worker, local_worker.send_msg
+        self.received = []
+
+    def __enter__(self):
+        def send_msg(message, location):
+            response = self.original(message, location)
+            self.received.extend(plain_tensors(response))
+            return response
+
+        self.local_worker.send_msg = send_msg
+        return self
+
+    def __exit__(self, *exc):
+        del self.local_worker.send_msg
+
+
+def plain_tensors(obj):
+    """All native tensors in a syft response, looking through wrappers, FixedPrecision and AdditiveSharing."""
+    if isinstance(obj, (list, tuple, set)):
+        return [t for item in obj for t in plain_tensors(item)]
+    if isinstance(obj, dict):
+        return plain_tensors(list(obj.values()))
+    if hasattr(obj, "child"):
+        return plain_tensors(obj.child)
+    if isinstance(obj, torch.Tensor):
+        return [obj.detach().clone()]
+    return []
+
+
+def leaks(received, secrets_):
+    """Tensors among ``received`` equal to a secret, as floats or in syft's fixed-precision encoding."""
+    found = []
+    for secret in secrets_:
+        encoded = (secret * 10 ** PRECISION).long()
+        for t in received:
+            if t.shape == secret.shape and (
+                (t.is_floating_point() and torch.allclose(t, secret, atol=1e-6))
+                or (not t.is_floating_point() and torch.equal(t.long(), encoded))
+            ):
+                found.append(t)
+    return found
+
+
+def individual_models(model, parts, config):
+    """Each owner's plaintext model after local training -- what must never reach the model owner."""
+    secrets_ = []
+    for x, y in parts:
+        local = nn.Linear(3, 1)
+        local.load_state_dict(model.state_dict())
+        local_train(local, x, y, config.lr, config.local_steps)
+        secrets_ += [p.detach().clone() for p in local.parameters()]
+        secrets_.append(parameters_to_vector(local.parameters()).detach().clone())
+    return secrets_
+
+
+def test_model_owner_never_receives_an_individual_model(hook, workers):
+    config = FLConfig(seed=0)
+    model = seed_model(0)
+    data, target = toy_dataset()
+    parts = split_dataset(data, target, 3)
+    secrets_ = individual_models(model, parts, config)
+    remote_data = send_partitions(parts, workers)
+
+    with TrafficRecorder(hook.local_worker) as traffic:
+        run_round(model, workers, remote_data, config)
+    assert traffic.received, "the recorder saw no tensors at all"
+    assert leaks(traffic.received, secrets_) == []
+
+    # The detector does catch the seed's way of doing it: bob_model.get() before sharing.
+    bob_model = model.copy()
+    with torch.no_grad():
+        bob_model.weight.set_(secrets_[0]), bob_model.bias.set_(secrets_[1])
+    remote_bob = bob_model.send(workers[0])
+    with TrafficRecorder(hook.local_worker) as traffic:
+        remote_bob.get()
+    assert leaks(traffic.received, secrets_[:2])
+
+
+def remote_vectors(rows, workers):
+    """One bias-free nn.Linear per worker whose weight is the given row, sent to that worker."""
+    remote = []
+    for row, w in zip(rows, workers):
+        m = nn.Linear(len(row), 1, bias=False)
+        with torch.no_grad():
+            m.weight.set_(torch.tensor([row]))
+        remote.append(m.send(w))
+    return remote
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_parameters_are_refused_naming_the_worker(workers, bad):
+    rows = [[0.0, 1, 2], [0.0, 1, 2], [0.0, bad, 2]]
+    with pytest.raises(AggregationError, match="'jane' holds non-finite") as err:
+        secure_average(remote_vectors(rows, workers), workers, PRECISION)
+    assert err.value.worker == "jane"
+
+
+def test_a_sum_that_would_overflow_the_field_is_refused(workers):
+    """4e15 * 10**3 fits in int64 for one owner (syft accepts it) but the sum of three does not."""
+    rows = [[4.0e15, 1.0]] * 3
+    pointers = [t.send(w) for t, w in zip([torch.tensor(r) for r in rows], workers)]
+    unchecked = secure_sum(pointers, workers, PRECISION) / 3
+    assert abs(unchecked[0].item() - 4.0e15) > 1e14  # why the check exists: the ring wraps around
+    with pytest.raises(AggregationError, match="'bob' .* overflow") as err:
+        secure_average(remote_vectors(rows, workers), workers, PRECISION)
+    assert err.value.worker == "bob"
