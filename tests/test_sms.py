@@ -15,7 +15,6 @@ from fl_smpc.secure_aggregation import secure_average
 from fl_smpc.sms import (Messages, deduplicate, featurize, labels_tensor, load_data_file, load_packaged_corpus,
                          partition, train_test_split)
 from fl_smpc.training import train_locally
-from fl_smpc.workers import create_hook, virtual_workers
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -138,19 +137,18 @@ def test_short_federated_run_learns_and_beats_always_ham(small_csv):
     assert history.rounds[-1].global_loss < history.initial_loss
 
 
-def test_secure_average_of_4097_parameters_is_exact_within_one_quantum(corpus):
+def test_secure_average_of_4097_parameters_is_exact_within_one_quantum(corpus, workers):
     """The foundation's secure_average on a 4,096-feature model, against the plaintext mean."""
     owners = prepare_data(corpus.subset(range(600)), 3, "iid").owners
     parts = [(featurize(o.texts), labels_tensor(o)) for o in owners]
     torch.manual_seed(0)
     model = torch.nn.Linear(4096, 1)
-    with virtual_workers(["bob", "alice", "jane"], create_hook()) as workers:
-        remote_data = send_partitions(parts, workers)
-        remote_models = [model.copy().send(w) for w in workers]
-        for m, (x, y) in zip(remote_models, remote_data):
-            train_locally(m, x, y, lr=100.0, steps=5, loss_fn=mean_bce_with_logits)
-        average = secure_average(remote_models, workers, precision_fractional=3)
-        plain = torch.stack([torch.nn.utils.parameters_to_vector(m.get().parameters()) for m in remote_models])
+    remote_data = send_partitions(parts, workers)
+    remote_models = [model.copy().send(w) for w in workers]
+    for m, (x, y) in zip(remote_models, remote_data):
+        train_locally(m, x, y, lr=100.0, steps=5, loss_fn=mean_bce_with_logits)
+    average = secure_average(remote_models, workers, precision_fractional=3)
+    plain = torch.stack([torch.nn.utils.parameters_to_vector(m.get().parameters()) for m in remote_models])
     assert average.shape == (4097,)
     assert plain.abs().max() > 1  # trained, not the initial weights: the check covers a realistic range
     assert (average - plain.mean(0)).abs().max().item() <= 1e-3 + 1e-5  # one quantum, plus float32 rounding
@@ -170,11 +168,14 @@ def test_cli_sms_json_has_metrics_and_baselines(small_csv, capsys):
     assert doc["baseline"]["always_ham"]["f1"] == 0.0
 
 
-def test_cli_sms_text_prints_the_comparison(small_csv, capsys):
+def test_cli_sms_text_prints_the_comparison_and_writes_the_history(small_csv, tmp_path, capsys):
+    history = tmp_path / "sms.csv"
     assert main(["--dataset", "sms", "--data-file", small_csv, "--rounds", "1", "--local-steps", "2",
-                 "--features", "128", "--seed", "0", "--loss", "sse"]) == 0
+                 "--features", "128", "--seed", "0", "--loss", "sse", "--history", str(history)]) == 0
     out = capsys.readouterr().out
     assert "loss sse; lr 0.0002" in out and "centralized (2 steps)" in out and "always ham" in out
+    rows = history.read_text().splitlines()
+    assert rows[0] == "round,worker,local_loss,global_loss,accuracy,f1,precision,recall" and len(rows) == 1 + 3
 
 
 @pytest.mark.parametrize("flags, expected", [
