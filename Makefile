@@ -5,9 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test clean notebook picture
+.PHONY: run test clean notebook picture demo-network
 run: $(STAMP)
 	$(PY) federated_learning_smpc.py $(ARGS)
+
+# Three `fl-smpc worker` processes on free loopback ports, five rounds over websockets, workers stopped.
+demo-network: $(STAMP)
+	$(PY) -m fl_smpc demo-network $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

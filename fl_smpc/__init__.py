@@ -21,6 +21,11 @@ _LAZY = {
     "RoundResult": "federated", "RoundFailed": "federated",
     "plot_history": "plots", "save_plot": "plots",
     "history_rows": "history_csv", "write_history_csv": "history_csv",
+    "train_network": "network", "network_workers": "network", "create_data_owner": "network",
+    "DataOwnerServer": "network", "NetworkClient": "network", "WorkerUnreachable": "network",
+    "read_csv": "csvdata", "write_csv": "csvdata", "split_to_csv": "csvdata", "DataFileError": "csvdata",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "CheckpointError": "checkpoint",
+    "local_workers": "launcher",
     "load_packaged_corpus": "sms", "load_data_file": "sms", "Messages": "sms", "featurize": "sms",
     "run_sms_experiment": "experiment", "SmsResult": "experiment",
 }

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from .config import FLConfig
+from .netcli import SUBCOMMANDS, add_run_arguments, worker_addresses
 from .sms import DEFAULT_FEATURES as SMS_FEATURES, PARTITIONS, SMS_DEFAULTS as SMS
 
 DEFAULTS = FLConfig()
@@ -57,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", choices=PARTITIONS,
                    help="sms: owners with the same spam rate (iid) or very different ones (skewed) (default: iid)")
     p.add_argument("--loss", choices=("sse", "bce"),
-                   help="sse: the seed's summed squared error; bce: mean logistic loss (default: sse; sms: bce)")
+                   help="sse: the seed's summed squared error (the toy run's only loss); "
+                   "sms: bce, the mean logistic loss, or sse (default: bce with --dataset sms)")
     p.add_argument("--plot", type=output_path, metavar="PATH",
                    help="save a picture of the losses per round, e.g. training.png (default: none)")
     p.add_argument("--history", type=output_path, metavar="PATH.csv",
                    help="write one CSV row per round per worker: losses and metrics (default: none)")
+    add_run_arguments(p)  # --transport, --timeout, --checkpoint, --resume (fl_smpc/netcli.py)
     return p
 
 
@@ -101,6 +104,11 @@ def format_sms_result(result) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:  # worker, demo-network, split-data: fl_smpc/netcli.py
+        from .netcli import run_subcommand
+
+        return run_subcommand(argv)
     parser = build_parser()
     known, _ = parser.parse_known_args(argv)
     if known.dataset == "sms":  # FLConfig's defaults are the toy tutorial's; sms has its own
@@ -108,19 +116,24 @@ def main(argv=None) -> int:
         parser.set_defaults(rounds=SMS["rounds"], local_steps=SMS["local_steps"], lr=SMS["lr"][loss], loss=loss)
     args = parser.parse_args(argv)
     sms = args.dataset == "sms"
-    if not sms and (args.data_file or args.features is not None or args.partition):
-        parser.error("--data-file, --features and --partition need --dataset sms")
+    if not sms and (args.data_file or args.features is not None or args.partition or args.loss == "bce"):
+        parser.error("--data-file, --features, --partition and --loss bce need --dataset sms")
+    if sms and (args.transport != "virtual" or args.checkpoint or args.resume):
+        parser.error("--dataset sms runs in-process: it cannot be combined with --transport websocket, "
+                     "--checkpoint or --resume")
     if args.features is not None and args.features < 1:
         parser.error(f"--features: must be a positive integer, got {args.features}")
     try:
-        config = FLConfig(workers=args.workers, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
-                          precision_fractional=args.precision, seed=args.seed)
+        addresses = worker_addresses(args)  # None in-process
+        config = FLConfig(workers=tuple(addresses or args.workers), rounds=args.rounds, local_steps=args.local_steps,
+                          lr=args.lr, precision_fractional=args.precision, seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
 
     # heavy (torch, syft): only once the flags are valid
-    from .experiment import LOSSES, run_sms_experiment
-    from .federated import RoundFailed, train_federated
+    from .experiment import run_sms_experiment
+    from .federated import RoundFailed
+    from .netcli import run_errors, train_from_args
 
     bar = progress_bar(config.rounds, enabled=not args.json)
     on_round = bar and (lambda result, _history: advance(bar, result))
@@ -130,12 +143,12 @@ def main(argv=None) -> int:
                                         args.partition or "iid", args.loss, on_round=on_round)
             history, baseline = result.history, result.baseline["centralized"]["f1"]
         else:
-            history = train_federated(config, loss_fn=LOSSES[args.loss or "sse"][0], on_round=on_round)
-            baseline = None
-    except RoundFailed as err:
+            history, baseline = train_from_args(config, args, addresses, on_round=on_round), None
+    except (RoundFailed, *run_errors()) as err:
         print(f"fl-smpc: error: {err}", file=sys.stderr)
-        if err.history.rounds:  # a long run that fails late still leaves its completed rounds on disk
-            write_outputs(err.history, args)
+        done = getattr(err, "history", None)  # RoundFailed has it; connection/checkpoint errors do not
+        if done is not None and done.rounds:  # a long run that fails late still leaves its completed rounds on disk
+            write_outputs(done, args)
         return 1
     except (OSError, ValueError) as err:  # an unreadable or malformed --data-file: the message names the line
         if not sms:

@@ -126,12 +126,14 @@ def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple]
 
 
 def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, target: torch.Tensor = None,
-                    model: nn.Module = None, loss_fn=sum_squared_error, evaluate=None, on_round=None) -> History:
+                    model: nn.Module = None, loss_fn=sum_squared_error, evaluate=None, on_round=None,
+                    history: History = None) -> History:
     """Run ``config.rounds`` rounds of federated learning with secure averaging on VirtualWorkers.
 
     ``data``/``target`` default to the seed's toy dataset, ``model`` to ``nn.Linear(features, 1)``
     initialised from ``config.seed``. A given ``model`` is updated in place; if a round fails,
     :class:`RoundFailed` is raised and the model keeps the last completed round's parameters.
+    ``history`` resumes a checkpointed run: pass ``model`` holding its last round's parameters.
     """
     if config.seed is None:
         config = replace(config, seed=secrets.randbits(31))
@@ -147,4 +149,5 @@ def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, ta
 
     with virtual_workers(config.workers, create_hook()) as workers:
         remote_data = send_partitions(parts, workers)
-        return run_rounds(model, workers, remote_data, config, loss_fn, evaluate=evaluate, on_round=on_round)
+        return run_rounds(model, workers, remote_data, config, loss_fn, history=history, evaluate=evaluate,
+                          on_round=on_round)

@@ -85,10 +85,13 @@ def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: i
 
     ``ptr.copy().fix_prec().share(...)`` runs on the pointer's worker; ``.get()`` returns to us the
     AdditiveSharingTensor of pointers to the shares. Adding those adds share-wise on each owner.
+    Owners are named by id: each resolves the ids to its own connections to its peers (worker
+    objects such as ``WebsocketClientWorker`` cannot be serialized into the command).
     """
+    owners = [getattr(w, "id", w) for w in workers]
     with share_randomness_from_os():
         shared = [
-            ptr.copy().fix_prec(precision_fractional=precision_fractional).share(*workers).get()
+            ptr.copy().fix_prec(precision_fractional=precision_fractional).share(*owners).get()
             for ptr in tensor_ptrs
         ]
     total = shared[0]

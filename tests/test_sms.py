@@ -206,10 +206,15 @@ def test_cli_reports_malformed_data_file(tmp_path, capsys):
     assert "line 3: label must be ham/spam" in capsys.readouterr().err
 
 
-def test_cli_sms_options_need_dataset_sms(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--partition", "skewed"], "need --dataset sms"),
+    (["--loss", "bce"], "need --dataset sms"),
+    (["--dataset", "sms", "--checkpoint", "run.json"], "--dataset sms runs in-process"),
+])
+def test_cli_sms_options_are_checked_before_training(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
-        main(["--partition", "skewed"])
-    assert exc.value.code == 2 and "need --dataset sms" in capsys.readouterr().err
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_messages_reject_mismatched_lengths():

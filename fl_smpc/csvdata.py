@@ -1,0 +1,88 @@
+"""A data owner's own rows as a CSV file, read once by its worker process at start-up.
+
+Format (documented in the README): a header row, then one row per example; every column but the
+last is a numeric feature, the last is the label, 0 or 1. Every row has the header's column count.
+
+    x0,x1,x2,label
+    1,1,1,1
+    0,1,1,1
+
+A bad file must stop the worker *before* it serves, so every error names the file and the line.
+"""
+import csv
+import math
+import os
+from typing import Dict, Sequence, Tuple
+
+import torch
+
+from .data import check_dataset, split_dataset, toy_dataset
+
+
+class DataFileError(ValueError):
+    """The data file is missing or malformed; the message names the file and the line."""
+
+
+def read_csv(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(data, target)`` float tensors of shapes (rows, features) and (rows, 1)."""
+    if not os.path.isfile(path):
+        raise DataFileError(f"{path}: data file not found")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataFileError(f"{path}: cannot read: {err}") from None
+    if not rows:
+        raise DataFileError(f"{path}: empty file; expected a header row (features..., label) and data rows")
+    (_, header), body = rows[0], rows[1:]
+    width = len(header)
+    if width < 2:
+        raise DataFileError(f"{path}: line 1: the header needs at least one feature column and a label column")
+    if not body:
+        raise DataFileError(f"{path}: no data rows after the header")
+    values = []
+    for n, row in body:
+        if len(row) != width:
+            raise DataFileError(f"{path}: line {n}: expected {width} columns like the header, got {len(row)}")
+        try:
+            numbers = [float(v) for v in row]
+        except ValueError:
+            raise DataFileError(f"{path}: line {n}: non-numeric value in {row}") from None
+        if not all(math.isfinite(v) for v in numbers):
+            raise DataFileError(f"{path}: line {n}: NaN or infinite value in {row}")
+        if numbers[-1] not in (0.0, 1.0):
+            raise DataFileError(f"{path}: line {n}: label (last column) must be 0 or 1, got {row[-1]!r}")
+        values.append(numbers)
+    table = torch.tensor(values)
+    return table[:, :-1].contiguous(), table[:, -1:].contiguous()
+
+
+def write_csv(path: str, data: torch.Tensor, target: torch.Tensor) -> None:
+    """Write rows in :func:`read_csv`'s format (``repr`` floats, so values round-trip exactly)."""
+    check_dataset(data, target)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow([f"x{i}" for i in range(data.shape[1])] + ["label"])
+        for x, y in zip(data.tolist(), target.tolist()):
+            out.writerow([_number(v) for v in x + y])
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def split_to_csv(out_dir: str, names: Sequence[str], data: torch.Tensor = None,
+                 target: torch.Tensor = None) -> Dict[str, str]:
+    """Split a dataset (default: the seed's toy data) like the in-process run; one ``NAME.csv`` per owner.
+
+    Returns ``{name: path}``. Uses :func:`fl_smpc.data.split_dataset`, so owner i gets the same
+    rows as worker i of the in-process run and the two runs are comparable.
+    """
+    if data is None and target is None:
+        data, target = toy_dataset()
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for name, (x, y) in zip(names, split_dataset(data, target, len(names))):
+        paths[name] = os.path.join(out_dir, f"{name}.csv")
+        write_csv(paths[name], x, y)
+    return paths

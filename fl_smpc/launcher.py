@@ -1,0 +1,131 @@
+"""Start data-owner worker processes on this machine and always stop them again.
+
+Used by ``fl-smpc demo-network`` and the tests. Each worker runs ``python -m fl_smpc worker`` in
+its own process group (so a Ctrl-C aimed at the launcher does not kill a worker mid-message, and
+stopping a group also stops anything the worker started); on Linux a worker also gets SIGTERM if
+the launcher itself dies. Readiness is the worker's "serving on" line, polled with a deadline --
+never a fixed sleep -- and a worker that exits instead is reported with the end of its log.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Tuple
+
+READY_MARK = "serving on"
+Address = Tuple[str, int]
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process exited or did not become ready in time; the message holds its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free now (another process could still take it before the worker binds)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent():  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the launcher's finally block is the only guarantee
+
+
+def worker_command(name: str, data_path: str, address: Address, peers: Dict[str, Address],
+                   timeout: float = None) -> List[str]:
+    """The ``fl-smpc worker`` command line for one owner (run with this interpreter)."""
+    cmd = [sys.executable, "-m", "fl_smpc", "worker", "--id", name, "--data", data_path,
+           "--host", address[0], "--port", str(address[1])]
+    if peers:
+        cmd += ["--peers", ",".join(f"{n}={h}:{p}" for n, (h, p) in peers.items())]
+    if timeout is not None:
+        cmd += ["--timeout", str(timeout)]
+    return cmd
+
+
+def start_worker(name: str, data_path: str, address: Address, peers: Dict[str, Address], log_path: str,
+                 timeout: float = None) -> subprocess.Popen:
+    """Start one worker process in its own session, output to ``log_path``; see :func:`wait_ready`."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            worker_command(name, data_path, address, peers, timeout), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def stop_processes(procs: List[subprocess.Popen], grace: float = 5.0) -> None:
+    """SIGTERM each process group, wait up to ``grace`` seconds in total, then SIGKILL what is left."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # pid == pgid: started with start_new_session
+    except ProcessLookupError:
+        pass  # already gone (its group is empty)
+
+
+def wait_ready(proc: subprocess.Popen, log_path: str, name: str, deadline: float) -> None:
+    """Return once the worker's log shows it is serving; raise WorkerStartError if it exits or times out."""
+    while True:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        if READY_MARK in log:
+            return
+        if proc.poll() is not None:
+            raise WorkerStartError(f"worker {name!r} exited with code {proc.returncode}:\n{log[-2000:]}")
+        if time.monotonic() > deadline:
+            raise WorkerStartError(f"worker {name!r} did not start serving in time:\n{log[-2000:]}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def local_workers(data_paths: Dict[str, str], host: str = "127.0.0.1", ready_timeout: float = 60.0,
+                  timeout: float = None, log_dir: str = None) -> Iterator[Dict[str, Address]]:
+    """Run one worker process per ``{name: csv_path}`` on free ports; yield ``{name: (host, port)}``.
+
+    Every process is stopped on exit, whatever happened (error, Ctrl-C). ``timeout`` is passed to
+    the workers (peer connect/reply timeout). Logs go to ``log_dir`` (default: a temporary dir).
+    The ``Popen`` objects are available as ``addresses.processes`` for tests that kill one.
+    """
+    addresses = WorkerAddresses({name: (host, free_port(host)) for name in data_paths})
+    with tempfile.TemporaryDirectory(prefix="fl-smpc-workers-") as tmp:
+        log_dir = log_dir or tmp
+        try:
+            for name, path in data_paths.items():
+                peers = {n: a for n, a in addresses.items() if n != name}
+                addresses.logs[name] = os.path.join(log_dir, f"{name}.log")
+                addresses.processes[name] = start_worker(name, path, addresses[name], peers, addresses.logs[name],
+                                                         timeout)
+            deadline = time.monotonic() + ready_timeout
+            for name, proc in addresses.processes.items():
+                wait_ready(proc, addresses.logs[name], name, deadline)
+            yield addresses
+        finally:
+            stop_processes(list(addresses.processes.values()))
+
+
+class WorkerAddresses(dict):
+    """``{name: (host, port)}`` plus the worker ``processes`` and ``logs`` (paths) by name."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.processes: Dict[str, subprocess.Popen] = {}
+        self.logs: Dict[str, str] = {}

@@ -1,0 +1,375 @@
+"""Data owners as separate processes, talking syft 0.2.9's own websocket protocol.
+
+Each owner runs a :class:`DataOwnerServer` (a ``WebsocketServerWorker``) holding the rows of its
+CSV file, tagged so the model owner can find them with ``search``. The model owner connects with
+one :class:`NetworkClient` per owner and runs the unchanged round loop
+(:func:`fl_smpc.federated.run_rounds`). Secure averaging names share owners by id, so each owner
+creates its shares itself and sends them to its peers over its own client connections; the model
+owner only ever receives pointers, shares, the revealed sum, losses and two booleans per check.
+
+Failures never hang: every connection has a timeout, and a worker that cannot reach a peer closes
+the model owner's connection with a reason naming that peer (see :func:`failure_reason`).
+"""
+import asyncio
+import binascii
+import os
+import secrets
+import select
+import signal
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import syft as sy
+import torch
+import websocket
+import websockets
+from syft.messaging.message import ForceObjectDeleteMessage
+from syft.serde.msgpack.serde import _deserialize_msgpack_binary, msgpack_global_state
+from syft.workers.websocket_client import WebsocketClientWorker
+from syft.workers.websocket_server import WebsocketServerWorker
+from torch import nn
+
+from .checkpoint import latest_state
+from .config import FLConfig
+from .csvdata import read_csv
+from .federated import History, RoundFailed, run_rounds
+from .training import sum_squared_error
+from .workers import create_hook, remove_workers
+
+DATA_TAG, TARGET_TAG = "#fl-smpc-data", "#fl-smpc-target"
+REPLY_TIMEOUT = 30.0  # seconds the model owner waits for one reply (local training included)
+CONNECT_TIMEOUT = 10.0  # seconds to keep retrying a refused connection (the server may still be starting)
+GC_DELAY = 0.5  # seconds the model owner collects remote deletes before sending them in one message
+CLOSE_INTERNAL_ERROR = 1011  # websocket close code: the server could not handle the request
+Address = Tuple[str, int]
+
+
+class WorkerUnreachable(ConnectionError):
+    """A worker could not be reached or stopped answering; ``worker`` is its id."""
+
+    def __init__(self, worker: str, message: str):
+        super().__init__(f"worker {worker!r}: {message}")
+        self.worker = worker
+
+
+class WorkerSetupError(ValueError):
+    """A worker does not match what the model owner expects (id, data, feature count)."""
+
+
+def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float) -> websocket.WebSocket:
+    """Connect, retrying refused connections with backoff until ``connect_timeout`` (upstream #2258).
+
+    A server that is still starting refuses connections; a fixed sleep would be both slow and
+    unreliable, so we retry until a deadline and then name the worker we could not reach.
+    """
+    deadline, pause = time.monotonic() + connect_timeout, 0.05
+    while True:
+        try:  # the handshake must also finish before the deadline (a hung server accepts TCP, then stalls)
+            ws = websocket.create_connection(url, timeout=max(min(timeout, deadline - time.monotonic()), 0.1),
+                                             max_size=None)
+            ws.settimeout(timeout)
+            return ws
+        except (OSError, websocket.WebSocketException) as err:
+            if time.monotonic() + pause > deadline:
+                raise WorkerUnreachable(worker, f"cannot connect to {url} within {connect_timeout:g}s: {err}") from err
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+class NetworkClient(WebsocketClientWorker):
+    """syft's websocket client with bounded waits and errors that name the worker.
+
+    Differences from ``WebsocketClientWorker``: it does not connect in ``__init__`` (call
+    :meth:`open`, or set ``reconnect`` to connect on first use, as peers do); a timeout, reset or
+    refused connection raises :class:`WorkerUnreachable` instead of syft's silent resend; and a
+    server that closes the connection with a reason (a failed request, see :func:`failure_reason`)
+    raises ``WorkerUnreachable`` naming the worker given in that reason.
+    ``reconnect``: reopen a dropped connection before the next message (peers: a restarted peer
+    is reached again); the model owner keeps it False, as a restarted worker has lost its objects.
+    """
+
+    def __init__(self, hook, host: str, port: int, id: str, timeout: float = REPLY_TIMEOUT,
+                 connect_timeout: float = CONNECT_TIMEOUT, reconnect: bool = False):
+        self.connect_timeout, self.reconnect, self.closed = connect_timeout, reconnect, False
+        # the first failure and when: syft swallows some errors (``is_none``, ``__del__``), train_network reports them
+        self.failure: Optional[WorkerUnreachable] = None
+        self.failed_at = float("inf")
+        super().__init__(hook, host, port, id=id, timeout=timeout)
+
+    def connect(self):  # called by WebsocketClientWorker.__init__: connecting is deferred to open()
+        pass
+
+    def open(self) -> "NetworkClient":
+        self.ws = open_websocket(self.url, self.id, self.timeout, self.connect_timeout)
+        self.closed = False
+        return self
+
+    def close(self):
+        """Close for good: later messages fail, except garbage collection, which is dropped."""
+        self._drop()
+        self.closed = True
+
+    def _drop(self):
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=1)
+            except (OSError, websocket.WebSocketException):
+                pass
+
+    def _usable(self) -> bool:
+        """Connected and idle: a server only ever speaks in reply, so readable now means closed or reset."""
+        if self.ws is None or not self.ws.connected:
+            return False
+        readable, _, _ = select.select([self.ws.sock], [], [], 0)
+        return not readable
+
+    def _recv_msg(self, message: bytes) -> bytes:
+        return self._forward_to_websocket_server_worker(message)
+
+    def _forward_to_websocket_server_worker(self, message: bytes) -> bytes:
+        try:
+            return self._exchange(message)
+        except WorkerUnreachable as err:
+            if self.failure is None:
+                self.failure, self.failed_at = err, time.monotonic()
+            if is_delete_message(message):
+                # garbage collection (``__del__``) of a pointer whose worker is gone or was closed:
+                # nothing left to delete, and raising would only print noise
+                return sy.serde.serialize(None)
+            raise
+
+    def _exchange(self, message: bytes) -> bytes:
+        if self.closed:
+            raise WorkerUnreachable(self.id, "connection closed")
+        if not self._usable():
+            if not self.reconnect:
+                raise WorkerUnreachable(self.id, "connection lost")
+            self._drop()
+            self.open()
+        try:
+            self.ws.send(str(binascii.hexlify(message)))
+            opcode, data = self.ws.recv_data()
+        except (OSError, websocket.WebSocketException) as err:
+            self._drop()
+            timed_out = isinstance(err, (socket.timeout, websocket.WebSocketTimeoutException))
+            waited = f" within {self.timeout:g}s" if timed_out else ""
+            raise WorkerUnreachable(self.id, f"no reply{waited}: {type(err).__name__}: {err}") from err
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            self._drop()
+            worker, _, reason = data[2:].decode("utf-8", "replace").partition("\n")
+            if not reason:
+                raise WorkerUnreachable(self.id, "closed the connection")
+            via = "" if worker == self.id else f" (reported by {self.id!r})"
+            raise WorkerUnreachable(worker, reason + via)
+        return binascii.unhexlify(data.decode()[2:-1])
+
+
+def is_delete_message(message: bytes) -> bool:
+    """Is this syft's ``ForceObjectDeleteMessage``? Read from the raw msgpack: detailing has side effects."""
+    return _deserialize_msgpack_binary(message)[0] == msgpack_global_state.simplifiers[ForceObjectDeleteMessage][0]
+
+
+def failure_reason(worker_id: str, err: Exception) -> str:
+    """Close reason ``"<culprit id>\\n<error>"`` (<= 123 bytes, the websocket limit).
+
+    The culprit is the peer when the error came from reaching a peer, else this worker.
+    """
+    culprit = getattr(err, "worker", None) or worker_id
+    text = f"{culprit}\n{type(err).__name__}: {err}"
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+
+
+class DataOwnerServer(WebsocketServerWorker):
+    """syft's ``WebsocketServerWorker``, answering every message on the connection it came from.
+
+    syft 0.2.9 puts the requests of *all* connections into one ``broadcast_queue`` and runs one
+    reply task per connection that takes whatever request is next: once a server has two clients
+    (the model owner and a peer sending shares), a reply can leave on the wrong connection and its
+    caller waits forever (PySyft #2428, "one client per server"). Here each connection handles its
+    own requests in order. A request that fails closes that connection with a reason naming the
+    worker at fault, so the caller gets an error instead of a hang. ``serve`` replaces ``start``
+    to report the bound port and to stop cleanly on SIGINT/SIGTERM.
+    """
+
+    async def _handler(self, connection, *unused_args):
+        try:
+            async for text in connection:
+                try:
+                    reply = self._recv_msg(binascii.unhexlify(text[2:-1]))
+                except Exception as err:  # anything: the caller must hear about it, not wait
+                    await connection.close(CLOSE_INTERNAL_ERROR, failure_reason(self.id, err))
+                    return
+                await connection.send(str(binascii.hexlify(reply)))
+        except websockets.exceptions.ConnectionClosed:
+            pass
+
+    def serve(self, on_ready: Callable[[int], None] = None) -> None:
+        """Serve until SIGINT or SIGTERM; ``on_ready(port)`` once listening (port 0 picks a free one)."""
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(websockets.serve(
+            self._handler, self.host, self.port, max_size=None, ping_interval=None, close_timeout=1))
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            if on_ready is not None:
+                on_ready(server.sockets[0].getsockname()[1])
+            loop.run_until_complete(stop.wait())
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            server.close()
+            loop.run_until_complete(server.wait_closed())
+
+
+def refuse_get(tensor: torch.Tensor) -> torch.Tensor:
+    """Make syft answer ``GetNotPermittedError`` to a ``.get()`` of this very tensor.
+
+    syft checks ``tensor.allow(user)`` before handing an object out. This stops the plain
+    ``data_ptr.get()``; it cannot stop a client computing on the data and fetching the result
+    (syft 0.2.9 executes any command it is sent -- see the README's trust model).
+    """
+    tensor.allow = lambda user=None: False
+    return tensor
+
+
+def reseed_from_os() -> None:
+    """Seed torch's generator from OS entropy: a worker's shares are drawn from it.
+
+    A fresh process starts from torch's fixed default seed, so without this every worker
+    process would draw the same, predictable share masks in every run.
+    """
+    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+
+def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", port: int = 8777,
+                      peers: Dict[str, Address] = None, timeout: float = CONNECT_TIMEOUT) -> DataOwnerServer:
+    """Load and validate the owner's CSV (before anything else), then build its server and peer clients.
+
+    Peers are connected lazily on first use with retries until ``timeout``: they may start later.
+    ``timeout`` also bounds a peer's reply; keep it below the model owner's reply timeout so a dead
+    peer is reported by name before the model owner gives up on this worker.
+    """
+    data, target = read_csv(data_path)
+    peers = dict(peers or {})
+    if not peers:
+        raise ValueError("peers: a worker sends shares to the other owners, so it needs at least one "
+                         "peer NAME=HOST:PORT (--peers)")
+    FLConfig(workers=(worker_id, *peers))  # same id rules as the in-process run (unique, not "me")
+    hook = create_hook()
+    reseed_from_os()
+    data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))
+    target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))
+    server = DataOwnerServer(hook, host=host, port=port, id=worker_id, data=[data, target])
+    for peer_id, (peer_host, peer_port) in peers.items():
+        client = NetworkClient(hook, peer_host, peer_port, id=peer_id, timeout=timeout,
+                               connect_timeout=timeout, reconnect=True)
+        if peer_id not in server._known_workers:
+            server.add_worker(client)
+    return server
+
+
+@contextmanager
+def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = REPLY_TIMEOUT,
+                    connect_timeout: float = CONNECT_TIMEOUT) -> Iterator[List[NetworkClient]]:
+    """Connect the model owner to every worker (retrying until ``connect_timeout``); close and forget them on exit.
+
+    Meanwhile the model owner batches syft's garbage collection (see :func:`batched_deletes`).
+    """
+    hook = hook or create_hook()
+    taken = [n for n in addresses if n in hook.local_worker._known_workers]
+    if taken:
+        raise ValueError(f"workers {taken} already exist in this process; remove them first")
+    clients = []
+    try:
+        for name, (host, port) in addresses.items():
+            clients.append(NetworkClient(hook, host, port, id=name, timeout=timeout, connect_timeout=connect_timeout))
+            clients[-1].open()
+        with batched_deletes(hook.local_worker, clients):
+            yield clients
+    finally:
+        for client in clients:
+            client.close()
+        remove_workers(hook, clients)
+
+
+@contextmanager
+def batched_deletes(local_worker, clients: List[NetworkClient], delay: float = GC_DELAY):
+    """Send syft's remote deletes at most every ``delay`` seconds per worker, and the rest on exit.
+
+    syft deletes the remote object of every freed pointer with its own round trip (``garbage_delay``
+    0): over a network that is a third of a run's messages. Batching keeps the workers' memory
+    bounded (one ``delay`` worth of objects) and the run's messages fewer.
+    """
+    store = local_worker.object_store
+    previous, store.garbage_delay = store.garbage_delay, delay
+    try:
+        yield
+    finally:
+        store.garbage_delay = previous
+        for client in clients:
+            ids = store.trash.pop(client.id, (0, []))[1]
+            if ids and client.failure is None:
+                local_worker.send_msg(ForceObjectDeleteMessage(ids), location=client)
+
+
+def find_data(client: NetworkClient) -> Tuple:
+    """The owner's (data_ptr, target_ptr), found by tag; the tensors stay on the worker."""
+    found = []
+    for tag in (DATA_TAG, TARGET_TAG):
+        hits = client.search([tag])
+        if len(hits) != 1:
+            raise WorkerSetupError(f"worker {client.id!r} holds {len(hits)} tensors tagged {tag}, expected 1")
+        location = hits[0].location  # resolved by id: only our client of that name if the ids agree
+        if location is not client:
+            raise WorkerSetupError(f"the worker at {client.url} has id {getattr(location, 'id', location)!r}, "
+                             f"but it was given as {client.id!r}: use its --id")
+        found.append(hits[0])
+    return tuple(found)
+
+
+def feature_count(remote_data: List[Tuple], names: List[str]) -> int:
+    """The common number of feature columns; a worker whose file differs is named."""
+    counts = {name: data_ptr.shape[1] for name, (data_ptr, _) in zip(names, remote_data)}
+    if len(set(counts.values())) != 1:
+        raise WorkerSetupError(f"workers disagree on the number of feature columns: {counts}")
+    return next(iter(counts.values()))
+
+
+def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Module = None,
+                  history: Optional[History] = None, loss_fn=sum_squared_error, evaluate=None, on_round=None,
+                  timeout: float = REPLY_TIMEOUT, connect_timeout: float = None, hook=None) -> History:
+    """:func:`fl_smpc.federated.train_federated` over websocket workers that hold their own data.
+
+    ``addresses`` maps each name of ``config.workers`` (same order) to its ``(host, port)``.
+    ``model`` defaults to ``nn.Linear(features, 1)`` initialised from ``config.seed``, exactly as
+    in-process, so both transports give the same model. With ``history`` (a checkpoint) the run
+    resumes after its last completed round, from that round's model. ``connect_timeout`` defaults
+    to the smaller of ``timeout`` and :data:`CONNECT_TIMEOUT`.
+    """
+    if tuple(addresses) != config.workers:
+        raise ValueError(f"addresses are given for {list(addresses)} but the config names {list(config.workers)}")
+    if config.seed is None:
+        config = replace(config, seed=secrets.randbits(31))
+    connect_timeout = min(timeout, CONNECT_TIMEOUT) if connect_timeout is None else connect_timeout
+    with network_workers(addresses, hook, timeout, connect_timeout) as clients:
+        remote_data = [find_data(c) for c in clients]
+        features = feature_count(remote_data, list(config.workers))
+        torch.manual_seed(config.seed)
+        if model is None:
+            model = nn.Linear(features, 1)
+        if history is not None:
+            model.load_state_dict(latest_state(history))
+        try:
+            return run_rounds(model, clients, remote_data, config, loss_fn, history=history, evaluate=evaluate,
+                              on_round=on_round)
+        except RoundFailed as err:
+            first = min(clients, key=lambda c: c.failed_at).failure
+            if err.worker is None and first is not None:  # syft swallowed the real error and failed obscurely
+                raise RoundFailed(err.round, first, err.history, first.worker) from err
+            raise
