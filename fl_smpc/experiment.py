@@ -96,13 +96,20 @@ def evaluator(test: Messages, n_features: int, threshold: float):
     return evaluate
 
 
-def train_centralized(model: nn.Module, data: torch.Tensor, target: torch.Tensor, lr: float, steps: int,
-                      loss_fn) -> nn.Module:
-    """Plain full-batch SGD on the pooled data (no workers, no sharing): the baseline to match."""
+def train_centralized(model: nn.Linear, data: torch.Tensor, target: torch.Tensor, lr: float, steps: int,
+                      loss_fn) -> nn.Linear:
+    """Plain full-batch SGD on the pooled data (no workers, no sharing): the baseline to match.
+
+    ``data`` may be a sparse tensor: hashed rows are > 99 % zeros, and the same linear map computed
+    with ``torch.sparse.mm`` is ~10x faster than the dense product (same maths, other rounding).
+    """
+    def forward():
+        return torch.sparse.mm(data, model.weight.t()) + model.bias if data.is_sparse else model(data)
+
     optimizer = optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
-        loss_fn(model(data), target).backward()
+        loss_fn(forward(), target).backward()
         optimizer.step()
     return model
 
@@ -140,7 +147,8 @@ def run_sms_experiment(config: FLConfig, data_file: Optional[str] = None, n_feat
     central = nn.Linear(n_features, 1)
     central.load_state_dict(start_state)
     pooled = prepared.train
-    train_centralized(central, featurize(pooled.texts, n_features), labels_tensor(pooled), config.lr, steps, loss_fn)
+    train_centralized(central, featurize(pooled.texts, n_features).to_sparse(), labels_tensor(pooled), config.lr,
+                      steps, loss_fn)
     baseline = {
         "centralized": {**evaluate(central), "steps": steps, "seconds": time.perf_counter() - started},
         "always_ham": spam_metrics(list(prepared.test.labels), [0] * len(prepared.test)),

@@ -1,4 +1,5 @@
 """Real SMS data: loaders, split and partitions, per-owner features, a short secure run, the CLI."""
+import copy
 import csv
 import json
 import os
@@ -10,7 +11,7 @@ import torch
 from fl_smpc.cli import main
 from fl_smpc.config import FLConfig
 from fl_smpc.data import send_partitions
-from fl_smpc.experiment import mean_bce_with_logits, prepare_data, run_sms_experiment
+from fl_smpc.experiment import mean_bce_with_logits, prepare_data, run_sms_experiment, train_centralized
 from fl_smpc.secure_aggregation import secure_average
 from fl_smpc.sms import (Messages, deduplicate, featurize, labels_tensor, load_data_file, load_packaged_corpus,
                          partition, train_test_split)
@@ -124,6 +125,17 @@ def test_features_are_stateless_per_owner(corpus):
     together = featurize(texts, 256)
     apart = torch.cat([featurize(texts[:20], 256), featurize(texts[20:], 256)])
     assert together.shape == (50, 256) and torch.equal(together, apart)
+
+
+def test_centralized_baseline_on_sparse_rows_matches_dense(corpus):
+    x, y = featurize(corpus.texts[:200], 256), labels_tensor(corpus.subset(range(200)))
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(256, 1)
+    sparse, start = copy.deepcopy(dense), copy.deepcopy(dense)
+    train_centralized(dense, x, y, lr=5.0, steps=20, loss_fn=mean_bce_with_logits)
+    train_centralized(sparse, x.to_sparse(), y, lr=5.0, steps=20, loss_fn=mean_bce_with_logits)
+    assert (dense.weight - start.weight).abs().max() > 0.01  # it trained
+    assert torch.allclose(dense.weight, sparse.weight, atol=1e-5) and torch.allclose(dense.bias, sparse.bias, atol=1e-5)
 
 
 def test_short_federated_run_learns_and_beats_always_ham(small_csv):
