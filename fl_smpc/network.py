@@ -12,6 +12,7 @@ the model owner's connection with a reason naming that peer (see :func:`failure_
 """
 import asyncio
 import binascii
+import gc
 import os
 import secrets
 import select
@@ -311,6 +312,7 @@ def batched_deletes(local_worker, clients: List[NetworkClient], delay: float = G
     try:
         yield
     finally:
+        gc.collect()  # pointers caught in reference cycles queue their deletes now, not after the flush
         store.garbage_delay = previous
         for client in clients:
             ids = store.trash.pop(client.id, (0, []))[1]
