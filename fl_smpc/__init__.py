@@ -27,6 +27,8 @@ _LAZY = {
     "read_csv": "csvdata", "write_csv": "csvdata", "split_to_csv": "csvdata", "DataFileError": "csvdata",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "CheckpointError": "checkpoint",
     "local_workers": "launcher",
+    "load_packaged_corpus": "sms", "load_data_file": "sms", "Messages": "sms", "featurize": "sms",
+    "run_sms_experiment": "experiment", "SmsResult": "experiment",
 }
 
 __all__ = ["FLConfig", *_LAZY]

