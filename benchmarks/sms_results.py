@@ -1,4 +1,4 @@
-"""Reproduce the SMS results table of docs/README-issue3.md (timings vary with the machine's load).
+"""Reproduce the SMS results table of docs/sms.md (timings vary with the machine's load).
 
     .venv/bin/python benchmarks/sms_results.py [--seeds 0 1 2]
 
