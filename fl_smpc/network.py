@@ -5,7 +5,7 @@ CSV file, tagged so the model owner can find them with ``search``. The model own
 one :class:`NetworkClient` per owner and runs the unchanged round loop
 (:func:`fl_smpc.federated.run_rounds`). Secure averaging names share owners by id, so each owner
 creates its shares itself and sends them to its peers over its own client connections; the model
-owner only ever receives pointers, shares, the revealed sum, losses and two booleans per check.
+owner only ever receives pointers, shares, the revealed sum, losses and the booleans of the encodability check.
 
 Failures never hang: every connection has a timeout, and a worker that cannot reach a peer closes
 the model owner's connection with a reason naming that peer (see :func:`failure_reason`).

@@ -18,7 +18,7 @@ per owner instead of one per parameter tensor.
 """
 import os
 from contextlib import contextmanager
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch
 
