@@ -306,13 +306,30 @@ def batched_deletes(local_worker, clients: List[NetworkClient], delay: float = G
     syft deletes the remote object of every freed pointer with its own round trip (``garbage_delay``
     0): over a network that is a third of a run's messages. Batching keeps the workers' memory
     bounded (one ``delay`` worth of objects) and the run's messages fewer.
+
+    syft keys its batches by worker *id* but sends a batch to whichever location object's pointer
+    happens to trigger the flush. A pointer left over from an earlier worker of the same name (a
+    closed connection, an in-process VirtualWorker "bob") would carry this run's batch to that old
+    worker, and the live worker would keep the objects. So only our clients' pointers are batched;
+    any other pointer deletes at its own location at once, as syft does by default.
     """
     store = local_worker.object_store
+    ours = {client.id: client for client in clients}
+    batch = local_worker.garbage
+
+    def garbage(object_id, location):
+        if ours.get(location.id) is location:
+            batch(object_id, location)
+        else:
+            local_worker.send_msg(ForceObjectDeleteMessage([object_id]), location)
+
     previous, store.garbage_delay = store.garbage_delay, delay
+    local_worker.garbage = garbage
     try:
         yield
     finally:
         gc.collect()  # pointers caught in reference cycles queue their deletes now, not after the flush
+        del local_worker.garbage
         store.garbage_delay = previous
         for client in clients:
             ids = store.trash.pop(client.id, (0, []))[1]

@@ -19,8 +19,9 @@ from fl_smpc.checkpoint import load_checkpoint, save_checkpoint
 from fl_smpc.csvdata import split_to_csv
 from fl_smpc.data import split_dataset, toy_dataset
 from fl_smpc.federated import RoundFailed, train_federated
+from fl_smpc.workers import virtual_workers
 from fl_smpc.launcher import local_workers, start_worker, wait_ready
-from fl_smpc.network import (NetworkClient, WorkerSetupError, WorkerUnreachable, find_data, network_workers,
+from fl_smpc.network import (GC_DELAY, NetworkClient, WorkerSetupError, WorkerUnreachable, find_data, network_workers,
                               train_network)
 from fl_smpc.training import sum_squared_error
 
@@ -202,6 +203,22 @@ def test_run_leaves_only_the_data_on_the_workers(cluster, network_run):
     # every remote model, share and intermediate was deleted (the model owner batches the deletes)
     with network_workers(cluster, timeout=REPLY_TIMEOUT) as clients:
         assert [c.objects_count_remote() for c in clients] == [2, 2, 2]
+
+
+def test_a_stale_pointer_of_the_same_name_does_not_take_the_batch_of_deletes(cluster):
+    """A pointer to an older worker named "bob" (here an in-process one), freed during a network run
+    after the batching delay, used to carry the live bob's batch of deletes to the old bob."""
+    import time
+
+    with virtual_workers(["bob"]) as (old_bob,):  # e.g. an in-process run earlier in the same session
+        stale = torch.zeros(1).send(old_bob)
+    with network_workers(cluster, timeout=REPLY_TIMEOUT) as clients:
+        fresh = torch.ones(3).send(clients[0])
+        del fresh  # batched: its delete waits for the next flush
+        time.sleep(GC_DELAY + 0.1)
+        del stale  # past the delay: this delete flushes "bob"'s batch
+    with network_workers(cluster, timeout=REPLY_TIMEOUT) as clients:
+        assert clients[0].objects_count_remote() == 2
 
 
 def test_worker_refuses_to_hand_out_its_data(cluster):
