@@ -53,6 +53,7 @@ def test_notebook_executes(jupyter_in_tmp):
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "round 2/2  global loss" in text and "round 3/" not in text  # the injected settings were used
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert images, "the training picture was not displayed"
+    assert len(images) == 2, "the toy and the SMS training pictures were not both displayed"
+    assert "round  1: test accuracy" in text and "round  2:" not in text  # the SMS section ran, 1 round
     rows = (jupyter_in_tmp / "training-history.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3  # header + rounds x owners
