@@ -40,12 +40,15 @@ def save_checkpoint(path: str, history: History) -> None:
 
 def checkpoint_writer(path: str):
     """An ``on_round(result, history)`` callback that checkpoints after every completed round."""
-    return lambda _result, history: save_checkpoint(path, history)
+    def write(_result, history):
+        try:
+            save_checkpoint(path, history)
+        except OSError as err:  # disk full, directory removed...: the CLI still writes --plot/--history
+            failure = CheckpointError(f"{path}: cannot write the checkpoint after round {len(history.rounds)}: {err}")
+            failure.history = history
+            raise failure from err
 
-
-def latest_state(history: History) -> dict:
-    """The global model after the last completed round (the initial model if none completed)."""
-    return history.rounds[-1].model if history.rounds else history.initial_model
+    return write
 
 
 def _state(lists: dict) -> dict:

@@ -35,6 +35,8 @@ def read_csv(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
     if not rows:
         raise DataFileError(f"{path}: empty file; expected a header row (features..., label) and data rows")
     (_, header), body = rows[0], rows[1:]
+    if all(_is_number(cell) for cell in header):
+        raise DataFileError(f"{path}: line 1 looks like data, not a header: add a header row (e.g. x0,x1,...,label)")
     width = len(header)
     if width < 2:
         raise DataFileError(f"{path}: line 1: the header needs at least one feature column and a label column")
@@ -55,6 +57,14 @@ def read_csv(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
         values.append(numbers)
     table = torch.tensor(values)
     return table[:, :-1].contiguous(), table[:, -1:].contiguous()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def write_csv(path: str, data: torch.Tensor, target: torch.Tensor) -> None:

@@ -38,6 +38,10 @@ class History:
     rounds: List[RoundResult] = field(default_factory=list)
     initial_metrics: Dict[str, float] = field(default_factory=dict)
 
+    def latest_state(self) -> Dict[str, torch.Tensor]:
+        """The global model after the last completed round (the initial model if none completed)."""
+        return self.rounds[-1].model if self.rounds else self.initial_model
+
     def to_dict(self) -> dict:
         """JSON-ready form; the keys are a stable interface for other tools."""
         doc = {
@@ -118,8 +122,10 @@ def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple]
         try:
             losses = run_round(model, workers, remote_data, config, loss_fn)
             result = RoundResult(r, losses, global_loss(model, remote_data, loss_fn), snapshot(model), evaluate(model))
-        except Exception as err:  # the model holds round r's average at worst: put back round r-1's
-            model.load_state_dict(history.rounds[-1].model if history.rounds else history.initial_model)
+        except BaseException as err:  # Ctrl-C too: the model may hold round r's average; put back r-1's
+            model.load_state_dict(history.latest_state())
+            if not isinstance(err, Exception):
+                raise
             raise RoundFailed(r, err, history, getattr(err, "worker", None)) from err
         history.rounds.append(result)
         if on_round is not None:

@@ -10,6 +10,8 @@ import sys
 import tempfile
 from typing import Dict, Optional, Tuple
 
+from .config import FLConfig
+
 SUBCOMMANDS = ("worker", "demo-network", "split-data")
 REPLY_TIMEOUT = 30.0  # mirrors fl_smpc.network.REPLY_TIMEOUT (not imported: that module loads syft)
 PEER_TIMEOUT = 10.0  # mirrors fl_smpc.network.CONNECT_TIMEOUT
@@ -74,7 +76,7 @@ def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None
     """
     from torch import nn
 
-    from .checkpoint import CheckpointError, checkpoint_writer, latest_state, load_checkpoint
+    from .checkpoint import CheckpointError, checkpoint_writer, load_checkpoint
 
     history = load_checkpoint(args.resume) if args.resume else None
     if history is not None:
@@ -99,7 +101,7 @@ def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None
     model = None
     if history is not None:
         model = nn.Linear(*reversed(history.initial_model["weight"].shape))
-        model.load_state_dict(latest_state(history))
+        model.load_state_dict(history.latest_state())
     return train_federated(config, model=model, history=history, on_round=on_round)
 
 
@@ -160,7 +162,8 @@ def split_main(argv) -> int:
 
     try:
         data = read_csv(args.csv) if args.csv else (None, None)
-        for name, path in split_to_csv(args.out, [n.strip() for n in args.workers.split(",")], *data).items():
+        names = FLConfig(workers=[n.strip() for n in args.workers.split(",")]).workers  # unique, non-empty
+        for name, path in split_to_csv(args.out, names, *data).items():
             print(f"{name}: {path}")
     except (DataFileError, ValueError, OSError) as err:
         print(f"fl-smpc split-data: error: {err}", file=sys.stderr)

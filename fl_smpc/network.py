@@ -33,7 +33,6 @@ from syft.workers.websocket_client import WebsocketClientWorker
 from syft.workers.websocket_server import WebsocketServerWorker
 from torch import nn
 
-from .checkpoint import latest_state
 from .config import FLConfig
 from .csvdata import read_csv
 from .federated import History, RoundFailed, run_rounds
@@ -383,7 +382,7 @@ def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Mod
         if model is None:
             model = nn.Linear(features, 1)
         if history is not None:
-            model.load_state_dict(latest_state(history))
+            model.load_state_dict(history.latest_state())
         try:
             return run_rounds(model, clients, remote_data, config, loss_fn, history=history, evaluate=evaluate,
                               on_round=on_round)

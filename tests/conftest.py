@@ -1,6 +1,5 @@
 """Fixtures in PySyft's own style: one hook for the session, fresh workers for each test."""
 import pytest
-import torch
 
 from fl_smpc.workers import create_hook, virtual_workers
 
@@ -37,8 +36,3 @@ def registry_is_clean(hook):
     """Every test must leave syft's worker registry as it found it (only the local worker 'me')."""
     yield
     assert set(hook.local_worker._known_workers) == {"me"}, "a test left workers registered"
-
-
-@pytest.fixture
-def seeded():
-    torch.manual_seed(0)

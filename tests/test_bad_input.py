@@ -1,4 +1,7 @@
 """Bad input: a clear message naming the problem, and nothing half-updated."""
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -52,12 +55,15 @@ def test_feature_count_must_match_model():
 
 def assert_failed_round_left_model_alone(config, model, round_, worker, match):
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    before_model = copy.deepcopy(model)
     with pytest.raises(RoundFailed, match=match) as err:
         train_federated(config, model=model)
     assert (err.value.round, err.value.worker) == (round_, worker)
     assert isinstance(err.value.__cause__, AggregationError)
     assert len(err.value.history.rounds) == round_ - 1
-    expected = err.value.history.rounds[-1].model if err.value.history.rounds else before
+    # what the model must hold: an independent run that stops before the failing round
+    expected = train_federated(replace(config, rounds=round_ - 1), model=copy.deepcopy(before_model)).rounds[-1].model \
+        if round_ > 1 else before
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, expected[name]), f"{name} was changed by the failed round"
 
@@ -73,6 +79,24 @@ def test_parameters_too_large_for_fixed_precision_are_refused_and_model_kept():
     with torch.no_grad():
         model.bias.fill_(5e15)  # each owner's copy fits int64 alone, the sum of three does not
     assert_failed_round_left_model_alone(FLConfig(seed=0), model, 1, "bob", "overflow")
+
+
+def test_ctrl_c_mid_round_leaves_the_model_at_the_last_completed_round():
+    """An interruption after the average was written (here: while evaluating round 2) puts round 1 back."""
+    completed = train_federated(FLConfig(seed=0, rounds=1)).rounds[-1].model
+    calls = []
+
+    def evaluate(_model):
+        calls.append(1)
+        if len(calls) == 3:  # initial, round 1, round 2
+            raise KeyboardInterrupt
+        return {}
+
+    model = seed_model(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_federated(FLConfig(seed=0, rounds=3), model=model, evaluate=evaluate)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, completed[name])
 
 
 def test_failure_in_a_later_round_keeps_the_last_completed_round():

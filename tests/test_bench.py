@@ -33,8 +33,12 @@ def test_bad_thread_count_is_refused(capsys):
     assert "--threads: must be a positive integer" in capsys.readouterr().err
 
 
-def test_profile_groups_add_up(hook):
-    rows = bench.profile_secure_sum(hook, n_workers=2, params=1000, repeats=1)
-    assert [r["cause"] for r in rows][:len(bench.PROFILE_GROUPS)] == [g for g, _ in bench.PROFILE_GROUPS]
-    assert abs(sum(r["percent"] for r in rows) - 100) < 1e-6
-    assert all(r["messages"] == "uncompressed" for r in rows)
+def test_profile_finds_the_named_causes(hook):
+    """The profile's patterns still match syft's and torch's functions: masks, messages and arithmetic take
+    time, and with syft's default compression so does LZ4."""
+    by_cause = {r["cause"]: r for r in bench.profile_secure_sum(hook, n_workers=2, params=10000, repeats=1)}
+    for cause in ("mask generation (torch random_)", "message bytes: msgpack, compression header",
+                  "int64 arithmetic (encode, shares, sums, decode)"):
+        assert by_cause[cause]["ms_per_sum"] > 0, cause
+    lz4 = {r["cause"]: r for r in bench.profile_secure_sum(hook, n_workers=2, params=10000, repeats=1, lz4=True)}
+    assert lz4["LZ4 compress/decompress"]["ms_per_sum"] > 0

@@ -102,3 +102,24 @@ def test_split_data_writes_the_in_process_split(tmp_path, capsys):
     rows = [read_csv(str(tmp_path / f"{n}.csv")) for n in ("bob", "alice", "jane")]
     assert torch.equal(torch.cat([x for x, _ in rows]), data) and torch.equal(torch.cat([y for _, y in rows]), target)
     assert split_to_csv(str(tmp_path / "again"), ["a", "b"]).keys() == {"a", "b"}
+
+
+@pytest.mark.parametrize("names, message", [("bob,bob,jane", "duplicate worker names ['bob']"),
+                                            ("bob,,jane", "non-empty")])
+def test_split_data_refuses_names_that_would_overwrite_or_escape(tmp_path, capsys, names, message):
+    assert main(["split-data", "--out", str(tmp_path), "--workers", names]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import fl_smpc.checkpoint
+
+    def disk_full(path, history):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fl_smpc.checkpoint, "save_checkpoint", disk_full)
+    csv = tmp_path / "h.csv"
+    assert main(["--seed", "0", "--checkpoint", str(tmp_path / "run.json"), "--history", str(csv)]) == 1
+    assert "cannot write the checkpoint after round 1: [Errno 28] No space left on device" in capsys.readouterr().err
+    assert len(csv.read_text().splitlines()) == 1 + 3  # the completed round is still written

@@ -257,6 +257,7 @@ BAD_FILES = {
     "column count": ("x0,x1,label\n1,0,1\n1,1\n", "line 3: expected 3 columns"),
     "label": ("x0,x1,label\n1,0,1\n0,1,2\n", "line 3: label (last column) must be 0 or 1"),
     "no rows": ("x0,x1,label\n", "no data rows"),
+    "no header": ("1,0,1\n0,1,0\n", "line 1 looks like data, not a header"),
 }
 
 
