@@ -1,6 +1,7 @@
 """One typed object with every knob of a run, defaulting to the seed tutorial's values."""
 import math
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 # syft encodes x as int64(x * 10**p): above ~12 digits float32 inputs carry no more information.
@@ -50,3 +51,8 @@ class FLConfig:
             raise ValueError(f"precision_fractional: must be an integer from 0 to {MAX_PRECISION}, got {p!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
             raise ValueError(f"seed: must be an integer from 0 to 2**63-1 or None, got {self.seed!r}")
+
+    def with_seed(self) -> "FLConfig":
+        """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run
+        can still be reproduced from its recorded settings."""
+        return self if self.seed is not None else replace(self, seed=secrets.randbits(31))

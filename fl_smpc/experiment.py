@@ -6,9 +6,8 @@ in a deployment each owner would build them on its own machine with the same cal
 
 Returns an :class:`SmsResult`; printing is left to the CLI.
 """
-import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
@@ -128,8 +127,7 @@ def run_sms_experiment(config: FLConfig, data_file: Optional[str] = None, n_feat
     messages = load_data_file(data_file) if data_file else load_packaged_corpus()
     prepared = prepare_data(messages, len(config.workers), scheme)
     evaluate = evaluator(prepared.test, n_features, threshold)
-    if config.seed is None:
-        config = replace(config, seed=secrets.randbits(31))
+    config = config.with_seed()
     torch.manual_seed(config.seed)
     model = nn.Linear(n_features, 1)
     start_state = {k: v.clone() for k, v in model.state_dict().items()}

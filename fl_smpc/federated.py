@@ -2,8 +2,7 @@
 
 Returns a :class:`History`; printing is left to the CLI.
 """
-import secrets
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -143,8 +142,7 @@ def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, ta
     :class:`RoundFailed` is raised and the model keeps the last completed round's parameters.
     ``history`` resumes a checkpointed run: pass ``model`` holding its last round's parameters.
     """
-    if config.seed is None:
-        config = replace(config, seed=secrets.randbits(31))
+    config = config.with_seed()
     torch.manual_seed(config.seed)
     if data is None and target is None:
         data, target = toy_dataset()

@@ -14,13 +14,11 @@ import asyncio
 import binascii
 import gc
 import os
-import secrets
 import select
 import signal
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import syft as sy
@@ -372,8 +370,7 @@ def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Mod
     """
     if tuple(addresses) != config.workers:
         raise ValueError(f"addresses are given for {list(addresses)} but the config names {list(config.workers)}")
-    if config.seed is None:
-        config = replace(config, seed=secrets.randbits(31))
+    config = config.with_seed()
     connect_timeout = min(timeout, CONNECT_TIMEOUT) if connect_timeout is None else connect_timeout
     with network_workers(addresses, hook, timeout, connect_timeout) as clients:
         remote_data = [find_data(c) for c in clients]
