@@ -31,6 +31,12 @@ def check_dataset(data: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"target: labels must be 0 or 1; rows {bad[:10]} have {[labels[i] for i in bad[:10]]}")
 
 
+def near_even_sizes(total: int, n_parts: int) -> List[int]:
+    """numpy.array_split's part sizes: as even as possible, the first parts one larger."""
+    base, extra = divmod(total, n_parts)
+    return [base + (i < extra) for i in range(n_parts)]
+
+
 def split_dataset(data: torch.Tensor, target: torch.Tensor, n_parts: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Contiguous, near-even split into ``n_parts`` (earlier parts get the extra rows).
 
@@ -40,8 +46,7 @@ def split_dataset(data: torch.Tensor, target: torch.Tensor, n_parts: int) -> Lis
     rows = data.shape[0]
     if n_parts > rows:
         raise ValueError(f"cannot split {rows} data rows across {n_parts} workers: every worker needs at least one row")
-    base, extra = divmod(rows, n_parts)
-    sizes = [base + (i < extra) for i in range(n_parts)]  # numpy.array_split's sizes
+    sizes = near_even_sizes(rows, n_parts)
     starts = [sum(sizes[:i]) for i in range(n_parts)]
     return [(data[s : s + n], target[s : s + n]) for s, n in zip(starts, sizes)]
 

@@ -201,8 +201,9 @@ def partition(labels: Sequence[int], n_owners: int, scheme: str = "iid", seed: i
     if n_owners > len(labels):
         raise ValueError(f"cannot split {len(labels)} messages across {n_owners} owners")
     ham, spam = _indices_by_class(labels, random.Random(seed))
-    base, extra = divmod(len(labels), n_owners)
-    sizes = [base + (i < extra) for i in range(n_owners)]
+    from .data import near_even_sizes  # here, not at the top: the CLI imports this module before torch
+
+    sizes = near_even_sizes(len(labels), n_owners)
     if scheme == "iid":
         weights = [1.0] * n_owners
     else:

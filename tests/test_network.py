@@ -12,18 +12,19 @@ import sys
 
 import pytest
 import torch
-from torch import nn, optim
+from torch import nn
 
 from fl_smpc import FLConfig
 from fl_smpc.checkpoint import load_checkpoint, save_checkpoint
 from fl_smpc.csvdata import split_to_csv
 from fl_smpc.data import split_dataset, toy_dataset
 from fl_smpc.federated import RoundFailed, train_federated
-from fl_smpc.workers import virtual_workers
 from fl_smpc.launcher import local_workers, start_worker, wait_ready
 from fl_smpc.network import (GC_DELAY, NetworkClient, WorkerSetupError, WorkerUnreachable, find_data, network_workers,
                               train_network)
 from fl_smpc.training import sum_squared_error
+from fl_smpc.workers import virtual_workers
+from reference import local_train
 
 CONFIG = FLConfig(seed=0)
 TOLERANCE = 10 ** -CONFIG.precision_fractional  # one fixed-precision quantum
@@ -119,11 +120,7 @@ def plain_local_models(history, config):
         for x, y in parts:
             model = nn.Linear(3, 1)
             model.load_state_dict(start)
-            opt = optim.SGD(model.parameters(), lr=config.lr)
-            for _ in range(config.local_steps):
-                opt.zero_grad()
-                sum_squared_error(model(x), y).backward()
-                opt.step()
+            local_train(model, x, y, config.lr, config.local_steps)
             models.append([p.detach().clone() for p in model.parameters()])
     return parts, models
 
