@@ -89,20 +89,21 @@ def train_from_args(config, args, addresses: Optional[Dict[str, Address]] = None
     callbacks = [checkpoint_writer(args.checkpoint)] if args.checkpoint else []
     callbacks += [on_round] if on_round else []
 
-    def on_round(result, history):
+    def after_round(result, history):  # the checkpoint first, then the caller's callback
         for callback in callbacks:
             callback(result, history)
+
     if addresses is not None:
         from .network import train_network
 
-        return train_network(config, addresses, history=history, on_round=on_round, timeout=args.timeout)
+        return train_network(config, addresses, history=history, on_round=after_round, timeout=args.timeout)
     from .federated import train_federated
 
     model = None
     if history is not None:
         model = nn.Linear(*reversed(history.initial_model["weight"].shape))
         model.load_state_dict(history.latest_state())
-    return train_federated(config, model=model, history=history, on_round=on_round)
+    return train_federated(config, model=model, history=history, on_round=after_round)
 
 
 def run_subcommand(argv) -> int:
