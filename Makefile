@@ -18,7 +18,7 @@ test: $(STAMP)
 
 # ARGS=--quick for a smoke run; tables go to results/bench (JSON + CSV).
 bench: $(STAMP)
-	$(PY) -m fl_smpc.bench $(ARGS)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 # syft 0.2.9 has wheels for Python <= 3.8 only. Use python3.8 if it works, else pyenv's 3.8.
 $(PY):

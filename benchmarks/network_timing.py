@@ -15,10 +15,10 @@ import tempfile
 import time
 
 from fl_smpc import FLConfig
-from fl_smpc.csvdata import split_to_csv
+from fl_smpc.network.csvdata import split_to_csv
 from fl_smpc.federated import RoundFailed, train_federated
-from fl_smpc.launcher import local_workers
-from fl_smpc.network import train_network
+from fl_smpc.network.launcher import local_workers
+from fl_smpc.network.client import train_network
 
 
 def timed(fn):

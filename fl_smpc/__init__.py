@@ -3,35 +3,34 @@
 Importing the package is cheap: torch and syft are imported by the modules that need them, and
 the syft hook is only created when :func:`create_hook` (or a run) asks for it.
 """
+
 from importlib import import_module
 
-from .config import FLConfig
+from .config import FLConfig, RunSpec
+from .errors import FlSmpcError
 
 __version__ = "0.1.0"
 
 # name -> module: loaded on first attribute access (PEP 562), so `import fl_smpc` stays light.
 _LAZY = {
-    "create_hook": "workers", "create_workers": "workers", "remove_workers": "workers",
-    "virtual_workers": "workers", "introduce": "workers", "forget_transient_ids": "workers",
-    "toy_dataset": "data", "split_dataset": "data", "send_partitions": "data", "check_dataset": "data",
+    # the five tutorial steps
+    "create_hook": "workers", "virtual_workers": "workers",
+    "toy_dataset": "data", "split_dataset": "data", "send_partitions": "data",
     "train_locally": "training", "sum_squared_error": "training",
     "secure_average": "secure_aggregation", "secure_sum": "secure_aggregation",
-    "AggregationError": "secure_aggregation", "share_randomness_from_os": "secure_aggregation",
-    "uncompressed_messages": "secure_aggregation", "run_benchmark": "bench",
-    "train_federated": "federated", "run_round": "federated", "History": "federated",
-    "RoundResult": "federated", "RoundFailed": "federated",
+    "train_federated": "federated", "run_rounds": "federated", "run_round": "federated",
+    "History": "federated", "RoundResult": "federated",
+    # one run from a RunSpec, its outputs
+    "run": "run", "RunResult": "run",
+    "load_checkpoint": "history_io", "save_checkpoint": "history_io", "write_history_csv": "history_io",
+    "format_history": "history_io",
     "plot_history": "plots", "save_plot": "plots",
-    "history_rows": "history_csv", "write_history_csv": "history_csv",
-    "train_network": "network", "network_workers": "network", "create_data_owner": "network",
-    "DataOwnerServer": "network", "NetworkClient": "network", "WorkerUnreachable": "network",
-    "read_csv": "csvdata", "write_csv": "csvdata", "split_to_csv": "csvdata", "DataFileError": "csvdata",
-    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "CheckpointError": "checkpoint",
-    "local_workers": "launcher",
-    "load_packaged_corpus": "sms", "load_data_file": "sms", "Messages": "sms", "featurize": "sms",
-    "run_sms_experiment": "experiment", "SmsResult": "experiment",
+    # errors
+    "RoundFailed": "errors", "AggregationError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
+    "DataError": "errors", "WorkerUnreachable": "errors",
 }
 
-__all__ = ["FLConfig", *_LAZY]
+__all__ = ["FLConfig", "RunSpec", "FlSmpcError", *_LAZY]
 
 
 def __getattr__(name):

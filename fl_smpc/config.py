@@ -1,11 +1,80 @@
-"""One typed object with every knob of a run, defaulting to the seed tutorial's values."""
-import math
-import secrets
-from dataclasses import dataclass, replace
-from typing import Optional, Tuple
+"""Every setting of a run and every default, in one place: :class:`FLConfig` (the federated protocol)
+and :class:`RunSpec` (what else a run needs: data set, transport, files). Both validate themselves,
+so an invalid value is refused with a :class:`~fl_smpc.errors.ConfigError` naming it, before any work.
 
+Importing this module is light (no torch, no syft): the CLI builds a RunSpec before loading either.
+"""
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional, Tuple
+
+from .errors import ConfigError
+
+# --- the federated protocol (the seed tutorial's values) ---
+DEFAULT_WORKERS = ("bob", "alice", "jane")
 # syft encodes x as int64(x * 10**p): above ~12 digits float32 inputs carry no more information.
 MAX_PRECISION = 12
+# torch.manual_seed keeps only the low 32 bits: larger seeds would silently repeat smaller ones.
+MAX_SEED = 2**32 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+# ids become file names (split-data) and syft ids: letters, digits, '_' and '-' only.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# --- data sets ---
+TOY_ROWS = 6  # the seed's six messages
+SMS_FEATURES = 2**12  # hashed features per message
+SMS_PARTITIONS = ("iid", "skewed")
+SMS_TEST_FRACTION = 0.2
+SMS_SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in every run, whatever --seed is
+# FLConfig's defaults are the toy tutorial's; these apply to SMS runs where a flag is not given.
+# bce: a mean over L2-normalised hashed rows has small gradients, hence the large step.
+# sse: a *sum* over ~1,200 rows per owner diverges unless lr < 1 / rows.
+SMS_DEFAULTS = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
+LOSSES = ("sse", "bce")
+DATASETS = ("toy", "sms")
+
+# --- transports ---
+TRANSPORTS = ("virtual", "websocket")
+REPLY_TIMEOUT = 30.0  # seconds the model owner waits for one reply (local training included)
+CONNECT_TIMEOUT = 10.0  # seconds to keep retrying a refused connection (a server may still be starting)
+PEER_TIMEOUT = 10.0  # a worker's connect/reply timeout towards its peers; below REPLY_TIMEOUT, so a dead peer is named
+GC_DELAY = 0.5  # seconds the model owner collects remote deletes before sending them in one message
+WORKER_HOST, WORKER_PORT = "127.0.0.1", 8777
+
+Address = Tuple[str, int]
+
+
+def check_names(names) -> Tuple[str, ...]:
+    """The data owners' ids as a tuple; ConfigError unless >= 2, unique, safe as file names, not 'me'."""
+    names = tuple(names)
+    if len(names) < 2:
+        raise ConfigError(f"workers: secure averaging needs at least 2 workers, got {len(names)}: {list(names)}")
+    bad = [n for n in names if not isinstance(n, str) or not NAME_PATTERN.fullmatch(n)]
+    if bad:
+        raise ConfigError(f"workers: names must be 1-64 letters, digits, '_' or '-' (no spaces, dots or path "
+                          f"separators), got {bad}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"workers: duplicate worker names {duplicates}; each data owner needs its own id")
+    if "me" in names:
+        raise ConfigError("workers: 'me' is syft's id for the local worker (the model owner); choose another name")
+    return names
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def check_positive_float(name: str, value, maximum: float = FLOAT32_MAX) -> None:
+    """ConfigError unless ``value`` is a finite number in (0, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}: must be a positive finite number, got {value!r}")
+    if value > maximum:
+        raise ConfigError(f"{name}: must be at most {maximum:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -15,12 +84,13 @@ class FLConfig:
     workers: names of the data owners (VirtualWorker ids), at least 2, unique.
     rounds: federated rounds (send -> local training -> secure average -> update).
     local_steps: SGD steps each owner takes on its own data per round.
-    lr: SGD learning rate of the owners' optimisers.
+    lr: SGD learning rate of the owners' optimisers (finite, positive, representable in float32).
     precision_fractional: decimal digits kept by ``fix_prec`` (one quantum is 10**-p).
-    seed: seeds model initialisation and training; ``None`` draws one (recorded in the history).
+    seed: seeds model initialisation and training, 0..2**32-1 (torch keeps 32 bits of a seed);
+        ``None`` draws one (recorded in the history).
     """
 
-    workers: Tuple[str, ...] = ("bob", "alice", "jane")
+    workers: Tuple[str, ...] = DEFAULT_WORKERS
     rounds: int = 5
     local_steps: int = 5
     lr: float = 0.1
@@ -29,30 +99,97 @@ class FLConfig:
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
-        object.__setattr__(self, "workers", tuple(self.workers))
-        names = self.workers
-        if len(names) < 2:
-            raise ValueError(f"workers: secure averaging needs at least 2 workers, got {len(names)}: {list(names)}")
-        if any(not isinstance(n, str) or not n.strip() or n != n.strip() for n in names):
-            raise ValueError(f"workers: names must be non-empty strings without surrounding spaces, got {list(names)}")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"workers: duplicate worker names {duplicates}; each data owner needs its own id")
-        if "me" in names:
-            raise ValueError("workers: 'me' is syft's id for the local worker (the model owner); choose another name")
-        for name in ("rounds", "local_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr: must be a positive finite number, got {self.lr!r}")
+        object.__setattr__(self, "workers", check_names(self.workers))
+        _positive_int("rounds", self.rounds)
+        _positive_int("local_steps", self.local_steps)
+        check_positive_float("lr", self.lr)
         p = self.precision_fractional
         if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= MAX_PRECISION:
-            raise ValueError(f"precision_fractional: must be an integer from 0 to {MAX_PRECISION}, got {p!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise ValueError(f"seed: must be an integer from 0 to 2**63-1 or None, got {self.seed!r}")
+            raise ConfigError(f"precision_fractional: must be an integer from 0 to {MAX_PRECISION}, got {p!r}")
+        s = self.seed
+        if s is not None and (not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED):
+            raise ConfigError(f"seed: must be an integer from 0 to {MAX_SEED} (torch keeps 32 bits of a seed) "
+                              f"or None, got {s!r}")
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run
         can still be reproduced from its recorded settings."""
-        return self if self.seed is not None else replace(self, seed=secrets.randbits(31))
+        return self if self.seed is not None else replace(self, seed=secrets.randbits(32))
+
+
+def parse_addresses(text: str) -> Dict[str, Address]:
+    """``"bob=127.0.0.1:8777,alice=10.0.0.2:8778"`` -> ``{"bob": ("127.0.0.1", 8777), ...}``."""
+    addresses: Dict[str, Address] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, hostport = (s.strip() for s in item.partition("="))
+        host, colon, port = hostport.rpartition(":")
+        if not (sep and colon and name and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"bad worker address {item!r}: expected NAME=HOST:PORT with a port from 1 to 65535, "
+                              "e.g. bob=127.0.0.1:8777")
+        if name in addresses:
+            raise ConfigError(f"worker {name!r} is given twice")
+        addresses[name] = (host, int(port))
+    if not addresses:
+        raise ConfigError("no worker addresses given: expected NAME=HOST:PORT[,NAME=HOST:PORT...]")
+    check_names(list(addresses))
+    return addresses
+
+
+def check_port(port, allow_zero: bool = True) -> int:
+    """A TCP port to bind: 1..65535, or 0 (the OS picks a free one) when ``allow_zero``."""
+    low = 0 if allow_zero else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 65535:
+        raise ConfigError(f"port: must be an integer from {low} to 65535, got {port!r}")
+    return port
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs besides the protocol settings; what the CLI, notebook and tests pass to ``run``.
+
+    dataset: "toy" (the seed's 6 messages) or "sms" (real messages, held-out test set, baselines).
+    data_file, features, partition: sms only (your own messages file; hashed features; "iid" or "skewed").
+    loss: "sse" (the seed's summed squared error) or "bce" (mean logistic loss; sms only).
+    transport: "virtual" (in-process VirtualWorkers) or "websocket" (``addresses`` of ``fl-smpc worker``
+        processes, one per name of ``config.workers``, same order).
+    timeout: websocket: seconds to wait for one reply. checkpoint/resume: JSON file paths.
+    """
+
+    config: FLConfig = field(default_factory=FLConfig)
+    dataset: str = "toy"
+    data_file: Optional[str] = None
+    features: int = SMS_FEATURES
+    partition: str = "iid"
+    loss: str = "sse"
+    transport: str = "virtual"
+    addresses: Optional[Dict[str, Address]] = None
+    timeout: float = REPLY_TIMEOUT
+    checkpoint: Optional[str] = None
+    resume: Optional[str] = None
+
+    def __post_init__(self):
+        for name, value, allowed in (("dataset", self.dataset, DATASETS), ("loss", self.loss, LOSSES),
+                                     ("transport", self.transport, TRANSPORTS),
+                                     ("partition", self.partition, SMS_PARTITIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
+        _positive_int("features", self.features)
+        check_positive_float("timeout", self.timeout, maximum=24 * 3600.0)
+        sms = self.dataset == "sms"
+        if not sms and (self.data_file or self.features != SMS_FEATURES or self.partition != "iid"
+                        or self.loss == "bce"):
+            raise ConfigError("--data-file, --features, --partition and --loss bce need --dataset sms")
+        if sms and (self.transport != "virtual" or self.checkpoint or self.resume):
+            raise ConfigError("--dataset sms runs in-process: it cannot be combined with --transport websocket, "
+                              "--checkpoint or --resume")
+        if self.dataset == "toy" and len(self.config.workers) > TOY_ROWS:
+            raise ConfigError(f"workers: the toy data has {TOY_ROWS} rows, so at most {TOY_ROWS} workers "
+                              f"(one row each), got {len(self.config.workers)}")
+        if self.transport == "websocket":
+            if not self.addresses:
+                raise ConfigError("the websocket transport needs the workers' addresses (NAME=HOST:PORT)")
+            if tuple(self.addresses) != self.config.workers:
+                raise ConfigError(f"addresses are given for {list(self.addresses)} but the config names "
+                                  f"{list(self.config.workers)}")
+        elif self.addresses:
+            raise ConfigError("worker addresses (NAME=HOST:PORT) need the websocket transport")

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import vector_to_parameters
 
 from .config import FLConfig
+from .errors import ConfigError, RoundFailed
 from .data import send_partitions, split_dataset, toy_dataset
 from .secure_aggregation import secure_average
 from .training import remote_loss, sum_squared_error, train_locally
@@ -58,18 +59,6 @@ class History:
                 item["metrics"] = dict(r.metrics)
             doc["rounds"].append(item)
         return doc
-
-
-class RoundFailed(RuntimeError):
-    """A round could not complete. The global model keeps the last completed round's parameters.
-
-    ``round`` is the failed round (from 1), ``worker`` the owner at fault when known, and ``history``
-    holds the rounds that did complete.
-    """
-
-    def __init__(self, round: int, cause: Exception, history: History, worker: Optional[str] = None):
-        super().__init__(f"round {round} failed: {cause}")
-        self.round, self.worker, self.history = round, worker, history
 
 
 def snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -132,6 +121,24 @@ def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple]
     return history
 
 
+def initial_model(config: FLConfig, features: int, model: nn.Module = None, history: History = None) -> nn.Module:
+    """The global model a run starts from: ``nn.Linear(features, 1)`` drawn from ``config.seed`` unless
+    ``model`` is given, holding the checkpoint's last round when resuming from ``history``.
+
+    Every transport and data set builds its model here, so the same seed gives the same model everywhere.
+    """
+    if model is None:
+        torch.manual_seed(config.seed)
+        model = nn.Linear(features, 1)
+    if history is not None:
+        try:
+            model.load_state_dict(history.latest_state())
+        except RuntimeError as err:  # missing keys or shapes that do not fit the model
+            raise ConfigError(f"the checkpoint's model does not fit a model of {features} features: "
+                              f"{str(err).splitlines()[-1].strip()}") from None
+    return model
+
+
 def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, target: torch.Tensor = None,
                     model: nn.Module = None, loss_fn=sum_squared_error, evaluate=None, on_round=None,
                     history: History = None) -> History:
@@ -143,15 +150,13 @@ def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, ta
     ``history`` resumes a checkpointed run: pass ``model`` holding its last round's parameters.
     """
     config = config.with_seed()
-    torch.manual_seed(config.seed)
     if data is None and target is None:
         data, target = toy_dataset()
     parts = split_dataset(data, target, len(config.workers))
-    if model is None:
-        model = nn.Linear(data.shape[1], 1)
+    model = initial_model(config, data.shape[1], model, history)
     in_features = getattr(model, "in_features", data.shape[1])
     if in_features != data.shape[1]:
-        raise ValueError(f"model expects {in_features} features but the data has {data.shape[1]} columns")
+        raise ConfigError(f"model expects {in_features} features but the data has {data.shape[1]} columns")
 
     with virtual_workers(config.workers, create_hook()) as workers:
         remote_data = send_partitions(parts, workers)

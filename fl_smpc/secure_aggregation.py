@@ -22,16 +22,10 @@ from typing import List, Sequence
 
 import torch
 
+from .errors import AggregationError
+
 # syft's fixed-precision field is the int64 ring: encoded values must satisfy |x * 10**p| < 2**63.
 FIELD_HALF = 2 ** 63
-
-
-class AggregationError(ValueError):
-    """A worker's parameters cannot be securely averaged (non-finite or outside the encodable range)."""
-
-    def __init__(self, message: str, worker: str):
-        super().__init__(message)
-        self.worker = worker
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from reference import seed_model
     (dict(workers=["bob"]), "at least 2 workers"),
     (dict(workers=[]), "at least 2 workers"),
     (dict(workers=["bob", "alice", "bob"]), r"duplicate worker names \['bob'\]"),
-    (dict(workers=["bob", ""]), "non-empty"),
+    (dict(workers=["bob", ""]), "1-64 letters"),
     (dict(workers=["me", "bob"]), "local worker"),
     (dict(rounds=0), "rounds: must be a positive integer"),
     (dict(local_steps=-1), "local_steps: must be a positive integer"),

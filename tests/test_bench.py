@@ -1,10 +1,10 @@
-"""Smoke test of ``python -m fl_smpc.bench --quick``: it runs and writes its tables (no timing asserted)."""
+"""Smoke test of ``python benchmarks/bench.py --quick``: it runs and writes its tables (no timing asserted)."""
 import csv
 import json
 
 import pytest
 
-from fl_smpc import bench
+import bench
 
 
 def test_quick_benchmark_writes_every_table(tmp_path, capsys):

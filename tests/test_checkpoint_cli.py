@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from fl_smpc import FLConfig
-from fl_smpc.checkpoint import CheckpointError, checkpoint_writer, load_checkpoint, save_checkpoint
+from fl_smpc.history_io import CheckpointError, checkpoint_writer, load_checkpoint, save_checkpoint
 from fl_smpc.cli import main
-from fl_smpc.csvdata import read_csv, split_to_csv
+from fl_smpc.network.csvdata import read_csv, split_to_csv
 from fl_smpc.data import toy_dataset
 from fl_smpc.federated import train_federated
-from fl_smpc.netcli import parse_addresses
+from fl_smpc.config import parse_addresses
 
 
 class Interrupted(Exception):
@@ -105,7 +105,7 @@ def test_split_data_writes_the_in_process_split(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("names, message", [("bob,bob,jane", "duplicate worker names ['bob']"),
-                                            ("bob,,jane", "non-empty")])
+                                            ("bob,,jane", "1-64 letters")])
 def test_split_data_refuses_names_that_would_overwrite_or_escape(tmp_path, capsys, names, message):
     assert main(["split-data", "--out", str(tmp_path), "--workers", names]) == 2
     assert message in capsys.readouterr().err
@@ -113,12 +113,12 @@ def test_split_data_refuses_names_that_would_overwrite_or_escape(tmp_path, capsy
 
 
 def test_a_checkpoint_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path, capsys, monkeypatch):
-    import fl_smpc.checkpoint
+    import fl_smpc.history_io
 
     def disk_full(path, history):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fl_smpc.checkpoint, "save_checkpoint", disk_full)
+    monkeypatch.setattr(fl_smpc.history_io, "save_checkpoint", disk_full)
     csv = tmp_path / "h.csv"
     assert main(["--seed", "0", "--checkpoint", str(tmp_path / "run.json"), "--history", str(csv)]) == 1
     assert "cannot write the checkpoint after round 1: [Errno 28] No space left on device" in capsys.readouterr().err

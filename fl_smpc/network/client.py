@@ -1,60 +1,37 @@
-"""Data owners as separate processes, talking syft 0.2.9's own websocket protocol.
+"""The model owner's side of network mode: connections to the data owners' worker processes.
 
-Each owner runs a :class:`DataOwnerServer` (a ``WebsocketServerWorker``) holding the rows of its
-CSV file, tagged so the model owner can find them with ``search``. The model owner connects with
-one :class:`NetworkClient` per owner and runs the unchanged round loop
-(:func:`fl_smpc.federated.run_rounds`). Secure averaging names share owners by id, so each owner
-creates its shares itself and sends them to its peers over its own client connections; the model
-owner only ever receives pointers, shares, the revealed sum, losses and the booleans of the encodability check.
+The model owner connects with one :class:`NetworkClient` per owner, finds each owner's data by tag
+(the tensors stay on the owner) and runs the unchanged round loop (:func:`fl_smpc.federated.run_rounds`).
+Secure averaging names share owners by id, so each owner creates its shares itself and sends them to
+its peers over its own client connections; the model owner only ever receives pointers, shares, the
+revealed sum, losses and the booleans of the encodability check.
 
-Failures never hang: every connection has a timeout, and a worker that cannot reach a peer closes
-the model owner's connection with a reason naming that peer (see :func:`failure_reason`).
+Failures never hang: every connection has a timeout, and a worker that cannot reach a peer closes the
+model owner's connection with a reason naming that peer (see :func:`fl_smpc.network.server.failure_reason`).
 """
-import asyncio
+
 import binascii
 import gc
-import os
 import select
-import signal
 import socket
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import syft as sy
 import torch
 import websocket
-import websockets
 from syft.messaging.message import ForceObjectDeleteMessage
 from syft.serde.msgpack.serde import _deserialize_msgpack_binary, msgpack_global_state
 from syft.workers.websocket_client import WebsocketClientWorker
-from syft.workers.websocket_server import WebsocketServerWorker
 from torch import nn
 
-from .config import FLConfig
-from .csvdata import read_csv
-from .federated import History, RoundFailed, run_rounds
-from .training import sum_squared_error
-from .workers import create_hook, remove_workers
-
-DATA_TAG, TARGET_TAG = "#fl-smpc-data", "#fl-smpc-target"
-REPLY_TIMEOUT = 30.0  # seconds the model owner waits for one reply (local training included)
-CONNECT_TIMEOUT = 10.0  # seconds to keep retrying a refused connection (the server may still be starting)
-GC_DELAY = 0.5  # seconds the model owner collects remote deletes before sending them in one message
-CLOSE_INTERNAL_ERROR = 1011  # websocket close code: the server could not handle the request
-Address = Tuple[str, int]
-
-
-class WorkerUnreachable(ConnectionError):
-    """A worker could not be reached or stopped answering; ``worker`` is its id."""
-
-    def __init__(self, worker: str, message: str):
-        super().__init__(f"worker {worker!r}: {message}")
-        self.worker = worker
-
-
-class WorkerSetupError(ValueError):
-    """A worker does not match what the model owner expects (id, data, feature count)."""
+from ..config import CONNECT_TIMEOUT, GC_DELAY, REPLY_TIMEOUT, Address, FLConfig
+from ..errors import ConfigError, RoundFailed, WorkerSetupError, WorkerUnreachable
+from ..federated import History, initial_model, run_rounds
+from ..training import sum_squared_error
+from ..workers import create_hook, remove_workers
+from . import DATA_TAG, TARGET_TAG
 
 
 def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float) -> websocket.WebSocket:
@@ -171,107 +148,6 @@ def is_delete_message(message: bytes) -> bool:
     return _deserialize_msgpack_binary(message)[0] == msgpack_global_state.simplifiers[ForceObjectDeleteMessage][0]
 
 
-def failure_reason(worker_id: str, err: Exception) -> str:
-    """Close reason ``"<culprit id>\\n<error>"`` (<= 123 bytes, the websocket limit).
-
-    The culprit is the peer when the error came from reaching a peer, else this worker.
-    """
-    culprit = getattr(err, "worker", None) or worker_id
-    text = f"{culprit}\n{type(err).__name__}: {err}"
-    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
-
-
-class DataOwnerServer(WebsocketServerWorker):
-    """syft's ``WebsocketServerWorker``, answering every message on the connection it came from.
-
-    syft 0.2.9 puts the requests of *all* connections into one ``broadcast_queue`` and runs one
-    reply task per connection that takes whatever request is next: once a server has two clients
-    (the model owner and a peer sending shares), a reply can leave on the wrong connection and its
-    caller waits forever (PySyft #2428, "one client per server"). Here each connection handles its
-    own requests in order. A request that fails closes that connection with a reason naming the
-    worker at fault, so the caller gets an error instead of a hang. ``serve`` replaces ``start``
-    to report the bound port and to stop cleanly on SIGINT/SIGTERM.
-    """
-
-    async def _handler(self, connection, *unused_args):
-        try:
-            async for text in connection:
-                try:
-                    reply = self._recv_msg(binascii.unhexlify(text[2:-1]))
-                except Exception as err:  # anything: the caller must hear about it, not wait
-                    await connection.close(CLOSE_INTERNAL_ERROR, failure_reason(self.id, err))
-                    return
-                await connection.send(str(binascii.hexlify(reply)))
-        except websockets.exceptions.ConnectionClosed:
-            pass
-
-    def serve(self, on_ready: Callable[[int], None] = None) -> None:
-        """Serve until SIGINT or SIGTERM; ``on_ready(port)`` once listening (port 0 picks a free one)."""
-        loop = self.loop
-        asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(websockets.serve(
-            self._handler, self.host, self.port, max_size=None, ping_interval=None, close_timeout=1))
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            if on_ready is not None:
-                on_ready(server.sockets[0].getsockname()[1])
-            loop.run_until_complete(stop.wait())
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            server.close()
-            loop.run_until_complete(server.wait_closed())
-
-
-def refuse_get(tensor: torch.Tensor) -> torch.Tensor:
-    """Make syft answer ``GetNotPermittedError`` to a ``.get()`` of this very tensor.
-
-    syft checks ``tensor.allow(user)`` before handing an object out. This stops the plain
-    ``data_ptr.get()``; it cannot stop a client computing on the data and fetching the result
-    (syft 0.2.9 executes any command it is sent -- see the README's trust model).
-    """
-    tensor.allow = lambda user=None: False
-    return tensor
-
-
-def reseed_from_os() -> None:
-    """Seed torch's generator from OS entropy: a worker's shares are drawn from it.
-
-    A fresh process starts from torch's fixed default seed, so without this every worker
-    process would draw the same, predictable share masks in every run.
-    """
-    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-
-
-def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", port: int = 8777,
-                      peers: Dict[str, Address] = None, timeout: float = CONNECT_TIMEOUT) -> DataOwnerServer:
-    """Load and validate the owner's CSV (before anything else), then build its server and peer clients.
-
-    Peers are connected lazily on first use with retries until ``timeout``: they may start later.
-    ``timeout`` also bounds a peer's reply; keep it below the model owner's reply timeout so a dead
-    peer is reported by name before the model owner gives up on this worker.
-    """
-    data, target = read_csv(data_path)
-    peers = dict(peers or {})
-    if not peers:
-        raise ValueError("peers: a worker sends shares to the other owners, so it needs at least one "
-                         "peer NAME=HOST:PORT (--peers)")
-    FLConfig(workers=(worker_id, *peers))  # same id rules as the in-process run (unique, not "me")
-    hook = create_hook()
-    reseed_from_os()
-    data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))
-    target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))
-    server = DataOwnerServer(hook, host=host, port=port, id=worker_id, data=[data, target])
-    for peer_id, (peer_host, peer_port) in peers.items():
-        client = NetworkClient(hook, peer_host, peer_port, id=peer_id, timeout=timeout,
-                               connect_timeout=timeout, reconnect=True)
-        if peer_id not in server._known_workers:
-            server.add_worker(client)
-    return server
-
-
 @contextmanager
 def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = REPLY_TIMEOUT,
                     connect_timeout: float = CONNECT_TIMEOUT) -> Iterator[List[NetworkClient]]:
@@ -282,7 +158,7 @@ def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = R
     hook = hook or create_hook()
     taken = [n for n in addresses if n in hook.local_worker._known_workers]
     if taken:
-        raise ValueError(f"workers {taken} already exist in this process; remove them first")
+        raise ConfigError(f"workers {taken} already exist in this process; remove them first")
     clients = []
     try:
         for name, (host, port) in addresses.items():
@@ -369,17 +245,13 @@ def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Mod
     to the smaller of ``timeout`` and :data:`CONNECT_TIMEOUT`.
     """
     if tuple(addresses) != config.workers:
-        raise ValueError(f"addresses are given for {list(addresses)} but the config names {list(config.workers)}")
+        raise ConfigError(f"addresses are given for {list(addresses)} but the config names {list(config.workers)}")
     config = config.with_seed()
     connect_timeout = min(timeout, CONNECT_TIMEOUT) if connect_timeout is None else connect_timeout
     with network_workers(addresses, hook, timeout, connect_timeout) as clients:
         remote_data = [find_data(c) for c in clients]
         features = feature_count(remote_data, list(config.workers))
-        torch.manual_seed(config.seed)
-        if model is None:
-            model = nn.Linear(features, 1)
-        if history is not None:
-            model.load_state_dict(history.latest_state())
+        model = initial_model(config, features, model, history)
         try:
             return run_rounds(model, clients, remote_data, config, loss_fn, history=history, evaluate=evaluate,
                               on_round=on_round)

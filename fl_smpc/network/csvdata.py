@@ -16,10 +16,12 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 
-from .data import check_dataset, split_dataset, toy_dataset
+from ..config import FLOAT32_MAX, check_names
+from ..data import check_dataset, split_dataset, toy_dataset
+from ..errors import DataError
 
 
-class DataFileError(ValueError):
+class DataFileError(DataError):
     """The data file is missing or malformed; the message names the file and the line."""
 
 
@@ -50,8 +52,8 @@ def read_csv(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
             numbers = [float(v) for v in row]
         except ValueError:
             raise DataFileError(f"{path}: line {n}: non-numeric value in {row}") from None
-        if not all(math.isfinite(v) for v in numbers):
-            raise DataFileError(f"{path}: line {n}: NaN or infinite value in {row}")
+        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in numbers):
+            raise DataFileError(f"{path}: line {n}: NaN, infinite or beyond-float32 value in {row}")
         if numbers[-1] not in (0.0, 1.0):
             raise DataFileError(f"{path}: line {n}: label (last column) must be 0 or 1, got {row[-1]!r}")
         values.append(numbers)
@@ -88,11 +90,13 @@ def split_to_csv(out_dir: str, names: Sequence[str], data: torch.Tensor = None,
     Returns ``{name: path}``. Uses :func:`fl_smpc.data.split_dataset`, so owner i gets the same
     rows as worker i of the in-process run and the two runs are comparable.
     """
+    names = check_names(names)  # ids become file names: no path separators, no '..', no duplicates
     if data is None and target is None:
         data, target = toy_dataset()
+    parts = split_dataset(data, target, len(names))  # every check before the first file is written
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    for name, (x, y) in zip(names, split_dataset(data, target, len(names))):
+    for name, (x, y) in zip(names, parts):
         paths[name] = os.path.join(out_dir, f"{name}.csv")
         write_csv(paths[name], x, y)
     return paths

@@ -8,22 +8,19 @@ Returns an :class:`SmsResult`; printing is left to the CLI.
 """
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from .config import FLConfig
-from .data import send_partitions
-from .federated import History, run_rounds
-from .sms import (DEFAULT_FEATURES, Messages, deduplicate, featurize, labels_tensor, load_data_file,
-                  load_packaged_corpus, partition, spam_metrics, train_test_split)
-from .training import sum_squared_error
-from .workers import create_hook, virtual_workers
-
-TEST_FRACTION = 0.2
-SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in every run, whatever --seed is
+from ..config import SMS_FEATURES, SMS_SPLIT_SEED, SMS_TEST_FRACTION, FLConfig, RunSpec
+from ..data import send_partitions
+from ..federated import History, initial_model, run_rounds
+from ..training import sum_squared_error
+from ..workers import create_hook, virtual_workers
+from .corpus import (Messages, deduplicate, featurize, labels_tensor, load_data_file, load_packaged_corpus, partition,
+                     spam_metrics, train_test_split)
 
 
 def mean_bce_with_logits(logits, target):
@@ -41,25 +38,6 @@ LOSSES = {"bce": (mean_bce_with_logits, 0.0), "sse": (sum_squared_error, 0.5)}
 
 
 @dataclass
-class SmsResult:
-    """A federated run on SMS data, the two baselines, and what the data looked like."""
-
-    history: History
-    baseline: Dict[str, dict]
-    dataset: dict
-    seconds: float
-    loss: str
-    partition: str
-    features: int
-
-    def to_dict(self) -> dict:
-        doc = self.history.to_dict()
-        doc.update(dataset=self.dataset, loss=self.loss, partition=self.partition, features=self.features,
-                   federated_seconds=self.seconds, baseline=self.baseline)
-        return doc
-
-
-@dataclass
 class PreparedData:
     """The held-out test set, each owner's training messages, and counts for the report."""
 
@@ -69,8 +47,8 @@ class PreparedData:
     info: dict = field(default_factory=dict)
 
 
-def prepare_data(messages: Messages, n_owners: int, scheme: str = "iid", test_fraction: float = TEST_FRACTION,
-                 seed: int = SPLIT_SEED) -> PreparedData:
+def prepare_data(messages: Messages, n_owners: int, scheme: str = "iid", test_fraction: float = SMS_TEST_FRACTION,
+                 seed: int = SMS_SPLIT_SEED) -> PreparedData:
     """De-duplicate, hold out a stratified test set, and partition the rest across the owners."""
     unique, removed = deduplicate(messages)
     train, test = train_test_split(unique, test_fraction, seed)
@@ -113,23 +91,21 @@ def train_centralized(model: nn.Linear, data: torch.Tensor, target: torch.Tensor
     return model
 
 
-def run_sms_experiment(config: FLConfig, data_file: Optional[str] = None, n_features: int = DEFAULT_FEATURES,
-                       scheme: str = "iid", loss: str = "bce", on_round=None) -> SmsResult:
+def run_sms(spec: RunSpec, on_round=None):
     """Secure federated training on SMS messages, then the centralized and always-ham baselines.
 
+    Returns ``(history, dataset description, baselines, seconds of federated training)``; called by
+    :func:`fl_smpc.run.run`, which handles seeds, checkpoints and printing.
     The centralized model starts from the same initial parameters and takes ``rounds * local_steps``
     full-batch steps on the pooled training data: per step it computes gradients on as many messages
     as all owners together do in one of their local steps, so both see the same total gradient work.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-    loss_fn, threshold = LOSSES[loss]
-    messages = load_data_file(data_file) if data_file else load_packaged_corpus()
-    prepared = prepare_data(messages, len(config.workers), scheme)
+    config, n_features = spec.config, spec.features
+    loss_fn, threshold = LOSSES[spec.loss]
+    messages = load_data_file(spec.data_file) if spec.data_file else load_packaged_corpus()
+    prepared = prepare_data(messages, len(config.workers), spec.partition)
     evaluate = evaluator(prepared.test, n_features, threshold)
-    config = config.with_seed()
-    torch.manual_seed(config.seed)
-    model = nn.Linear(n_features, 1)
+    model = initial_model(config, n_features)
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     started = time.perf_counter()
@@ -151,4 +127,13 @@ def run_sms_experiment(config: FLConfig, data_file: Optional[str] = None, n_feat
         "centralized": {**evaluate(central), "steps": steps, "seconds": time.perf_counter() - started},
         "always_ham": spam_metrics(list(prepared.test.labels), [0] * len(prepared.test)),
     }
-    return SmsResult(history, baseline, prepared.info, seconds, loss, scheme, n_features)
+    return history, prepared.info, baseline, seconds
+
+
+def run_sms_experiment(config: FLConfig, data_file: str = None, n_features: int = SMS_FEATURES,
+                       scheme: str = "iid", loss: str = "bce", on_round=None):
+    """The SMS run from Python (the notebook's call): :func:`fl_smpc.run.run` with ``dataset="sms"``."""
+    from ..run import run
+
+    spec = RunSpec(config=config, dataset="sms", data_file=data_file, features=n_features, partition=scheme, loss=loss)
+    return run(spec, on_round=on_round)

@@ -16,12 +16,10 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Tuple
 
+from ..config import Address
+from ..errors import WorkerStartError
+
 READY_MARK = "serving on"
-Address = Tuple[str, int]
-
-
-class WorkerStartError(RuntimeError):
-    """A worker process exited or did not become ready in time; the message holds its log."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

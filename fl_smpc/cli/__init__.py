@@ -1,0 +1,21 @@
+"""The ``fl-smpc`` command: argv dispatch to the training run or a subcommand.
+
+Each command module parses its flags, builds what the package needs (a RunSpec, a file list...),
+calls the package and prints. Errors derive from :class:`fl_smpc.errors.FlSmpcError`: one ``except``
+each, exit 2 for bad flags or files given on the command line, 1 for a run that fails.
+"""
+
+import sys
+from importlib import import_module
+
+# subcommand -> module under fl_smpc.cli, loaded only when used
+SUBCOMMANDS = {"worker": "worker", "demo-network": "demo", "split-data": "split_data"}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return import_module(f".{SUBCOMMANDS[argv[0]]}", __name__).main(argv[1:])
+    from .train import main as train_main
+
+    return train_main(argv)

@@ -1,0 +1,56 @@
+"""``fl-smpc worker``: serve one data owner's CSV over syft's websockets until SIGINT/SIGTERM."""
+
+import argparse
+import sys
+
+from ..config import PEER_TIMEOUT, WORKER_HOST, WORKER_PORT, check_port, check_positive_float, parse_addresses
+from ..errors import FlSmpcError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fl-smpc worker",
+        description="Serve one data owner: load its CSV (header row; numeric features; last column a 0/1 "
+        "label), tag it for the model owner's search, and answer syft websocket requests until SIGINT/SIGTERM.")
+    p.add_argument("--id", required=True, help="this owner's worker id, e.g. bob (required)")
+    p.add_argument("--data", required=True, help="this owner's CSV file (required)")
+    p.add_argument("--host", default=WORKER_HOST, help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=WORKER_PORT,
+                   help="port to bind, 1-65535; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--peers", default="", help="the other owners, NAME=HOST:PORT,... (required: at least one)")
+    p.add_argument("--timeout", type=float, default=PEER_TIMEOUT,
+                   help="seconds to keep trying to reach a peer, and to wait for its reply; keep it below the "
+                   "model owner's --timeout so a dead peer is named (default: %(default)s)")
+    return p
+
+
+def main(argv) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_port(args.port)
+        check_positive_float("timeout", args.timeout, maximum=24 * 3600.0)
+        peers = parse_addresses(args.peers) if args.peers.strip() else {}
+    except FlSmpcError as err:
+        parser.error(str(err))
+    try:
+        from ..network import DATA_TAG
+        from ..network.server import create_data_owner
+
+        server = create_data_owner(args.id, args.data, args.host, args.port, peers, args.timeout)
+    except FlSmpcError as err:
+        print(f"fl-smpc worker: error: {err}", file=sys.stderr)
+        return 2
+    rows, features = server.search([DATA_TAG])[0].shape
+
+    def ready(port):
+        print(f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data}; "
+              f"serving on ws://{args.host}:{port} (Ctrl-C to stop)", flush=True)
+
+    try:
+        server.serve(ready)
+    except OSError as err:  # e.g. the port is taken
+        print(f"fl-smpc worker {args.id}: error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
+    print(f"fl-smpc worker {args.id}: stopped", flush=True)
+    return 0

@@ -1,0 +1,235 @@
+"""A run's History in and out: JSON documents, checkpoints, the history CSV, and the text printout.
+
+Checkpoints are written after every completed round, atomically (temporary file in the same
+directory, fsync, ``os.replace``), so a crash mid-write leaves the previous checkpoint intact. JSON
+floats round-trip float32 values exactly, so a resumed run ends with the same model as an
+uninterrupted one. A checkpoint is untrusted input: every field is checked before it is used.
+JSON output never contains NaN or Infinity (not JSON): non-finite numbers are written as ``null``.
+"""
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+from .config import FLConfig
+from .errors import CheckpointError, ConfigError
+
+FORMAT = "fl-smpc-checkpoint/1"
+CSV_FIELDS = ["round", "worker", "local_loss", "global_loss"]
+
+
+def json_safe(value):
+    """``value`` with every non-finite float replaced by None, so ``json.dumps`` writes valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_json(doc: dict, indent=None) -> str:
+    """Strict JSON (``allow_nan=False``) of a document, non-finite numbers as null."""
+    return json.dumps(json_safe(doc), indent=indent, allow_nan=False)
+
+
+# --- checkpoints ---
+
+
+def save_checkpoint(path: str, history) -> None:
+    """Atomically write ``history`` (``History.to_dict()`` plus format and completed-round count)."""
+    doc = {"format": FORMAT, "completed_rounds": len(history.rounds), **history.to_dict()}
+    text = to_json(doc)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def checkpoint_writer(path: str):
+    """An ``on_round(result, history)`` callback that checkpoints after every completed round."""
+
+    def write(_result, history):
+        try:
+            save_checkpoint(path, history)
+        except OSError as err:  # disk full, directory removed...: the CLI still writes --plot/--history
+            failure = CheckpointError(f"{path}: cannot write the checkpoint after round {len(history.rounds)}: {err}")
+            failure.history = history
+            raise failure from err
+
+    return write
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{what}: expected a number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
+
+
+def _state(lists, what: str, shapes: Dict[str, tuple] = None) -> dict:
+    """A model state (name -> tensor) from JSON lists: finite numbers, and the same shapes as ``shapes``."""
+    import torch
+
+    if not isinstance(lists, dict) or not lists:
+        raise CheckpointError(f"{what}: expected a non-empty object of parameter name -> values")
+    state = {}
+    for name, values in lists.items():
+        try:
+            tensor = torch.tensor(values, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise CheckpointError(f"{what}.{name}: expected a (nested) list of numbers of one shape") from None
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{what}.{name}: contains NaN, Infinity or values too large for float32")
+        state[name] = tensor
+    if shapes is not None:
+        got = {name: tuple(t.shape) for name, t in state.items()}
+        if got != shapes:
+            raise CheckpointError(f"{what}: parameters {got} differ from the initial model's {shapes}")
+    return state
+
+
+def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
+    """Rebuild a :class:`~fl_smpc.federated.History` from its ``to_dict()`` form; CheckpointError names the field."""
+    from .federated import History, RoundResult
+
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{what}: expected a JSON object")
+    for key, kind in (("config", dict), ("initial_model", dict), ("rounds", list)):
+        if not isinstance(doc.get(key), kind):
+            raise CheckpointError(f"{what}: field {key!r} missing or not a JSON {kind.__name__.replace('dict', 'object')}")
+    raw = doc["config"]
+    if not isinstance(raw.get("workers"), list):
+        raise CheckpointError(f"{what}: config.workers must be a list of names, got {raw.get('workers')!r:.60}")
+    try:
+        config = FLConfig(**raw)
+    except ConfigError as err:
+        raise CheckpointError(f"{what}: config: {err}") from None
+    except TypeError as err:  # unknown or missing keys
+        raise CheckpointError(f"{what}: config: {err}") from None
+    initial = _state(doc["initial_model"], "initial_model")
+    shapes = {name: tuple(t.shape) for name, t in initial.items()}
+    history = History(config, initial, _number(doc.get("initial_global_loss"), "initial_global_loss"),
+                      initial_metrics=_metrics(doc.get("initial_metrics", {}), "initial_metrics"))
+    for i, item in enumerate(doc["rounds"], start=1):
+        where = f"rounds[{i - 1}]"
+        if not isinstance(item, dict) or item.get("round") != i:
+            raise CheckpointError(f"{what}: {where}: rounds must be objects numbered 1, 2, ... in order")
+        losses = item.get("worker_losses")
+        if not isinstance(losses, dict) or set(losses) - set(config.workers):
+            raise CheckpointError(f"{what}: {where}.worker_losses: expected an object of worker name -> loss")
+        history.rounds.append(RoundResult(
+            i, {w: _number(v, f"{where}.worker_losses.{w}") for w, v in losses.items()},
+            _number(item.get("global_loss"), f"{where}.global_loss"),
+            _state(item.get("model"), f"{where}.model", shapes), _metrics(item.get("metrics", {}), f"{where}.metrics")))
+    if len(history.rounds) > config.rounds:
+        raise CheckpointError(f"{what}: {len(history.rounds)} rounds recorded but the config asks for {config.rounds}")
+    return history
+
+
+def _metrics(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what}: expected an object of metric name -> number")
+    return {k: _number(v, f"{what}.{k}") for k, v in value.items()}
+
+
+def load_checkpoint(path: str):
+    """Rebuild the History saved by :func:`save_checkpoint`; every error names the file and the field."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {err}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: cannot read checkpoint: JSON nested too deeply") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an fl-smpc checkpoint (expected format {FORMAT!r})")
+    try:
+        return history_from_dict(doc, f"{path}: malformed checkpoint")
+    except RecursionError:
+        raise CheckpointError(f"{path}: malformed checkpoint: values nested too deeply") from None
+
+
+# --- the history CSV: one row per round per owner ---
+
+
+def metric_names(history) -> List[str]:
+    """Every metric key any round carries, sorted, so all rows share one header."""
+    return sorted({name for r in history.rounds for name in r.metrics})
+
+
+def history_rows(history) -> List[Dict]:
+    """One dict per (round, owner): the owner's local loss, the round's global loss and its metrics.
+
+    Round-level values (global loss, metrics) repeat on each owner's row; a metric a round lacks is
+    left empty. The initial model (round 0) has no local losses; its loss is in the JSON document.
+    """
+    names = metric_names(history)
+    clash = sorted(set(names) & set(CSV_FIELDS))
+    if clash:
+        raise ValueError(f"metrics {clash} clash with the history columns {CSV_FIELDS}; rename them")
+    return [
+        {"round": r.round, "worker": worker, "local_loss": loss, "global_loss": r.global_loss,
+         **{name: r.metrics.get(name, "") for name in names}}
+        for r in history.rounds
+        for worker, loss in r.worker_losses.items()
+    ]
+
+
+def write_history_csv(history, path) -> Path:
+    """Write :func:`history_rows` as CSV with a header; floats keep full precision (``repr``)."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + metric_names(history))
+        writer.writeheader()
+        writer.writerows(history_rows(history))
+    return path
+
+
+# --- text ---
+
+
+def format_history(history) -> str:
+    """The seed's printout, one block per round: averaged weights and bias, each owner's loss."""
+    lines = [f"seed {history.config.seed}; workers {', '.join(history.config.workers)}; "
+             f"initial global loss {history.initial_loss:.4f}"]
+    for r in history.rounds:
+        lines.append(f"round {r.round}/{history.config.rounds}  global loss {r.global_loss:.4f}")
+        for name, value in r.model.items():
+            lines.append(f"  avg {name}: {[round(v, 4) for v in value.flatten().tolist()]}")
+        lines.append("  " + " ".join(f"{name.capitalize()}_loss: {loss:.4f}" for name, loss in r.worker_losses.items()))
+    return "\n".join(lines)
+
+
+def format_sms_result(result) -> str:
+    """Per-round test metrics of the global model, then federated-secure vs the two baselines."""
+    h, d = result.history, result.dataset
+    shares = ", ".join(f"{w} {o['messages']} ({o['spam_rate']:.1%} spam)" for w, o in zip(h.config.workers, d["owners"]))
+    lines = [f"data: {d['source']}: {d['messages']} messages, {d['duplicates_removed']} duplicates removed; "
+             f"test {d['test']} ({d['test_spam']} spam); owners ({result.spec.partition}): {shares}",
+             f"seed {h.config.seed}; loss {result.spec.loss}; lr {h.config.lr}; {h.config.local_steps} local steps; "
+             f"{result.spec.features} hashed features",
+             f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}"]
+    rows = [(0, h.initial_loss, h.initial_metrics)] + [(r.round, r.global_loss, r.metrics) for r in h.rounds]
+    for n, loss, m in rows:
+        lines.append(f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} "
+                     f"{m['f1']:>6.4f}")
+    central = result.baseline["centralized"]
+    lines.append(f"\n{'model':<28} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}")
+    for name, m, seconds in ((f"federated secure ({len(h.rounds)} rounds)", h.rounds[-1].metrics, result.seconds),
+                             (f"centralized ({central['steps']} steps)", central, central["seconds"]),
+                             ("always ham", result.baseline["always_ham"], 0.0)):
+        lines.append(f"{name:<28} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f} "
+                     f"{seconds:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,8 @@
+"""Network mode: data owners as separate ``fl-smpc worker`` processes speaking syft 0.2.9's websocket protocol.
+
+``client`` is the model owner's side, ``server`` a data owner's, ``csvdata`` the owner's data file,
+``launcher`` starts local worker processes (demo and tests) and always stops them.
+Importing this package is light; its modules load syft.
+"""
+
+DATA_TAG, TARGET_TAG = "#fl-smpc-data", "#fl-smpc-target"
