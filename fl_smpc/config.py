@@ -128,10 +128,11 @@ def parse_addresses(text: str) -> Dict[str, Address]:
                               "e.g. bob=127.0.0.1:8777")
         if name in addresses:
             raise ConfigError(f"worker {name!r} is given twice")
+        if not NAME_PATTERN.fullmatch(name):
+            raise ConfigError(f"bad worker name {name!r} in {item!r}: use 1-64 letters, digits, '_' or '-'")
         addresses[name] = (host, int(port))
     if not addresses:
         raise ConfigError("no worker addresses given: expected NAME=HOST:PORT[,NAME=HOST:PORT...]")
-    check_names(list(addresses))
     return addresses
 
 

@@ -101,34 +101,35 @@ def _state(lists, what: str, shapes: Dict[str, tuple] = None) -> dict:
 
 
 def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
-    """Rebuild a :class:`~fl_smpc.federated.History` from its ``to_dict()`` form; CheckpointError names the field."""
+    """Rebuild a :class:`~fl_smpc.federated.History` from its ``to_dict()`` form; CheckpointError names the field.
+
+    ``what`` starts every message (the file name, when loading a checkpoint).
+    """
     from .federated import History, RoundResult
 
     if not isinstance(doc, dict):
         raise CheckpointError(f"{what}: expected a JSON object")
     for key, kind in (("config", dict), ("initial_model", dict), ("rounds", list)):
         if not isinstance(doc.get(key), kind):
-            raise CheckpointError(f"{what}: field {key!r} missing or not a JSON {kind.__name__.replace('dict', 'object')}")
+            raise CheckpointError(f"{what}: field {key!r} missing or not a JSON {'object' if kind is dict else 'list'}")
     raw = doc["config"]
     if not isinstance(raw.get("workers"), list):
         raise CheckpointError(f"{what}: config.workers must be a list of names, got {raw.get('workers')!r:.60}")
     try:
         config = FLConfig(**raw)
-    except ConfigError as err:
+    except (ConfigError, TypeError) as err:  # a bad value; unknown or missing keys
         raise CheckpointError(f"{what}: config: {err}") from None
-    except TypeError as err:  # unknown or missing keys
-        raise CheckpointError(f"{what}: config: {err}") from None
-    initial = _state(doc["initial_model"], "initial_model")
+    initial = _state(doc["initial_model"], f"{what}: initial_model")
     shapes = {name: tuple(t.shape) for name, t in initial.items()}
-    history = History(config, initial, _number(doc.get("initial_global_loss"), "initial_global_loss"),
-                      initial_metrics=_metrics(doc.get("initial_metrics", {}), "initial_metrics"))
+    history = History(config, initial, _number(doc.get("initial_global_loss"), f"{what}: initial_global_loss"),
+                      initial_metrics=_metrics(doc.get("initial_metrics", {}), f"{what}: initial_metrics"))
     for i, item in enumerate(doc["rounds"], start=1):
-        where = f"rounds[{i - 1}]"
+        where = f"{what}: rounds[{i - 1}]"
         if not isinstance(item, dict) or item.get("round") != i:
-            raise CheckpointError(f"{what}: {where}: rounds must be objects numbered 1, 2, ... in order")
+            raise CheckpointError(f"{where}: rounds must be objects numbered 1, 2, ... in order")
         losses = item.get("worker_losses")
         if not isinstance(losses, dict) or set(losses) - set(config.workers):
-            raise CheckpointError(f"{what}: {where}.worker_losses: expected an object of worker name -> loss")
+            raise CheckpointError(f"{where}.worker_losses: expected an object of worker name -> loss")
         history.rounds.append(RoundResult(
             i, {w: _number(v, f"{where}.worker_losses.{w}") for w, v in losses.items()},
             _number(item.get("global_loss"), f"{where}.global_loss"),
