@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 
 # syft encodes x as int64(x * 10**p): above ~12 digits float32 inputs carry no more information.
 MAX_PRECISION = 12
+LOSS_REDUCTIONS = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -14,10 +15,14 @@ class FLConfig:
 
     workers: names of the data owners (VirtualWorker ids), at least 2, unique.
     rounds: federated rounds (send -> local training -> secure average -> update).
-    local_steps: SGD steps each owner takes on its own data per round.
+    local_steps: SGD steps each owner takes on its own data per round (one per batch, see batch_size).
     lr: SGD learning rate of the owners' optimisers.
     precision_fractional: decimal digits kept by ``fix_prec`` (one quantum is 10**-p).
     seed: seeds model initialisation and training; ``None`` draws one (recorded in the history).
+    batch_size: rows per local SGD step; ``None`` = the owner's whole partition (the seed's full-batch steps).
+        Each step takes the owner's next batch, continuing across rounds and wrapping around.
+    loss_reduction: how ``loss_fn`` reduces over examples, ``"sum"`` (the seed's summed squared error)
+        or ``"mean"``; the global loss follows it: the sum over all owners' examples, or their mean.
     """
 
     workers: Tuple[str, ...] = ("bob", "alice", "jane")
@@ -26,6 +31,8 @@ class FLConfig:
     lr: float = 0.1
     precision_fractional: int = 3
     seed: Optional[int] = None
+    batch_size: Optional[int] = None
+    loss_reduction: str = "sum"
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -49,6 +56,11 @@ class FLConfig:
         p = self.precision_fractional
         if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= MAX_PRECISION:
             raise ValueError(f"precision_fractional: must be an integer from 0 to {MAX_PRECISION}, got {p!r}")
+        b = self.batch_size
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ValueError(f"batch_size: must be a positive integer or None (whole partition), got {b!r}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction: must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
             raise ValueError(f"seed: must be an integer from 0 to 2**63-1 or None, got {self.seed!r}")
 
