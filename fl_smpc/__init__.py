@@ -15,11 +15,13 @@ __version__ = "0.1.0"
 _LAZY = {
     # the five tutorial steps
     "create_hook": "workers", "virtual_workers": "workers",
-    "toy_dataset": "data", "split_dataset": "data", "send_partitions": "data",
-    "train_locally": "training", "sum_squared_error": "training",
+    "toy_dataset": "data", "split_dataset": "data", "send_partitions": "data", "check_dataset": "data",
+    "train_locally": "training", "sum_squared_error": "training", "check_model": "training",
     "secure_average": "secure_aggregation", "secure_sum": "secure_aggregation",
     "train_federated": "federated", "run_rounds": "federated", "run_round": "federated",
-    "History": "federated", "RoundResult": "federated",
+    "History": "federated", "RoundResult": "federated", "global_loss": "federated",
+    # the plain-PyTorch FedAvg reference, to check your own runs
+    "plaintext_fedavg": "reference",
     # one run from a RunSpec, its outputs
     "run": "run", "RunResult": "run",
     "load_checkpoint": "history_io", "save_checkpoint": "history_io", "write_history_csv": "history_io",

@@ -22,6 +22,7 @@ MAX_SEED = 2**32 - 1
 FLOAT32_MAX = 3.4028234663852886e38
 # ids become file names (split-data) and syft ids: letters, digits, '_' and '-' only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+LOSS_REDUCTIONS = ("sum", "mean")
 
 # --- data sets ---
 TOY_ROWS = 6  # the seed's six messages
@@ -83,11 +84,15 @@ class FLConfig:
 
     workers: names of the data owners (VirtualWorker ids), at least 2, unique.
     rounds: federated rounds (send -> local training -> secure average -> update).
-    local_steps: SGD steps each owner takes on its own data per round.
+    local_steps: SGD steps each owner takes on its own data per round (one per batch, see batch_size).
     lr: SGD learning rate of the owners' optimisers (finite, positive, representable in float32).
     precision_fractional: decimal digits kept by ``fix_prec`` (one quantum is 10**-p).
     seed: seeds model initialisation and training, 0..2**32-1 (torch keeps 32 bits of a seed);
         ``None`` draws one (recorded in the history).
+    batch_size: rows per local SGD step; ``None`` = the owner's whole partition (the seed's full-batch steps).
+        Each step takes the owner's next batch, continuing across rounds and wrapping around.
+    loss_reduction: how ``loss_fn`` reduces over examples, ``"sum"`` (the seed's summed squared error)
+        or ``"mean"``; the global loss follows it: the sum over all owners' examples, or their mean.
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -96,6 +101,8 @@ class FLConfig:
     lr: float = 0.1
     precision_fractional: int = 3
     seed: Optional[int] = None
+    batch_size: Optional[int] = None
+    loss_reduction: str = "sum"
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -110,6 +117,12 @@ class FLConfig:
         if s is not None and (not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED):
             raise ConfigError(f"seed: must be an integer from 0 to {MAX_SEED} (torch keeps 32 bits of a seed) "
                               f"or None, got {s!r}")
+        b = self.batch_size
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ConfigError(f"batch_size: must be a positive integer or None (whole partition), got {b!r}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ConfigError(f"loss_reduction: must be one of {', '.join(LOSS_REDUCTIONS)}, "
+                              f"got {self.loss_reduction!r}")
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

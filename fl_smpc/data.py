@@ -1,4 +1,4 @@
-"""Step 2: the seed's toy spam data, split across the data owners and sent to them.
+"""Step 2: the data (the seed's toy spam data by default), split across the data owners and sent to them.
 
 Sending is "only for demonstration" (the seed's words): in a real deployment each owner already
 holds its rows. Here the model owner builds the dataset and keeps only pointers to the parts.
@@ -15,20 +15,36 @@ def toy_dataset() -> Tuple[torch.Tensor, torch.Tensor]:
     return data, target
 
 
-def check_dataset(data: torch.Tensor, target: torch.Tensor) -> None:
-    """Raise ValueError naming the problem unless data is (rows, features) and target is 0/1 (rows, 1)."""
-    if data.dim() != 2 or data.shape[0] == 0 or data.shape[1] == 0:
-        raise ValueError(f"data: expected a non-empty 2-D tensor (rows, features), got shape {tuple(data.shape)}")
-    if target.dim() != 2 or target.shape != (data.shape[0], 1):
-        raise ValueError(
-            f"target: expected shape ({data.shape[0]}, 1) to match {data.shape[0]} data rows, got {tuple(target.shape)}"
-        )
+def check_dataset(data: torch.Tensor, target: torch.Tensor, binary_labels: bool = True) -> None:
+    """Raise ValueError naming the problem unless ``data``/``target`` are usable training rows.
+
+    ``binary_labels`` (the toy and SMS classification tasks): data is (rows, features) and target
+    holds 0/1 labels of shape (rows, 1). Otherwise (any other task, e.g. regression): data has
+    rows along its first dimension and target is (rows,) or (rows, k, ...) of any finite values.
+    """
+    if not isinstance(data, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise ValueError(f"data and target must be torch tensors, got {type(data).__name__} "
+                         f"and {type(target).__name__}")
+    shape = tuple(data.shape)
+    if binary_labels and (data.dim() != 2 or 0 in shape):
+        raise ValueError(f"data: expected a non-empty 2-D tensor (rows, features), got shape {shape}")
+    if data.dim() < 2 or 0 in shape:
+        raise ValueError(f"data: expected a non-empty tensor (rows, features, ...), got shape {shape}")
+    rows = shape[0]
+    if binary_labels and tuple(target.shape) != (rows, 1):
+        raise ValueError(f"target: expected shape ({rows}, 1) to match {rows} data rows, got {tuple(target.shape)}")
+    if target.dim() == 0 or target.shape[0] != rows or 0 in target.shape:
+        raise ValueError(f"target: expected {rows} rows, shape ({rows},) or ({rows}, k), to match the data, "
+                         f"got shape {tuple(target.shape)}")
     if not torch.isfinite(data).all():
         raise ValueError("data: contains NaN or Inf")
-    labels = target.flatten().tolist()
-    bad = [i for i, y in enumerate(labels) if y not in (0.0, 1.0)]
-    if bad:
-        raise ValueError(f"target: labels must be 0 or 1; rows {bad[:10]} have {[labels[i] for i in bad[:10]]}")
+    if not torch.isfinite(target).all():
+        raise ValueError("target: contains NaN or Inf")
+    if binary_labels:
+        labels = target.flatten().tolist()
+        bad = [i for i, y in enumerate(labels) if y not in (0.0, 1.0)]
+        if bad:
+            raise ValueError(f"target: labels must be 0 or 1; rows {bad[:10]} have {[labels[i] for i in bad[:10]]}")
 
 
 def near_even_sizes(total: int, n_parts: int) -> List[int]:
@@ -37,12 +53,14 @@ def near_even_sizes(total: int, n_parts: int) -> List[int]:
     return [base + (i < extra) for i in range(n_parts)]
 
 
-def split_dataset(data: torch.Tensor, target: torch.Tensor, n_parts: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def split_dataset(data: torch.Tensor, target: torch.Tensor, n_parts: int,
+                  binary_labels: bool = True) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Contiguous, near-even split into ``n_parts`` (earlier parts get the extra rows).
 
     For the toy data and 3 owners this is the seed's split: rows 0-1 bob, 2-3 alice, 4-5 jane.
+    ``binary_labels`` is passed to :func:`check_dataset` (False for regression targets).
     """
-    check_dataset(data, target)
+    check_dataset(data, target, binary_labels)
     rows = data.shape[0]
     if n_parts > rows:
         raise ValueError(f"cannot split {rows} data rows across {n_parts} workers: every worker needs at least one row")

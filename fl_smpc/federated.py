@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.nn.utils import vector_to_parameters
 
-from .config import FLConfig
+from .config import LOSS_REDUCTIONS, FLConfig
 from .errors import ConfigError, RoundFailed
 from .data import send_partitions, split_dataset, toy_dataset
 from .secure_aggregation import secure_average
-from .training import remote_loss, sum_squared_error, train_locally
+from .training import check_model, remote_loss, sum_squared_error, train_locally
 from .workers import create_hook, forget_transient_ids, virtual_workers
 
 
@@ -69,22 +69,56 @@ def state_to_lists(state: Dict[str, torch.Tensor]) -> Dict[str, list]:
     return {name: t.tolist() for name, t in state.items()}
 
 
-def global_loss(model: nn.Module, remote_data: Sequence[Tuple], loss_fn=sum_squared_error) -> float:
-    """Loss of the global model on all owners' data, as the sum of per-owner losses computed remotely."""
-    total = 0.0
+def global_loss(model: nn.Module, remote_data: Sequence[Tuple], loss_fn=sum_squared_error,
+                reduction: str = "sum") -> float:
+    """Loss of the global model on all owners' data, combined from per-owner losses computed remotely.
+
+    ``reduction`` says how ``loss_fn`` reduces over rows. Summed losses add up to the loss on all
+    rows. Mean losses are weighted by each owner's row count (known to the model owner from the
+    pointers' shapes), which gives the mean over all rows, as on the pooled data; an unweighted sum or
+    mean of the owners' means would not.
+    """
+    losses = []
     with forget_transient_ids([ptr.location for ptr, _ in remote_data]):
         for data_ptr, target_ptr in remote_data:  # the copy is freed as soon as its loss is back
-            total += remote_loss(model.copy().send(data_ptr.location), data_ptr, target_ptr, loss_fn)
-    return total
+            losses.append(remote_loss(model.copy().send(data_ptr.location), data_ptr, target_ptr, loss_fn))
+    if reduction == "mean":
+        rows = [data_ptr.shape[0] for data_ptr, _ in remote_data]
+        return sum(n * loss for n, loss in zip(rows, losses)) / sum(rows)
+    return sum(losses)
+
+
+def declared_reduction(loss_fn) -> Optional[str]:
+    """The reduction a torch loss module (``nn.MSELoss()``) or ``functools.partial(..., reduction=...)`` names."""
+    reduction = getattr(loss_fn, "reduction", None)
+    if reduction is None:
+        reduction = (getattr(loss_fn, "keywords", None) or {}).get("reduction")
+    return reduction if isinstance(reduction, str) else None
+
+
+def check_loss_reduction(loss_fn, config: FLConfig) -> None:
+    """Refuse a loss whose own ``reduction`` contradicts ``config.loss_reduction`` (plain functions cannot tell)."""
+    declared = declared_reduction(loss_fn)
+    if declared is None or declared == config.loss_reduction:
+        return
+    if declared in LOSS_REDUCTIONS:
+        raise ValueError(f"loss_fn reduces by {declared!r} but config.loss_reduction is {config.loss_reduction!r}: "
+                         f"use FLConfig(loss_reduction={declared!r})")
+    raise ValueError(f"loss_fn has reduction {declared!r}: it must return a scalar, by 'sum' or 'mean'")
 
 
 def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple], config: FLConfig,
-              loss_fn=sum_squared_error) -> Dict[str, float]:
-    """One round, in place on ``model``; the model is only written once the secure average succeeded."""
+              loss_fn=sum_squared_error, round_number: int = 1) -> Dict[str, float]:
+    """One round, in place on ``model``; the model is only written once the secure average succeeded.
+
+    ``round_number`` (from 1) picks each owner's batches when ``config.batch_size`` is set: round r
+    starts at local step ``(r - 1) * config.local_steps`` of the owner's batch cycle.
+    """
+    first_step = (round_number - 1) * config.local_steps
     with forget_transient_ids(workers):
         remote_models = [model.copy().send(w) for w in workers]
         losses = {
-            w.id: train_locally(m, x, y, config.lr, config.local_steps, loss_fn)
+            w.id: train_locally(m, x, y, config.lr, config.local_steps, loss_fn, config.batch_size, first_step)
             for w, m, (x, y) in zip(workers, remote_models, remote_data)
         }
         average = secure_average(remote_models, workers, config.precision_fractional)
@@ -98,18 +132,22 @@ def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple]
                loss_fn=sum_squared_error, history: History = None, evaluate=None, on_round=None) -> History:
     """The round loop over already connected workers holding ``remote_data`` (any syft transport).
 
+    ``remote_data`` holds one ``(data_ptr, target_ptr)`` pair per worker, in the order of ``workers``.
+    ``loss_fn(prediction, target)`` returns a scalar reduced as ``config.loss_reduction`` says.
     ``evaluate(model) -> dict`` adds metrics to every round (e.g. on a held-out test set);
     ``on_round(result, history)`` is called after each completed round (progress bars, checkpoints).
-    Pass a ``history`` to resume: rounds continue after its last completed one.
+    Pass a ``history`` to resume: rounds continue after its last completed one (and so do the batches).
     """
+    check_loss_reduction(loss_fn, config)
     evaluate = evaluate or (lambda _model: {})
     if history is None:
-        history = History(config, snapshot(model), global_loss(model, remote_data, loss_fn),
+        history = History(config, snapshot(model), global_loss(model, remote_data, loss_fn, config.loss_reduction),
                           initial_metrics=evaluate(model))
     for r in range(len(history.rounds) + 1, config.rounds + 1):
         try:
-            losses = run_round(model, workers, remote_data, config, loss_fn)
-            result = RoundResult(r, losses, global_loss(model, remote_data, loss_fn), snapshot(model), evaluate(model))
+            losses = run_round(model, workers, remote_data, config, loss_fn, r)
+            result = RoundResult(r, losses, global_loss(model, remote_data, loss_fn, config.loss_reduction),
+                                 snapshot(model), evaluate(model))
         except BaseException as err:  # Ctrl-C too: the model may hold round r's average; put back r-1's
             model.load_state_dict(history.latest_state())
             if not isinstance(err, Exception):
@@ -121,15 +159,17 @@ def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple]
     return history
 
 
-def initial_model(config: FLConfig, features: int, model: nn.Module = None, history: History = None) -> nn.Module:
-    """The global model a run starts from: ``nn.Linear(features, 1)`` drawn from ``config.seed`` unless
-    ``model`` is given, holding the checkpoint's last round when resuming from ``history``.
+def initial_model(config: FLConfig, features: int, model: nn.Module = None, history: History = None,
+                  outputs: int = 1) -> nn.Module:
+    """The global model a run starts from: ``nn.Linear(features, outputs)`` drawn from ``config.seed``
+    unless ``model`` is given (then torch's generator is left alone), holding the checkpoint's last
+    round when resuming from ``history``.
 
     Every transport and data set builds its model here, so the same seed gives the same model everywhere.
     """
     if model is None:
         torch.manual_seed(config.seed)
-        model = nn.Linear(features, 1)
+        model = nn.Linear(features, outputs)
     if history is not None:
         try:
             model.load_state_dict(history.latest_state())
@@ -144,19 +184,23 @@ def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, ta
                     history: History = None) -> History:
     """Run ``config.rounds`` rounds of federated learning with secure averaging on VirtualWorkers.
 
-    ``data``/``target`` default to the seed's toy dataset, ``model`` to ``nn.Linear(features, 1)``
-    initialised from ``config.seed``. A given ``model`` is updated in place; if a round fails,
-    :class:`RoundFailed` is raised and the model keeps the last completed round's parameters.
-    ``history`` resumes a checkpointed run: pass ``model`` holding its last round's parameters.
+    ``data``/``target`` default to the seed's toy dataset (0/1 labels); given ones may hold any finite
+    targets (regression too). ``model`` defaults to ``nn.Linear(features, outputs)`` initialised after
+    seeding torch's global generator with ``config.seed``; a given model is used as it is, the
+    generator left alone, and is updated in place. Before anything is sent, the model and ``loss_fn``
+    run once on one row, so a model that does not fit the data is refused with one line.
+    If a round fails, :class:`RoundFailed` is raised and the model keeps the last completed round's
+    parameters. ``history`` resumes a checkpointed run from its last round's parameters.
+    See docs/api.md for every parameter.
     """
     config = config.with_seed()
-    if data is None and target is None:
+    toy = data is None and target is None
+    if toy:
         data, target = toy_dataset()
-    parts = split_dataset(data, target, len(config.workers))
-    model = initial_model(config, data.shape[1], model, history)
-    in_features = getattr(model, "in_features", data.shape[1])
-    if in_features != data.shape[1]:
-        raise ConfigError(f"model expects {in_features} features but the data has {data.shape[1]} columns")
+    parts = split_dataset(data, target, len(config.workers), binary_labels=toy)
+    outputs = target.shape[1] if target.dim() == 2 else 1
+    model = initial_model(config, data.shape[1], model, history, outputs)
+    check_model(model, *parts[0], loss_fn)
 
     with virtual_workers(config.workers, create_hook()) as workers:
         remote_data = send_partitions(parts, workers)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fl_smpc import FLConfig, RoundFailed, toy_dataset, train_federated
+from fl_smpc import FLConfig, RoundFailed, check_dataset, toy_dataset, train_federated
 from fl_smpc.secure_aggregation import AggregationError
 from reference import seed_model
 
@@ -34,22 +34,25 @@ def test_more_workers_than_rows():
         train_federated(FLConfig(workers=[f"w{i}" for i in range(7)], seed=0))
 
 
-def test_targets_must_be_binary():
+def test_classification_targets_must_be_binary():
+    """The toy/CSV task's check; train_federated itself accepts any finite targets (tests/test_custom_model.py)."""
     data, target = toy_dataset()
     target[3, 0] = 2.0
     with pytest.raises(ValueError, match=r"labels must be 0 or 1; rows \[3\] have \[2.0\]"):
-        train_federated(FLConfig(seed=0), data, target)
+        check_dataset(data, target)
 
 
 def test_target_shape_must_match_data():
     data, target = toy_dataset()
-    with pytest.raises(ValueError, match=r"target: expected shape \(6, 1\)"):
+    with pytest.raises(ValueError, match=r"target: expected 6 rows, shape \(6,\) or \(6, k\)"):
         train_federated(FLConfig(seed=0), data, target[:5])
+    with pytest.raises(ValueError, match=r"target: expected shape \(6, 1\)"):
+        check_dataset(data, target[:5])
 
 
 def test_feature_count_must_match_model():
     data, target = toy_dataset()
-    with pytest.raises(ValueError, match="model expects 4 features but the data has 3 columns"):
+    with pytest.raises(ValueError, match=r"model does not accept data rows of shape \(3,\).*size mismatch"):
         train_federated(FLConfig(seed=0), data, target, model=nn.Linear(4, 1))
 
 
