@@ -54,6 +54,9 @@ def build_parser(prog: str = "fl-smpc") -> argparse.ArgumentParser:
     p.add_argument("--workers", default=",".join(DEFAULT_WORKERS),
                    help="data owners, comma-separated, 2 or more; with --transport websocket NAME=HOST:PORT,... "
                    "(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help="rows per local SGD step, each step on the owner's next batch (default: the owner's "
+                   "whole partition, as the seed)")
     p.add_argument("--precision", type=int, default=DEFAULTS.precision_fractional,
                    help="fixed-precision fractional digits used by fix_prec (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
@@ -109,7 +112,7 @@ def spec_from_args(args: argparse.Namespace, workers: Optional[str] = None, tran
             raise FlSmpcError(f"--workers {workers!r}: NAME=HOST:PORT needs --transport websocket")
         addresses, names = None, tuple(n.strip() for n in workers.split(","))
     config = FLConfig(workers=names, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
-                      precision_fractional=args.precision, seed=args.seed)
+                      precision_fractional=args.precision, seed=args.seed, batch_size=args.batch_size)
     return RunSpec(config=config, dataset=args.dataset, data_file=args.data_file,
                    features=SMS_FEATURES if args.features is None else args.features,
                    partition=args.partition or "iid", loss=args.loss or "sse", transport=transport,

@@ -7,7 +7,7 @@ in a deployment each owner would build them on its own machine with the same cal
 Returns an :class:`SmsResult`; printing is left to the CLI.
 """
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List
 
 import torch
@@ -27,8 +27,8 @@ def mean_bce_with_logits(logits, target):
     """Logistic loss averaged over an owner's messages.
 
     A mean (not a sum) keeps the step size independent of how many messages an owner holds, so one
-    learning rate fits every owner and the pooled baseline; the round loop's global loss is then the
-    sum over owners of their mean losses.
+    learning rate fits every owner and the pooled baseline; the global loss is the mean over all owners'
+    messages (``loss_reduction="mean"``).
     """
     return F.binary_cross_entropy_with_logits(logits, target)
 
@@ -100,8 +100,10 @@ def run_sms(spec: RunSpec, on_round=None):
     full-batch steps on the pooled training data: per step it computes gradients on as many messages
     as all owners together do in one of their local steps, so both see the same total gradient work.
     """
-    config, n_features = spec.config, spec.features
+    n_features = spec.features
     loss_fn, threshold = LOSSES[spec.loss]
+    # bce is a mean over an owner's messages: the global loss is then the mean over all owners' messages
+    config = replace(spec.config, loss_reduction="mean" if spec.loss == "bce" else "sum")
     messages = load_data_file(spec.data_file) if spec.data_file else load_packaged_corpus()
     prepared = prepare_data(messages, len(config.workers), spec.partition)
     evaluate = evaluator(prepared.test, n_features, threshold)
