@@ -59,12 +59,12 @@ def load_data(seed: int) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch
 def part10_config(epochs: int, seed: int, rows_per_owner: List[int], precision: int = PRECISION) -> FLConfig:
     """One round per batch (Part 10 averages after every batch), so an epoch is the largest owner's batch count.
 
-    Two owners: when FLConfig gains a minimum number of owners, allow two here (each owner can
-    derive the other's model from the average, as in Part 10).
+    Two owners, as in Part 10: ``min_owners=2`` accepts knowingly that each owner can derive the
+    other's model from the average.
     """
     batches_per_epoch = max(math.ceil(rows / BATCH_SIZE) for rows in rows_per_owner)
     return FLConfig(workers=OWNERS, rounds=epochs * batches_per_epoch, local_steps=1, lr=LR, batch_size=BATCH_SIZE,
-                    loss_reduction="mean", precision_fractional=precision, seed=seed)
+                    loss_reduction="mean", precision_fractional=precision, seed=seed, min_owners=2)
 
 
 def test_mse(x: torch.Tensor, y: torch.Tensor):

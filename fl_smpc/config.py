@@ -23,6 +23,9 @@ FLOAT32_MAX = 3.4028234663852886e38
 # ids become file names (split-data) and syft ids: letters, digits, '_' and '-' only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LOSS_REDUCTIONS = ("sum", "mean")
+WEIGHTINGS = ("samples", "equal")
+# With two owners each learns the other's model from the average (minus its own): refuse by default.
+MIN_OWNERS = 3
 
 # --- data sets ---
 TOY_ROWS = 6  # the seed's six messages
@@ -93,6 +96,11 @@ class FLConfig:
         Each step takes the owner's next batch, continuing across rounds and wrapping around.
     loss_reduction: how ``loss_fn`` reduces over examples, ``"sum"`` (the seed's summed squared error)
         or ``"mean"``; the global loss follows it: the sum over all owners' examples, or their mean.
+    weighting: FedAvg weights, ``"samples"`` (each owner by its number of examples, as FedAvg; equal
+        owners give the seed's ``/ 3``) or ``"equal"`` (each owner counts once).
+    min_owners: no sum over fewer owners is ever revealed; a round that cannot gather them fails.
+    owners_per_round: a random subset of this many owners trains each round (FedAvg's client fraction),
+        drawn from ``seed`` and the round number; ``None`` = every owner.
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -103,6 +111,9 @@ class FLConfig:
     seed: Optional[int] = None
     batch_size: Optional[int] = None
     loss_reduction: str = "sum"
+    weighting: str = "samples"
+    min_owners: int = MIN_OWNERS
+    owners_per_round: Optional[int] = None
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -123,6 +134,19 @@ class FLConfig:
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ConfigError(f"loss_reduction: must be one of {', '.join(LOSS_REDUCTIONS)}, "
                               f"got {self.loss_reduction!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"weighting: must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        m, n, k = self.min_owners, len(self.workers), self.owners_per_round
+        if not isinstance(m, int) or isinstance(m, bool) or m < 2:
+            raise ConfigError(f"min_owners: must be an integer of at least 2, got {m!r}")
+        if n < m:
+            why = (" With two owners each learns the other's model from the average; --min-owners 2 "
+                   "(min_owners=2) accepts that knowingly." if n == 2 else "")
+            raise ConfigError(f"workers: {n} owners, but min_owners is {m}: no sum over fewer than {m} owners is "
+                              f"revealed.{why}")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not m <= k <= n):
+            raise ConfigError(f"owners_per_round: must be an integer from min_owners ({m}) to the number of "
+                              f"owners ({n}), got {k!r}")
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

@@ -58,3 +58,14 @@ class RoundFailed(FlSmpcError, RuntimeError):
     def __init__(self, round: int, cause: Exception, history, worker: Optional[str] = None):
         super().__init__(f"round {round} failed: {cause}")
         self.round, self.worker, self.history = round, worker, history
+
+
+class OwnerFailed(FlSmpcError, RuntimeError):
+    """One owner failed before the reveal began (training, checking, or sharing): the round can go on without it.
+
+    ``worker`` is the owner at fault, ``stage`` where it failed ("training", "check", "sharing").
+    """
+
+    def __init__(self, worker: str, stage: str, cause: Exception):
+        super().__init__(f"worker {worker!r} failed during {stage}: {cause}")
+        self.worker, self.stage, self.cause = worker, stage, cause

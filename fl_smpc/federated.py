@@ -2,6 +2,7 @@
 
 Returns a :class:`History`; printing is left to the CLI.
 """
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -10,7 +11,7 @@ from torch import nn
 from torch.nn.utils import vector_to_parameters
 
 from .config import LOSS_REDUCTIONS, FLConfig
-from .errors import ConfigError, RoundFailed
+from .errors import AggregationError, ConfigError, FlSmpcError, OwnerFailed, RoundFailed
 from .data import send_partitions, split_dataset, toy_dataset
 from .secure_aggregation import secure_average
 from .training import check_model, remote_loss, sum_squared_error, train_locally
@@ -26,6 +27,8 @@ class RoundResult:
     global_loss: float
     model: Dict[str, torch.Tensor]
     metrics: Dict[str, float] = field(default_factory=dict)  # from ``evaluate``, e.g. test accuracy
+    contributors: List[str] = field(default_factory=list)  # owners whose models are in the average
+    dropped: Dict[str, str] = field(default_factory=dict)  # owner -> why it was left out of this round
 
 
 @dataclass
@@ -54,7 +57,8 @@ class History:
             doc["initial_metrics"] = dict(self.initial_metrics)
         for r in self.rounds:
             item = {"round": r.round, "worker_losses": dict(r.worker_losses), "global_loss": r.global_loss,
-                    "model": state_to_lists(r.model)}
+                    "model": state_to_lists(r.model), "contributors": list(r.contributors),
+                    "dropped": dict(r.dropped)}
             if r.metrics:
                 item["metrics"] = dict(r.metrics)
             doc["rounds"].append(item)
@@ -102,52 +106,134 @@ def check_loss_reduction(loss_fn, config: FLConfig) -> None:
     if declared is None or declared == config.loss_reduction:
         return
     if declared in LOSS_REDUCTIONS:
-        raise ValueError(f"loss_fn reduces by {declared!r} but config.loss_reduction is {config.loss_reduction!r}: "
+        raise ConfigError(f"loss_fn reduces by {declared!r} but config.loss_reduction is {config.loss_reduction!r}: "
                          f"use FLConfig(loss_reduction={declared!r})")
-    raise ValueError(f"loss_fn has reduction {declared!r}: it must return a scalar, by 'sum' or 'mean'")
+    raise ConfigError(f"loss_fn has reduction {declared!r}: it must return a scalar, by 'sum' or 'mean'")
+
+
+@dataclass
+class RoundOutcome:
+    """What :func:`run_round` reports: local losses, who is in the average, who was dropped and why."""
+
+    worker_losses: Dict[str, float]
+    contributors: List[str]
+    dropped: Dict[str, str]
+
+
+def owners_of_round(config: FLConfig, round_number: int) -> List[int]:
+    """Indices of the owners that train in round ``round_number``: all, or ``owners_per_round`` of them.
+
+    The subset is drawn from the run's seed and the round number only, so a run (and a resumed one)
+    chooses the same owners every time.
+    """
+    n = len(config.workers)
+    if config.owners_per_round is None or config.owners_per_round == n:
+        return list(range(n))
+    rng = random.Random(f"fl-smpc owners {config.seed} {round_number}")
+    return sorted(rng.sample(range(n), config.owners_per_round))
+
+
+def _enough(alive: List[int], workers: Sequence, dropped: Dict[str, str], first_error: Optional[Exception],
+            config: FLConfig) -> None:
+    if len(alive) < config.min_owners:
+        left = ", ".join(workers[i].id for i in alive) or "none"
+        raise RoundFailedEarly(f"{'; '.join(dropped.values())}; {len(alive)} owners left ({left}), fewer than "
+                               f"min_owners {config.min_owners}", next(iter(dropped), None)) from first_error
+
+
+class RoundFailedEarly(RuntimeError):
+    """Too few owners remain for a secure sum; ``worker`` is the first dropped one."""
+
+    def __init__(self, message: str, worker: Optional[str]):
+        super().__init__(message)
+        self.worker = worker
 
 
 def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple], config: FLConfig,
-              loss_fn=sum_squared_error, round_number: int = 1) -> Dict[str, float]:
+              loss_fn=sum_squared_error, round_number: int = 1) -> RoundOutcome:
     """One round, in place on ``model``; the model is only written once the secure average succeeded.
 
+    An owner that fails before the reveal begins (while training, while its parameters are checked, or
+    while shares are made) is dropped from the round: every share made so far is discarded and the
+    average is redone with fresh masks among the others, as long as ``config.min_owners`` remain. The
+    reveal itself is all or nothing (a failure there fails the round), so the model owner never sees two
+    sums of one round over different sets of owners.
     ``round_number`` (from 1) picks each owner's batches when ``config.batch_size`` is set: round r
     starts at local step ``(r - 1) * config.local_steps`` of the owner's batch cycle.
     """
     first_step = (round_number - 1) * config.local_steps
+    dropped: Dict[str, str] = {}
+    first_error: Optional[Exception] = None
+    losses: Dict[str, float] = {}
     with forget_transient_ids(workers):
-        remote_models = [model.copy().send(w) for w in workers]
-        losses = {
-            w.id: train_locally(m, x, y, config.lr, config.local_steps, loss_fn, config.batch_size, first_step)
-            for w, m, (x, y) in zip(workers, remote_models, remote_data)
-        }
-        average = secure_average(remote_models, workers, config.precision_fractional)
+        remote_models = {}
+        for i in owners_of_round(config, round_number):
+            worker, (x, y) = workers[i], remote_data[i]
+            try:
+                remote_models[i] = model.copy().send(worker)
+                losses[worker.id] = train_locally(remote_models[i], x, y, config.lr, config.local_steps, loss_fn,
+                                                  config.batch_size, first_step)
+            except Exception as err:  # an unreachable owner, a timeout, an error on the owner
+                first_error = first_error or err
+                remote_models.pop(i, None)
+                dropped[worker.id] = f"{err if isinstance(err, FlSmpcError) else repr(err)} (during training)"
+        while True:
+            alive = sorted(remote_models)
+            _enough(alive, workers, dropped, first_error, config)
+            weights = [float(remote_data[i][0].shape[0]) if config.weighting == "samples" else 1.0 for i in alive]
+            try:
+                average = secure_average([remote_models[i] for i in alive], [workers[i] for i in alive],
+                                         config.precision_fractional, weights)
+                break
+            except (OwnerFailed, AggregationError) as err:  # before the reveal: drop it, redo with fresh shares
+                stage, cause = (err.stage, err.cause) if isinstance(err, OwnerFailed) else ("check", err)
+                index = next((i for i in alive if workers[i].id == err.worker), None)
+                if index is None:  # blamed on an owner outside this attempt: nothing to drop, fail the round
+                    raise
+                first_error = first_error or cause
+                del remote_models[index]
+                losses.pop(err.worker, None)
+                dropped[err.worker] = f"{cause} (during {stage})"
         del remote_models  # frees the copies on the workers now, before their ids are released
         with torch.no_grad():
             vector_to_parameters(average, model.parameters())
-    return losses
+    return RoundOutcome(losses, [workers[i].id for i in alive], dropped)
 
 
 def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple], config: FLConfig,
-               loss_fn=sum_squared_error, history: History = None, evaluate=None, on_round=None) -> History:
+               loss_fn=sum_squared_error, history: History = None, evaluate=None, on_round=None,
+               reconnect=None) -> History:
     """The round loop over already connected workers holding ``remote_data`` (any syft transport).
 
     ``remote_data`` holds one ``(data_ptr, target_ptr)`` pair per worker, in the order of ``workers``.
     ``loss_fn(prediction, target)`` returns a scalar reduced as ``config.loss_reduction`` says.
     ``evaluate(model) -> dict`` adds metrics to every round (e.g. on a held-out test set);
     ``on_round(result, history)`` is called after each completed round (progress bars, checkpoints).
+    ``reconnect(index) -> (worker, (data_ptr, target_ptr))`` is called before a round for each owner
+    dropped in the previous one (network mode: a restarted worker rejoins); it may raise to stay out.
     Pass a ``history`` to resume: rounds continue after its last completed one (and so do the batches).
     """
     check_loss_reduction(loss_fn, config)
     evaluate = evaluate or (lambda _model: {})
+    workers, remote_data = list(workers), list(remote_data)
     if history is None:
         history = History(config, snapshot(model), global_loss(model, remote_data, loss_fn, config.loss_reduction),
                           initial_metrics=evaluate(model))
+    dropped: Dict[str, str] = {}
     for r in range(len(history.rounds) + 1, config.rounds + 1):
+        if reconnect is not None:
+            for i, worker in enumerate(workers):
+                if worker.id in dropped:
+                    try:
+                        workers[i], remote_data[i] = reconnect(i)
+                    except Exception:  # still away: it will be dropped again this round
+                        pass
         try:
-            losses = run_round(model, workers, remote_data, config, loss_fn, r)
-            result = RoundResult(r, losses, global_loss(model, remote_data, loss_fn, config.loss_reduction),
-                                 snapshot(model), evaluate(model))
+            outcome = run_round(model, workers, remote_data, config, loss_fn, r)
+            dropped = outcome.dropped
+            reachable = [d for w, d in zip(workers, remote_data) if w.id not in dropped]
+            result = RoundResult(r, outcome.worker_losses, global_loss(model, reachable, loss_fn, config.loss_reduction),
+                                 snapshot(model), evaluate(model), outcome.contributors, outcome.dropped)
         except BaseException as err:  # Ctrl-C too: the model may hold round r's average; put back r-1's
             model.load_state_dict(history.latest_state())
             if not isinstance(err, Exception):

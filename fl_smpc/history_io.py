@@ -130,10 +130,16 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
         losses = item.get("worker_losses")
         if not isinstance(losses, dict) or set(losses) - set(config.workers):
             raise CheckpointError(f"{where}.worker_losses: expected an object of worker name -> loss")
+        contributors, dropped = item.get("contributors", list(losses)), item.get("dropped", {})
+        if not (isinstance(contributors, list) and set(contributors) <= set(config.workers)
+                and isinstance(dropped, dict) and set(dropped) <= set(config.workers)
+                and all(isinstance(v, str) for v in dropped.values())):
+            raise CheckpointError(f"{where}: contributors must be a list and dropped an object of this run's owners")
         history.rounds.append(RoundResult(
             i, {w: _number(v, f"{where}.worker_losses.{w}") for w, v in losses.items()},
             _number(item.get("global_loss"), f"{where}.global_loss"),
-            _state(item.get("model"), f"{where}.model", shapes), _metrics(item.get("metrics", {}), f"{where}.metrics")))
+            _state(item.get("model"), f"{where}.model", shapes), _metrics(item.get("metrics", {}), f"{where}.metrics"),
+            contributors, dropped))
     if len(history.rounds) > config.rounds:
         raise CheckpointError(f"{what}: {len(history.rounds)} rounds recorded but the config asks for {config.rounds}")
     return history

@@ -4,6 +4,7 @@ Uses matplotlib's object API with the Agg canvas, never ``pyplot``: no GUI backe
 no global figure registry fills up, and the module works the same in a script, a test or a notebook.
 matplotlib is imported inside the functions so ``import fl_smpc`` stays light.
 """
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -43,7 +44,7 @@ def plot_history(history, baseline: Optional[float] = None, metric: str = "f1", 
     loss_ax.plot([0] + rounds, [history.initial_loss] + [r.global_loss for r in history.rounds],
                  marker="o", linewidth=2.5, color="black", label="global model, all owners' data")
     for name in history.config.workers:
-        loss_ax.plot(rounds, [r.worker_losses[name] for r in history.rounds], marker=".", linestyle="--",
+        loss_ax.plot(rounds, [r.worker_losses.get(name, math.nan) for r in history.rounds], marker=".", linestyle="--",
                      label=f"{name}: local loss (last local step)")
     loss_ax.set(xlabel="round", ylabel="loss", title="Loss per round")
     if min(min(line.get_ydata()) for line in loss_ax.get_lines()) > 0:

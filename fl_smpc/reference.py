@@ -2,7 +2,8 @@
 
 The same algorithm as :func:`fl_smpc.federated.run_rounds` on local tensors: every round each owner
 copies the global model, takes ``steps`` SGD steps on its own rows (the next mini-batches when
-``batch_size`` is set), and the global model becomes the plain mean of the owners' parameters.
+``batch_size`` is set), and the global model becomes the mean of the owners' parameters weighted by
+their numbers of rows (FedAvg; ``weighting="equal"``: the plain mean).
 The batches are cut here with ``torch.split``, independently of :mod:`fl_smpc.training`, so a test
 comparing both also checks the batch schedule.
 """
@@ -57,7 +58,7 @@ def pooled_loss(model: nn.Module, parts: Sequence[Tuple[torch.Tensor, torch.Tens
 def plaintext_fedavg(model: nn.Module, parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], rounds: int, lr: float,
                      steps: int, loss_fn=sum_squared_error, batch_size: Optional[int] = None,
                      evaluate: Optional[Callable[[nn.Module], dict]] = None,
-                     rounds_done: int = 0) -> List[ReferenceRound]:
+                     rounds_done: int = 0, weighting: str = "samples") -> List[ReferenceRound]:
     """Return one :class:`ReferenceRound` per round; ``model`` is updated in place.
 
     ``parts`` holds each owner's ``(data, target)``; ``evaluate(model) -> dict`` gives each round's metrics.
@@ -68,7 +69,9 @@ def plaintext_fedavg(model: nn.Module, parts: Sequence[Tuple[torch.Tensor, torch
     for r in range(rounds_done, rounds_done + rounds):
         local = [copy.deepcopy(model) for _ in parts]
         losses = [local_train(m, x, y, lr, steps, loss_fn, batch_size, r * steps) for m, (x, y) in zip(local, parts)]
-        mean = torch.stack([parameters_to_vector(m.parameters()) for m in local]).mean(0)
+        weights = torch.tensor([float(len(x)) if weighting == "samples" else 1.0 for x, _ in parts])
+        stacked = torch.stack([parameters_to_vector(m.parameters()) for m in local])
+        mean = (stacked * weights[:, None]).sum(0) / weights.sum()
         with torch.no_grad():
             vector_to_parameters(mean, model.parameters())
         metrics = evaluate(model) if evaluate else {}

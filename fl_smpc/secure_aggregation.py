@@ -16,13 +16,14 @@ Two deliberate differences from the seed tutorial:
 Each owner flattens its parameters into one vector before sharing, so a round costs one ``share``
 per owner instead of one per parameter tensor.
 """
+import math
 import os
 from contextlib import contextmanager
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from .errors import AggregationError
+from .errors import AggregationError, OwnerFailed
 
 # syft's fixed-precision field is the int64 ring: encoded values must satisfy |x * 10**p| < 2**63.
 FIELD_HALF = 2 ** 63
@@ -110,24 +111,44 @@ def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: i
     owners = [getattr(w, "id", w) for w in workers]
     with uncompressed_messages(), share_randomness_from_os():
         total = None
-        for ptr in tensor_ptrs:
-            shared = ptr.fix_prec(precision_fractional=precision_fractional).share(*owners).get()
-            total = shared if total is None else total + shared
-        return total.get().float_prec()
+        for ptr, owner in zip(tensor_ptrs, owners):
+            try:
+                shared = ptr.fix_prec(precision_fractional=precision_fractional).share(*owners).get()
+                total = shared if total is None else total + shared
+            except Exception as err:  # before the reveal: the shares made so far are dropped with ``total``
+                raise OwnerFailed(getattr(err, "worker", None) or owner, "sharing", err) from err
+        return total.get().float_prec()  # the reveal: all or nothing
 
 
-def secure_average(remote_models: Sequence, workers: Sequence, precision_fractional: int = 3) -> torch.Tensor:
-    """FedAvg of the owners' remote models as one flat vector (``parameters_to_vector`` order).
+def secure_average(remote_models: Sequence, workers: Sequence, precision_fractional: int = 3,
+                   weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Weighted FedAvg of the owners' remote models as one flat vector (``parameters_to_vector`` order).
 
-    Raises AggregationError naming the worker if its parameters are NaN/Inf or too large to encode;
-    nothing has been shared at that point and the caller's global model is untouched.
+    Each owner scales its own parameters by its weight (FedAvg: its number of examples) before
+    encoding, so only the weighted sum is revealed; dividing it by the sum of the weights gives the
+    average. ``weights`` defaults to 1 each (a plain mean). The weights themselves are known to the
+    model owner (FedAvg needs them; an owner's example count is what it reveals).
+    Raises AggregationError naming the worker if its scaled parameters are NaN/Inf or too large to
+    encode, and OwnerFailed if an owner fails before the reveal; nothing has been revealed then and the
+    caller's global model is untouched.
     """
     if len(remote_models) != len(workers):
         raise ValueError(f"{len(remote_models)} models for {len(workers)} workers")
-    flat = [flatten_on_worker(m) for m in remote_models]
-    for ptr, worker in zip(flat, workers):
-        check_encodable(ptr, worker.id, len(workers), precision_fractional)
-    return secure_sum(flat, workers, precision_fractional) / len(workers)
+    weights = [1.0] * len(workers) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(workers) or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"weights must be one positive finite number per worker, got {weights}")
+    flat = []
+    for model, worker, weight in zip(remote_models, workers, weights):
+        try:
+            ptr = flatten_on_worker(model)
+            ptr = ptr if weight == 1.0 else ptr * weight
+            check_encodable(ptr, worker.id, len(workers), precision_fractional)  # on the scaled values
+        except AggregationError:
+            raise
+        except Exception as err:  # unreachable, timed out, failed on the owner
+            raise OwnerFailed(getattr(err, "worker", None) or worker.id, "check", err) from err
+        flat.append(ptr)
+    return secure_sum(flat, workers, precision_fractional) / sum(weights)
 
 
 def secure_average_per_tensor(remote_models: Sequence, workers: Sequence, precision_fractional: int = 3) -> List:

@@ -67,6 +67,6 @@ def test_unseeded_run_records_the_seed_it_drew():
 
 def test_other_worker_counts_and_given_model_is_updated_in_place():
     model = seed_model(5)
-    history = train_federated(FLConfig(workers=("a", "b"), rounds=3, seed=5), model=model)
+    history = train_federated(FLConfig(workers=("a", "b"), rounds=3, seed=5, min_owners=2), model=model)
     assert set(history.rounds[0].worker_losses) == {"a", "b"}
     assert torch.equal(model.weight.detach(), history.rounds[-1].model["weight"])

@@ -232,7 +232,7 @@ def test_worker_refuses_to_hand_out_its_data(cluster):
 def test_worker_given_under_another_name_is_refused(cluster):
     addresses = {"bobby": cluster["bob"], "alice": cluster["alice"]}
     with pytest.raises(WorkerSetupError, match="has id 'bob', but it was given as 'bobby'"):
-        train_network(FLConfig(workers=("bobby", "alice"), seed=0), addresses, timeout=REPLY_TIMEOUT)
+        train_network(FLConfig(workers=("bobby", "alice"), seed=0, min_owners=2), addresses, timeout=REPLY_TIMEOUT)
 
 
 def test_demo_network_command_prints_rounds_and_stops_its_workers(capsys):

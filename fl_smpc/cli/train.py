@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import (DATASETS, DEFAULT_WORKERS, LOSSES, REPLY_TIMEOUT, SMS_DEFAULTS, SMS_FEATURES, SMS_PARTITIONS,
-                      TRANSPORTS, FLConfig, RunSpec, parse_addresses)
+                      TRANSPORTS, WEIGHTINGS, FLConfig, RunSpec, parse_addresses)
 from ..errors import FlSmpcError
 
 DEFAULTS = FLConfig()
@@ -57,6 +57,14 @@ def build_parser(prog: str = "fl-smpc") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="rows per local SGD step, each step on the owner's next batch (default: the owner's "
                    "whole partition, as the seed)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=DEFAULTS.weighting,
+                   help="FedAvg weights: samples (each owner by its number of examples) or equal (default: "
+                   "%(default)s)")
+    p.add_argument("--min-owners", type=int, default=DEFAULTS.min_owners,
+                   help="no sum over fewer owners is ever revealed; with 2 owners each learns the other's model "
+                   "from the average, so 2 must be asked for (default: %(default)s)")
+    p.add_argument("--owners-per-round", type=int, metavar="K",
+                   help="a random subset of K owners trains each round, drawn from the seed (default: all)")
     p.add_argument("--precision", type=int, default=DEFAULTS.precision_fractional,
                    help="fixed-precision fractional digits used by fix_prec (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
@@ -112,7 +120,8 @@ def spec_from_args(args: argparse.Namespace, workers: Optional[str] = None, tran
             raise FlSmpcError(f"--workers {workers!r}: NAME=HOST:PORT needs --transport websocket")
         addresses, names = None, tuple(n.strip() for n in workers.split(","))
     config = FLConfig(workers=names, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
-                      precision_fractional=args.precision, seed=args.seed, batch_size=args.batch_size)
+                      precision_fractional=args.precision, seed=args.seed, batch_size=args.batch_size,
+                      weighting=args.weighting, min_owners=args.min_owners, owners_per_round=args.owners_per_round)
     return RunSpec(config=config, dataset=args.dataset, data_file=args.data_file,
                    features=SMS_FEATURES if args.features is None else args.features,
                    partition=args.partition or "iid", loss=args.loss or "sse", transport=transport,
