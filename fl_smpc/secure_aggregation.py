@@ -137,6 +137,8 @@ def secure_average(remote_models: Sequence, workers: Sequence, precision_fractio
     weights = [1.0] * len(workers) if weights is None else [float(w) for w in weights]
     if len(weights) != len(workers) or not all(math.isfinite(w) and w > 0 for w in weights):
         raise ValueError(f"weights must be one positive finite number per worker, got {weights}")
+    if len(set(weights)) == 1:  # equal weights: the plain mean, without scaling (exactly the seed's ``/ N``)
+        weights = [1.0] * len(workers)
     flat = []
     for model, worker, weight in zip(remote_models, workers, weights):
         try:
