@@ -1,11 +1,16 @@
-# The README's commands: `make run` (the tutorial), `make test` (the suite), `make bench` (the benchmark).
-# Both create .venv with Python 3.8 and install the pinned lock on first use; later calls reuse it.
+# The README's commands: `make run` (the tutorial), `make test` (the suite), `make bench` (the benchmark),
+# `make check` (ruff + mypy). All create .venv with Python 3.8 and install the pinned lock on first use;
+# later calls reuse it.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check --no-deps
+# What `make check` lints, format-checks and type-checks.
+CHECKED := fl_smpc benchmarks federated_learning_smpc.py $(wildcard examples/*.py)
 ARGS   ?=
 
-.PHONY: run test bench clean notebook picture demo-network
+.PHONY: run test check format bench clean notebook picture demo-network
 run: $(STAMP)
 	$(PY) federated_learning_smpc.py $(ARGS)
 
@@ -16,23 +21,43 @@ demo-network: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
+# ruff lint, ruff format check, mypy: all three run, and the target fails if any of them failed.
+check: $(DEV_STAMP)
+	@status=0; \
+	echo "== ruff check"; $(PY) -m ruff check $(CHECKED) || status=1; \
+	echo "== ruff format --check"; $(PY) -m ruff format --check $(CHECKED) || status=1; \
+	echo "== mypy"; $(PY) -m mypy $(CHECKED) || status=1; \
+	exit $$status
+
+# Rewrites the checked files: ruff's safe fixes (import order, ...), then ruff format.
+format: $(DEV_STAMP)
+	$(PY) -m ruff check --fix $(CHECKED)
+	$(PY) -m ruff format $(CHECKED)
+
 # ARGS=--quick for a smoke run; tables go to results/bench (JSON + CSV).
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)
 
-# syft 0.2.9 has wheels for Python <= 3.8 only. Use python3.8 if it works, else pyenv's 3.8.
+# syft 0.2.9 has wheels for Python <= 3.8 only. tools/find-python38.sh picks python3.8, pyenv's 3.8, or
+# uv with a uv-managed CPython 3.8 (docs/setup.md) and prints the command that creates the venv.
 $(PY):
-	@set -e; \
-	if python3.8 --version >/dev/null 2>&1; then py="python3.8"; \
-	elif PYENV_VERSION=3.8 python3.8 --version >/dev/null 2>&1; then py="env PYENV_VERSION=3.8 python3.8"; \
-	else echo "error: Python 3.8 not found. syft 0.2.9 needs Python 3.8: install it (e.g. 'pyenv install 3.8' or your distribution's python3.8) so that 'python3.8' runs, then retry." >&2; exit 1; fi; \
-	echo "creating $(VENV) with $$($$py --version)"; \
-	$$py -m venv $(VENV)
+	@cmd=$$(sh tools/find-python38.sh $(VENV) .tools) || exit 1; \
+	echo "creating $(VENV): $$cmd"; \
+	eval "$$cmd" && echo "created $(VENV) with $$($(PY) --version)"
 
 # --no-deps: the lock pins every transitive dependency (see requirements.txt for why).
+# pip, setuptools and wheel go first, at the lock's versions: that pip accepts syft 0.2.9's metadata, and the
+# lock's few sdists are then built as wheels by PEP 517 against the pinned setuptools
+# (--use-pep517 --no-build-isolation: no unpinned build tools, no legacy `setup.py install`).
 $(STAMP): requirements.txt pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) -c requirements.txt pip setuptools wheel
+	$(PIP) --use-pep517 --no-build-isolation -r requirements.txt
+	$(PIP) --no-build-isolation -e .
+	@touch $@
+
+# The dev tools (ruff, mypy), pinned in requirements-dev.txt, on top of the main lock.
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PIP) -r requirements-dev.txt
 	@touch $@
 
 # The tutorial notebook in Jupyter (notebook 5.7.8 from the lock), kernel = this .venv's python:
@@ -47,4 +72,4 @@ picture: $(STAMP)
 	$(PY) federated_learning_smpc.py --seed 0 --plot docs/training.png
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
