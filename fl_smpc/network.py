@@ -13,7 +13,6 @@ the model owner's connection with a reason naming that peer (see :func:`failure_
 import asyncio
 import binascii
 import gc
-import os
 import select
 import signal
 import socket
@@ -236,15 +235,6 @@ def refuse_get(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def reseed_from_os() -> None:
-    """Seed torch's generator from OS entropy: a worker's shares are drawn from it.
-
-    A fresh process starts from torch's fixed default seed, so without this every worker
-    process would draw the same, predictable share masks in every run.
-    """
-    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-
-
 def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", port: int = 8777,
                       peers: Dict[str, Address] = None, timeout: float = CONNECT_TIMEOUT) -> DataOwnerServer:
     """Load and validate the owner's CSV (before anything else), then build its server and peer clients.
@@ -259,8 +249,7 @@ def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", p
         raise ValueError("peers: a worker sends shares to the other owners, so it needs at least one "
                          "peer NAME=HOST:PORT (--peers)")
     FLConfig(workers=(worker_id, *peers))  # same id rules as the in-process run (unique, not "me")
-    hook = create_hook()
-    reseed_from_os()
+    hook = create_hook()  # also makes this worker's share masks cryptographic (fl_smpc.share_masks)
     data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))
     target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))
     server = DataOwnerServer(hook, host=host, port=port, id=worker_id, data=[data, target])
