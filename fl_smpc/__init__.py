@@ -26,6 +26,8 @@ _LAZY = {
     "run": "run", "RunResult": "run",
     "load_checkpoint": "history_io", "save_checkpoint": "history_io", "write_history_csv": "history_io",
     "format_history": "history_io",
+    # syft's share masks from a cryptographic generator (create_hook installs it)
+    "install_csprng_shares": "share_masks",
     "plot_history": "plots", "save_plot": "plots",
     # errors
     "RoundFailed": "errors", "AggregationError": "errors", "CheckpointError": "errors", "ConfigError": "errors",

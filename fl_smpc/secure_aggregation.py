@@ -15,9 +15,17 @@ Two deliberate differences from the seed tutorial:
 
 Each owner flattens its parameters into one vector before sharing, so a round costs one ``share``
 per owner instead of one per parameter tensor.
+
+Around the tutorial's unchanged ``ptr.fix_prec().share(...)``:
+
+* **Masks from a cryptographic generator.** ``create_hook`` installs :mod:`fl_smpc.share_masks`, so
+  syft's ``share`` masks come from AES-CTR under a fresh OS-random key per sharing instead of torch's
+  Mersenne Twister; torch's generator (and so ``--seed``) plays no part in them.
+* **Round to nearest.** ``fix_prec`` truncates toward zero, which would bias every average toward
+  zero; each owner first turns its values into ones that ``fix_prec`` encodes as the nearest integer
+  (:func:`rounded_for_encoding`, computed on the owner).
 """
 import math
-import os
 from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
@@ -27,25 +35,6 @@ from .errors import AggregationError, OwnerFailed
 
 # syft's fixed-precision field is the int64 ring: encoded values must satisfy |x * 10**p| < 2**63.
 FIELD_HALF = 2 ** 63
-
-
-@contextmanager
-def share_randomness_from_os():
-    """Draw share masks from OS entropy, leaving torch's global generator as it was.
-
-    syft 0.2.9 draws masks with ``random_`` on torch's global generator, so with ``--seed`` set
-    anyone knowing the seed could regenerate a mask and unmask a share. Reseeding from
-    ``os.urandom`` around sharing (and restoring the state afterwards) keeps the masks secret
-    while training stays reproducible. ``default_generator.manual_seed`` rather than
-    ``torch.manual_seed``: the latter also queues a CUDA reseed with a formatted stack trace on
-    every call when CUDA is not initialised (torch 1.4), which leaks ~2 KB per round.
-    """
-    state = torch.get_rng_state()
-    torch.default_generator.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(state)
 
 
 @contextmanager
@@ -97,22 +86,38 @@ def flatten_on_worker(remote_model):
     return torch.cat([p.view(-1) for p in remote_model.parameters()])
 
 
+def rounded_for_encoding(ptr, precision_fractional: int):
+    """Values (float64, computed where ``ptr`` points) that ``fix_prec`` encodes as round(x * 10**p).
+
+    syft's ``fix_prec`` multiplies by 10**p in the tensor's dtype and truncates toward zero (``.long()``),
+    so it would encode 0.0019 as 1 quantum and -0.0019 as -1: every average drifts toward zero. Here
+    z = round(x * 10**p) (ties to even) is taken in float64, where x * 10**p is exact for float32
+    parameters (p <= 12). Returning z / 10**p would not do: fix_prec's product can land just below z and
+    truncate to z - 1. Multiplying by (1 + 2**-50) / 10**p instead puts the product above |z| by more
+    than the three roundings on the way (each within 2**-53) and below |z| + 1 while |z| < 2**53 / 11,
+    so the truncation lands on z exactly. Four remote operations, one message each.
+    """
+    nearest = (ptr.double() * 10 ** precision_fractional).round()
+    return nearest * ((1 + 2 ** -50) / 10 ** precision_fractional)
+
+
 def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: int = 3) -> torch.Tensor:
     """Sum one remote tensor per owner; the model owner only handles shares and the revealed sum.
 
-    ``ptr.fix_prec().share(...)`` runs on the pointer's worker (``fix_prec`` makes a new tensor, the
-    pointed-to one is left as it was); ``.get()`` returns to us the AdditiveSharingTensor of pointers
-    to the shares. Adding those adds share-wise on each owner. Each owner's shares are added to
-    the running total as soon as they exist, so at most two sets of shares are alive at a time
-    (peak RSS for 10 owners x 10**6 parameters: ~0.8 GB instead of ~1.8 GB).
+    ``ptr.fix_prec().share(...)`` runs on the pointer's worker, after :func:`rounded_for_encoding` (both
+    make new tensors, the pointed-to one is left as it was); ``.get()`` returns to us the
+    AdditiveSharingTensor of pointers to the shares. Adding those adds share-wise on each owner.
+    Each owner's shares are added to the running total as soon as they exist, so at most two sets
+    of shares are alive at a time (peak RSS for 10 owners x 10**6 parameters: ~0.8 GB instead of ~1.8 GB).
     Owners are named by id: each resolves the ids to its own connections to its peers (worker
     objects such as ``WebsocketClientWorker`` cannot be serialized into the command).
     """
     owners = [getattr(w, "id", w) for w in workers]
-    with uncompressed_messages(), share_randomness_from_os():
+    with uncompressed_messages():
         total = None
         for ptr, owner in zip(tensor_ptrs, owners):
             try:
+                ptr = rounded_for_encoding(ptr, precision_fractional)
                 shared = ptr.fix_prec(precision_fractional=precision_fractional).share(*owners).get()
                 total = shared if total is None else total + shared
             except Exception as err:  # before the reveal: the shares made so far are dropped with ``total``

@@ -11,10 +11,17 @@ from typing import Iterator, List, Sequence
 
 
 def create_hook():
-    """Return syft's TorchHook, hooking torch on the first call only (hooking twice is refused)."""
+    """Return syft's TorchHook, hooking torch on the first call only (hooking twice is refused).
+
+    Also makes syft draw share masks from a cryptographic generator (:mod:`fl_smpc.share_masks`):
+    every process -- model owner or ``fl-smpc worker`` -- hooks torch through here.
+    """
     import syft as sy
     import torch
 
+    from .share_masks import install_csprng_shares
+
+    install_csprng_shares()
     if getattr(sy, "hook", None) is not None and getattr(torch, "torch_hooked", False):
         return sy.hook
     return sy.TorchHook(torch)

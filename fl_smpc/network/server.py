@@ -103,7 +103,7 @@ def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", p
         raise ConfigError("peers: a worker sends shares to the other owners, so it needs at least one "
                          "peer NAME=HOST:PORT (--peers)")
     check_names((worker_id, *peers))  # same id rules as the in-process run (unique, safe, not "me")
-    hook = create_hook()
+    hook = create_hook()  # also makes this worker's share masks cryptographic (fl_smpc.share_masks)
     data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))
     target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))
     server = DataOwnerServer(hook, host=host, port=port, id=worker_id, data=[data, target])
