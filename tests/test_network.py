@@ -276,3 +276,38 @@ def test_worker_process_refuses_missing_data_file(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert f"{missing}: data file not found" in done.stderr
+
+
+def test_lost_owner_is_dropped_and_rejoins_after_restart(tmp_path):
+    """Four worker processes; jane is SIGKILLed after round 2 and restarted after round 4.
+
+    Rounds 3 and 4 go on over bob, alice and dave (min_owners 3) and name jane as dropped; before
+    round 5 the model owner reconnects, finds jane's data by tag, and she contributes again.
+    """
+    config = FLConfig(workers=("bob", "alice", "jane", "dave"), rounds=6, seed=0)
+    paths = split_to_csv(str(tmp_path / "data"), config.workers)
+    with local_workers(paths, timeout=PEER_TIMEOUT, log_dir=str(tmp_path)) as addresses:
+        first_jane = addresses.processes["jane"]
+
+        def kill_then_restart(result, _history):
+            if result.round == 2:
+                os.killpg(first_jane.pid, signal.SIGKILL)
+                first_jane.wait()
+            if result.round == 4:
+                peers = {n: a for n, a in addresses.items() if n != "jane"}
+                log = str(tmp_path / "jane-restarted.log")
+                addresses.processes["jane"] = start_worker("jane", paths["jane"], addresses["jane"], peers, log,
+                                                           PEER_TIMEOUT)
+                wait_ready(addresses.processes["jane"], log, "jane", deadline=float("inf"))
+
+        history = train_network(config, addresses, on_round=kill_then_restart, timeout=REPLY_TIMEOUT)
+    everyone = ["bob", "alice", "jane", "dave"]
+    assert [r.contributors for r in history.rounds] == [everyone, everyone, ["bob", "alice", "dave"],
+                                                        ["bob", "alice", "dave"], everyone, everyone]
+    for r in history.rounds[2:4]:
+        assert list(r.dropped) == ["jane"] and "jane" in r.dropped["jane"] and "(during training)" in r.dropped["jane"]
+    in_process = train_federated(config)
+    for net, ref in zip(history.rounds[:2], in_process.rounds):
+        assert_same_model(net.model, ref.model)
+    assert history.rounds[-1].global_loss < history.initial_loss
+    assert_all_stopped([first_jane, *addresses.processes.values()])

@@ -82,6 +82,13 @@ class NetworkClient(WebsocketClientWorker):
         self.closed = False
         return self
 
+    def reopen(self) -> "NetworkClient":
+        """Connect again after a failure (a restarted worker): its objects are new, so are our pointers."""
+        self._drop()
+        self.open()
+        self.failure, self.failed_at = None, float("inf")
+        return self
+
     def close(self):
         """Close for good: later messages fail, except garbage collection, which is dropped."""
         self._drop()
@@ -252,9 +259,20 @@ def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Mod
         remote_data = [find_data(c) for c in clients]
         features = feature_count(remote_data, list(config.workers))
         model = initial_model(config, features, model, history)
+
+        def rejoin(index: int):
+            """A dropped owner, tried again before a round: reconnect and find its data by tag."""
+            client = clients[index]
+            client.reopen()
+            data = find_data(client)
+            if data[0].shape[1] != features:
+                raise WorkerSetupError(f"worker {client.id!r} came back with {data[0].shape[1]} feature columns, "
+                                       f"expected {features}")
+            return client, data
+
         try:
             return run_rounds(model, clients, remote_data, config, loss_fn, history=history, evaluate=evaluate,
-                              on_round=on_round)
+                              on_round=on_round, reconnect=rejoin)
         except RoundFailed as err:
             first = min(clients, key=lambda c: c.failed_at).failure
             if err.worker is None and first is not None:  # syft swallowed the real error and failed obscurely
