@@ -5,13 +5,14 @@ so an invalid value is refused with a :class:`~fl_smpc.errors.ConfigError` namin
 Importing this module is light (no torch, no syft): the CLI builds a RunSpec before loading either.
 """
 
+import ipaddress
 import math
 import re
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-from .errors import ConfigError
+from .errors import ConfigError, TLSConfigError
 
 # --- the federated protocol (the seed tutorial's values) ---
 DEFAULT_WORKERS = ("bob", "alice", "jane")
@@ -48,6 +49,12 @@ PEER_TIMEOUT = 10.0  # a worker's connect/reply timeout towards its peers; below
 GC_DELAY = 0.5  # seconds the model owner collects remote deletes before sending them in one message
 WORKER_HOST, WORKER_PORT = "127.0.0.1", 8777
 
+# --- mutual TLS (network mode) ---
+MODEL_PARTY = "model"  # the model owner's party id: its certificate is model.pem in the --certs directory
+CERT_DAYS = 365  # validity of the certificates `fl-smpc certs` makes
+SECURITY_CHOICE = ("give --certs DIR (mutual TLS: DIR holds ca.pem and each party's NAME.pem and NAME.key; "
+                   "`fl-smpc certs` makes them) or --insecure (plain ws://, loopback addresses only)")
+
 Address = Tuple[str, int]
 
 
@@ -66,6 +73,13 @@ def check_names(names) -> Tuple[str, ...]:
     if "me" in names:
         raise ConfigError("workers: 'me' is syft's id for the local worker (the model owner); choose another name")
     return names
+
+
+def check_party(name, what: str = "--model-party") -> str:
+    """A party id (a certificate's name): the same rules as worker names."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{what}: a party id is 1-64 letters, digits, '_' or '-', got {name!r}")
+    return name
 
 
 def _positive_int(name: str, value) -> None:
@@ -173,6 +187,29 @@ def parse_addresses(text: str) -> Dict[str, Address]:
     return addresses
 
 
+def is_loopback(host: str) -> bool:
+    """Is ``host`` a loopback address (127.0.0.0/8, ::1) or ``localhost``? Other names are not resolved."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plaintext_hosts(hosts: Dict[str, Sequence[str]]) -> None:
+    """TLSConfigError unless every host is loopback: plain ws:// has no authentication and no encryption.
+
+    ``hosts`` maps where the hosts come from (a flag name) to the hosts, so the message can name it.
+    """
+    remote = {what: sorted({h for h in values if not is_loopback(h)}) for what, values in hosts.items()}
+    remote = {what: values for what, values in remote.items() if values}
+    if remote:
+        where = "; ".join(f"{what} {', '.join(values)}" for what, values in remote.items())
+        raise TLSConfigError(f"--insecure (plain ws://: no authentication, no encryption) is allowed on loopback "
+                             f"addresses only, not {where}: use --certs DIR (mutual TLS; `fl-smpc certs` makes one)")
+
+
 def check_port(port, allow_zero: bool = True) -> int:
     """A TCP port to bind: 1..65535, or 0 (the OS picks a free one) when ``allow_zero``."""
     low = 0 if allow_zero else 1
@@ -191,6 +228,9 @@ class RunSpec:
     transport: "virtual" (in-process VirtualWorkers) or "websocket" (``addresses`` of ``fl-smpc worker``
         processes, one per name of ``config.workers``, same order).
     timeout: websocket: seconds to wait for one reply. checkpoint/resume: JSON file paths.
+    certs, insecure: websocket only, exactly one: the federation directory for mutual TLS (ca.pem and
+        ``<model_party>.pem``/``.key``), or plain ws:// (loopback addresses only).
+    model_party: our party id with ``certs`` (the certificate the model owner presents).
     """
 
     config: FLConfig = field(default_factory=FLConfig)
@@ -204,6 +244,9 @@ class RunSpec:
     timeout: float = REPLY_TIMEOUT
     checkpoint: Optional[str] = None
     resume: Optional[str] = None
+    certs: Optional[str] = None
+    insecure: bool = False
+    model_party: str = MODEL_PARTY
 
     def __post_init__(self):
         for name, value, allowed in (("dataset", self.dataset, DATASETS), ("loss", self.loss, LOSSES),
@@ -229,5 +272,22 @@ class RunSpec:
             if tuple(self.addresses) != self.config.workers:
                 raise ConfigError(f"addresses are given for {list(self.addresses)} but the config names "
                                   f"{list(self.config.workers)}")
+            self._check_security()
         elif self.addresses:
             raise ConfigError("worker addresses (NAME=HOST:PORT) need the websocket transport")
+        elif self.certs is not None or self.insecure:
+            raise ConfigError("--certs and --insecure apply to the websocket transport only")
+
+    def _check_security(self) -> None:
+        """Exactly one of certs / insecure; insecure only on loopback; our party id not a worker's."""
+        if self.certs is not None and self.insecure:
+            raise TLSConfigError("--certs and --insecure exclude each other: " + SECURITY_CHOICE)
+        if self.certs is None and not self.insecure:
+            raise TLSConfigError("the websocket transport needs a security choice: " + SECURITY_CHOICE)
+        if self.insecure:
+            check_plaintext_hosts({"--workers": [host for host, _ in self.addresses.values()]})
+        else:
+            check_party(self.model_party)
+            if self.model_party in self.config.workers:
+                raise TLSConfigError(f"workers: {self.model_party!r} is the model owner's party id "
+                                     "(--model-party); a data owner needs another id")

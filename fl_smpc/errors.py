@@ -32,6 +32,10 @@ class CheckpointError(FlSmpcError, ValueError):
     history = None  # set when a run that already completed rounds fails to write one
 
 
+class TLSConfigError(ConfigError):
+    """Certificates or TLS settings that cannot be used: a missing file, a wrong party, plain ws:// off loopback."""
+
+
 class WorkerUnreachable(FlSmpcError, ConnectionError):
     """A worker could not be reached or stopped answering; ``worker`` is its id."""
 

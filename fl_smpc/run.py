@@ -76,7 +76,7 @@ def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunRe
         from .network.client import train_network
 
         return RunResult(spec, train_network(spec.config, spec.addresses, history=history, on_round=after_round,
-                                             timeout=spec.timeout))
+                                             timeout=spec.timeout, certs=spec.certs, party=spec.model_party))
     from .federated import train_federated
 
     return RunResult(spec, train_federated(spec.config, history=history, on_round=after_round))

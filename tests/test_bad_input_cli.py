@@ -67,7 +67,7 @@ def test_bad_worker_flags_exit_2(capsys, tmp_path, argv, message):
     data = tmp_path / "bob.csv"
     data.write_text("x0,label\n1,1\n")
     status, err = run_cli(capsys, ["worker", "--id", "bob", "--data", str(data), "--peers", "alice=127.0.0.1:1",
-                                   *argv])
+                                   "--insecure", *argv])
     assert status == 2
     assert message in last_line(err)
 
@@ -86,7 +86,8 @@ def test_a_value_beyond_float32_in_an_owner_csv_is_refused(capsys, tmp_path, val
     bad.write_text(f"x0,label\n{value},1\n0,0\n")
     status, err = run_cli(capsys, ["split-data", "--out", str(tmp_path / "o"), "--csv", str(bad)])
     assert status == 2 and "line 2: NaN, infinite or beyond-float32 value" in last_line(err)
-    status, err = run_cli(capsys, ["worker", "--id", "bob", "--data", str(bad), "--peers", "alice=127.0.0.1:1"])
+    status, err = run_cli(capsys, ["worker", "--id", "bob", "--data", str(bad), "--peers", "alice=127.0.0.1:1",
+                                   "--insecure"])
     assert status == 2 and "line 2" in last_line(err)
 
 

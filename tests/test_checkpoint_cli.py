@@ -90,7 +90,8 @@ def test_cli_rejects_mismatched_workers_and_transport(argv, message, capsys):
 
 def test_unreachable_worker_is_named_without_hanging(capsys):
     # nothing listens on port 1: refused at once, retried until the connect timeout (here 1 s)
-    argv = ["--transport", "websocket", "--timeout", "1", "--workers", "bob=127.0.0.1:1,alice=127.0.0.1:1,jane=127.0.0.1:1"]
+    argv = ["--transport", "websocket", "--insecure", "--timeout", "1",
+            "--workers", "bob=127.0.0.1:1,alice=127.0.0.1:1,jane=127.0.0.1:1"]
     assert main(argv) == 1
     assert "worker 'bob': cannot connect to ws://127.0.0.1:1" in capsys.readouterr().err
 

@@ -9,7 +9,7 @@ import sys
 from importlib import import_module
 
 # subcommand -> module under fl_smpc.cli, loaded only when used
-SUBCOMMANDS = {"worker": "worker", "demo-network": "demo", "split-data": "split_data"}
+SUBCOMMANDS = {"worker": "worker", "demo-network": "demo", "split-data": "split_data", "certs": "certs"}
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,18 @@
 """``fl-smpc demo-network``: split the toy data, start one worker process per owner on free loopback
-ports, run the training flags against them, and always stop the workers."""
+ports, run the training flags against them, and always stop the workers.
 
+By default the demo makes a throw-away federation (a CA, the model owner and each owner) in its
+temporary directory, so every connection is mutual TLS as in a real deployment; ``--certs DIR``
+uses an existing one, ``--insecure`` plain ws://.
+"""
+
+import argparse
 import os
 import signal
 import sys
 import tempfile
 
-from ..config import PEER_TIMEOUT
+from ..config import PEER_TIMEOUT, SECURITY_CHOICE
 from ..errors import FlSmpcError
 from .train import build_parser, parse_args, run_and_report, spec_from_args
 
@@ -20,20 +26,29 @@ def main(argv) -> int:
         parser.error("the demo starts its own workers: give --workers as names only, without --transport")
     if args.dataset != "toy":
         parser.error("the demo serves the toy data; --dataset sms runs in-process only")
-    try:
-        names_spec = spec_from_args(args)  # every flag checked before a process starts
+    if args.certs is not None and args.insecure:
+        parser.error("--certs and --insecure exclude each other: " + SECURITY_CHOICE)
+    try:  # every flag checked before a process starts
+        names_spec = spec_from_args(argparse.Namespace(**{**vars(args), "certs": None, "insecure": False}))
     except FlSmpcError as err:
         parser.error(str(err))
     from ..network.csvdata import split_to_csv
     from ..network.launcher import local_workers
+    from ..network.tls import create_federation
 
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the workers
     with tempfile.TemporaryDirectory(prefix="fl-smpc-demo-") as tmp:
         try:
-            paths = split_to_csv(os.path.join(tmp, "data"), names_spec.config.workers)
-            with local_workers(paths, timeout=min(PEER_TIMEOUT, args.timeout / 2)) as addresses:
+            names = names_spec.config.workers
+            paths = split_to_csv(os.path.join(tmp, "data"), names)
+            certs = args.certs
+            if certs is None and not args.insecure:
+                certs = os.path.join(tmp, "certs")
+                create_federation(certs, [args.model_party, *names], days=1)
+            with local_workers(paths, timeout=min(PEER_TIMEOUT, args.timeout / 2), certs=certs,
+                               model_party=args.model_party) as addresses:
                 workers = ",".join(f"{n}={h}:{p}" for n, (h, p) in addresses.items())
-                spec = spec_from_args(args, workers=workers, transport="websocket")
+                spec = spec_from_args(args, workers=workers, transport="websocket", certs=certs)
                 return run_and_report(spec, args.json, args.plot, args.history, PROG)
         except FlSmpcError as err:
             print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..config import (DATASETS, DEFAULT_WORKERS, LOSSES, REPLY_TIMEOUT, SMS_DEFAULTS, SMS_FEATURES, SMS_PARTITIONS,
-                      TRANSPORTS, WEIGHTINGS, FLConfig, RunSpec, parse_addresses)
+from ..config import (DATASETS, DEFAULT_WORKERS, LOSSES, MODEL_PARTY, REPLY_TIMEOUT, SMS_DEFAULTS, SMS_FEATURES,
+                      SMS_PARTITIONS, TRANSPORTS, WEIGHTINGS, FLConfig, RunSpec, parse_addresses)
 from ..errors import FlSmpcError
 
 DEFAULTS = FLConfig()
@@ -42,7 +42,7 @@ def build_parser(prog: str = "fl-smpc") -> argparse.ArgumentParser:
         "Bob, Alice and Jane train a spam filter; only the sum of their models is revealed).",
         epilog="other commands (each with --help): `fl-smpc worker` serves one data owner's CSV over websockets; "
         "`fl-smpc demo-network` runs three local workers and trains against them; `fl-smpc split-data` writes "
-        "one CSV per owner")
+        "one CSV per owner; `fl-smpc certs` makes the certificates for mutual TLS")
     sms = SMS_DEFAULTS
     p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
                    help=f"federated rounds (default: %(default)s; sms: {sms['rounds']})")
@@ -91,6 +91,14 @@ def build_parser(prog: str = "fl-smpc") -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=finite_float, default=REPLY_TIMEOUT,
                    help="websocket: seconds to wait for a worker's reply, and at most 10 to connect, before "
                    "failing with its name (default: %(default)s)")
+    p.add_argument("--certs", metavar="DIR",
+                   help="websocket: mutual TLS with the certificates in DIR (ca.pem, model.pem, model.key); "
+                   "one of --certs / --insecure is required (default: none)")
+    p.add_argument("--insecure", action="store_true",
+                   help="websocket: plain ws:// without authentication, only to loopback addresses (default: off)")
+    p.add_argument("--model-party", default=MODEL_PARTY, metavar="NAME",
+                   help="websocket with --certs: our party id, i.e. the certificate NAME.pem we present "
+                   "(default: %(default)s)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="write the run (config, global model, rounds) to PATH after every round (default: off)")
     p.add_argument("--resume", metavar="PATH",
@@ -108,10 +116,12 @@ def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def spec_from_args(args: argparse.Namespace, workers: Optional[str] = None, transport: Optional[str] = None) -> RunSpec:
-    """The RunSpec the flags describe (``workers``/``transport`` override the flags: the demo's addresses)."""
+def spec_from_args(args: argparse.Namespace, workers: Optional[str] = None, transport: Optional[str] = None,
+                   certs: Optional[str] = None) -> RunSpec:
+    """The RunSpec the flags describe (``workers``/``transport``/``certs`` override the flags: the demo's)."""
     workers = args.workers if workers is None else workers
     transport = args.transport if transport is None else transport
+    certs = args.certs if certs is None else certs
     if transport == "websocket":
         addresses = parse_addresses(workers)
         names = tuple(addresses)
@@ -125,7 +135,8 @@ def spec_from_args(args: argparse.Namespace, workers: Optional[str] = None, tran
     return RunSpec(config=config, dataset=args.dataset, data_file=args.data_file,
                    features=SMS_FEATURES if args.features is None else args.features,
                    partition=args.partition or "iid", loss=args.loss or "sse", transport=transport,
-                   addresses=addresses, timeout=args.timeout, checkpoint=args.checkpoint, resume=args.resume)
+                   addresses=addresses, timeout=args.timeout, checkpoint=args.checkpoint, resume=args.resume,
+                   certs=certs, insecure=args.insecure, model_party=args.model_party)
 
 
 def main(argv=None, prog: str = "fl-smpc") -> int:

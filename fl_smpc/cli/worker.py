@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from ..config import PEER_TIMEOUT, WORKER_HOST, WORKER_PORT, check_port, check_positive_float, parse_addresses
+from ..config import (MODEL_PARTY, PEER_TIMEOUT, SECURITY_CHOICE, WORKER_HOST, WORKER_PORT, check_party, check_port,
+                      check_positive_float, parse_addresses)
 from ..errors import FlSmpcError
 
 
@@ -21,14 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=PEER_TIMEOUT,
                    help="seconds to keep trying to reach a peer, and to wait for its reply; keep it below the "
                    "model owner's --timeout so a dead peer is named (default: %(default)s)")
+    p.add_argument("--certs", metavar="DIR", help="mutual TLS: DIR holds ca.pem, ID.pem and ID.key; only the model "
+                   "owner and the --peers may connect (one of --certs / --insecure is required)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plain ws:// without authentication; only if --host and every peer are loopback addresses")
+    p.add_argument("--model-party", default=MODEL_PARTY, metavar="NAME",
+                   help="the model owner's party id (its certificate's name) (default: %(default)s)")
     return p
 
 
 def main(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (args.certs is None) == (not args.insecure):
+        parser.error(("--certs and --insecure exclude each other: " if args.insecure else "no security chosen: ")
+                     + SECURITY_CHOICE)
     try:
         check_port(args.port)
+        check_party(args.model_party)
         check_positive_float("timeout", args.timeout, maximum=24 * 3600.0)
         peers = parse_addresses(args.peers) if args.peers.strip() else {}
     except FlSmpcError as err:
@@ -37,15 +48,20 @@ def main(argv) -> int:
         from ..network import DATA_TAG
         from ..network.server import create_data_owner
 
-        server = create_data_owner(args.id, args.data, args.host, args.port, peers, args.timeout)
+        server = create_data_owner(args.id, args.data, args.host, args.port, peers, args.timeout, args.certs,
+                                   args.model_party)
     except FlSmpcError as err:
         print(f"fl-smpc worker: error: {err}", file=sys.stderr)
         return 2
     rows, features = server.search([DATA_TAG])[0].shape
+    if args.certs:
+        scheme, security = "wss", f"mutual TLS; accepts {', '.join(sorted(server.allowed))}"
+    else:
+        scheme, security = "ws", "insecure: no TLS, no authentication"
 
     def ready(port):
         print(f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data}; "
-              f"serving on ws://{args.host}:{port} (Ctrl-C to stop)", flush=True)
+              f"serving on {scheme}://{args.host}:{port} ({security}; Ctrl-C to stop)", flush=True)
 
     try:
         server.serve(ready)

@@ -8,15 +8,22 @@ revealed sum, losses and the booleans of the encodability check.
 
 Failures never hang: every connection has a timeout, and a worker that cannot reach a peer closes the
 model owner's connection with a reason naming that peer (see :func:`fl_smpc.network.server.failure_reason`).
+
+With a federation directory (``certs``, see :mod:`fl_smpc.network.tls`) every connection is wss://
+with mutual TLS: the client presents its own party's certificate and accepts only a server whose
+certificate names the worker id it dials.
 """
 
 import binascii
 import gc
+import http
 import select
 import socket
+import ssl
 import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 import syft as sy
 import torch
@@ -26,32 +33,76 @@ from syft.serde.msgpack.serde import _deserialize_msgpack_binary, msgpack_global
 from syft.workers.websocket_client import WebsocketClientWorker
 from torch import nn
 
-from ..config import CONNECT_TIMEOUT, GC_DELAY, REPLY_TIMEOUT, Address, FLConfig
+from ..config import CONNECT_TIMEOUT, GC_DELAY, MODEL_PARTY, REPLY_TIMEOUT, Address, FLConfig, check_plaintext_hosts
 from ..errors import ConfigError, RoundFailed, WorkerSetupError, WorkerUnreachable
 from ..federated import History, initial_model, run_rounds
 from ..training import sum_squared_error
 from ..workers import create_hook, remove_workers
 from . import DATA_TAG, TARGET_TAG
+from .tls import client_context, wrap_client
 
 
-def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float) -> websocket.WebSocket:
+def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float,
+                   tls: Optional[ssl.SSLContext] = None) -> websocket.WebSocket:
     """Connect, retrying refused connections with backoff until ``connect_timeout`` (upstream #2258).
 
     A server that is still starting refuses connections; a fixed sleep would be both slow and
     unreliable, so we retry until a deadline and then name the worker we could not reach.
+    A failed TLS handshake, a refused upgrade (HTTP 403: the worker does not accept our party) or
+    a server that hangs up during the handshake is not retried: waiting does not change certificates.
     """
     deadline, pause = time.monotonic() + connect_timeout, 0.05
     while True:
         try:  # the handshake must also finish before the deadline (a hung server accepts TCP, then stalls)
-            ws = websocket.create_connection(url, timeout=max(min(timeout, deadline - time.monotonic()), 0.1),
-                                             max_size=None)
+            ws = _connect(url, worker, max(min(timeout, deadline - time.monotonic()), 0.1), tls)
             ws.settimeout(timeout)
             return ws
+        except HandshakeRefused as err:
+            raise WorkerUnreachable(worker, f"{url}: {err}") from err
         except (OSError, websocket.WebSocketException) as err:
             if time.monotonic() + pause > deadline:
                 raise WorkerUnreachable(worker, f"cannot connect to {url} within {connect_timeout:g}s: {err}") from err
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+
+class HandshakeRefused(Exception):
+    """The worker was reached but refused us (TLS or websocket handshake): retrying cannot help."""
+
+
+def _connect(url: str, worker: str, timeout: float, tls: Optional[ssl.SSLContext]) -> websocket.WebSocket:
+    """One websocket connection; with ``tls``, our own TLS handshake first (websocket-client 0.57 takes
+    no SSLContext, but it takes a connected socket), accepting only a server certified as ``worker``."""
+    sock = None
+    if tls is not None:
+        parts = urlsplit(url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        try:
+            for option in websocket.DEFAULT_SOCKET_OPTION:  # as websocket-client's own sockets: TCP_NODELAY
+                sock.setsockopt(*option)
+            sock = wrap_client(tls, sock, worker)
+        except ssl.SSLError as err:
+            sock.close()
+            plain = getattr(err, "reason", None) == "WRONG_VERSION_NUMBER"  # a plain HTTP reply to our hello
+            hint = " (is the worker started with --insecure?)" if plain else ""
+            raise HandshakeRefused(f"TLS handshake failed: {err}{hint}") from err
+        except BaseException:
+            sock.close()
+            raise
+    try:
+        return websocket.create_connection(url, timeout=timeout, max_size=None, socket=sock)
+    except websocket.WebSocketBadStatusException as err:
+        if err.status_code != http.HTTPStatus.FORBIDDEN:
+            raise
+        raise HandshakeRefused(f"the worker does not accept our party ({err}): a worker accepts only the model "
+                               "owner's party (--model-party) and its --peers") from err
+    except (ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+            websocket.WebSocketConnectionClosedException) as err:
+        # TLS 1.3: a server that rejects our certificate can only say so after our side of the handshake
+        # is done; a TLS server that is sent plain HTTP hangs up
+        why = ("the worker did not accept our certificate (it must be issued by the worker's CA)" if tls else
+               "the worker hung up during the websocket handshake (does it use TLS? then give --certs)")
+        raise HandshakeRefused(f"{why}: {type(err).__name__}: {err}") from err
 
 
 class NetworkClient(WebsocketClientWorker):
@@ -64,21 +115,24 @@ class NetworkClient(WebsocketClientWorker):
     raises ``WorkerUnreachable`` naming the worker given in that reason.
     ``reconnect``: reopen a dropped connection before the next message (peers: a restarted peer
     is reached again); the model owner keeps it False, as a restarted worker has lost its objects.
+    ``tls``: a :func:`~fl_smpc.network.tls.client_context`; the connection is then wss:// and the
+    server must hold the certificate of party ``id``.
     """
 
     def __init__(self, hook, host: str, port: int, id: str, timeout: float = REPLY_TIMEOUT,
-                 connect_timeout: float = CONNECT_TIMEOUT, reconnect: bool = False):
-        self.connect_timeout, self.reconnect, self.closed = connect_timeout, reconnect, False
+                 connect_timeout: float = CONNECT_TIMEOUT, reconnect: bool = False,
+                 tls: Optional[ssl.SSLContext] = None):
+        self.connect_timeout, self.reconnect, self.closed, self.tls = connect_timeout, reconnect, False, tls
         # the first failure and when: syft swallows some errors (``is_none``, ``__del__``), train_network reports them
         self.failure: Optional[WorkerUnreachable] = None
         self.failed_at = float("inf")
-        super().__init__(hook, host, port, id=id, timeout=timeout)
+        super().__init__(hook, host, port, secure=tls is not None, id=id, timeout=timeout)
 
     def connect(self):  # called by WebsocketClientWorker.__init__: connecting is deferred to open()
         pass
 
     def open(self) -> "NetworkClient":
-        self.ws = open_websocket(self.url, self.id, self.timeout, self.connect_timeout)
+        self.ws = open_websocket(self.url, self.id, self.timeout, self.connect_timeout, self.tls)
         self.closed = False
         return self
 
@@ -103,8 +157,13 @@ class NetworkClient(WebsocketClientWorker):
                 pass
 
     def _usable(self) -> bool:
-        """Connected and idle: a server only ever speaks in reply, so readable now means closed or reset."""
+        """Connected and idle: a server only ever speaks in reply, so readable now means closed or reset.
+
+        With TLS, bytes already decrypted and buffered (``pending``) count as readable too.
+        """
         if self.ws is None or not self.ws.connected:
+            return False
+        if isinstance(self.ws.sock, ssl.SSLSocket) and self.ws.sock.pending():
             return False
         readable, _, _ = select.select([self.ws.sock], [], [], 0)
         return not readable
@@ -157,11 +216,17 @@ def is_delete_message(message: bytes) -> bool:
 
 @contextmanager
 def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = REPLY_TIMEOUT,
-                    connect_timeout: float = CONNECT_TIMEOUT) -> Iterator[List[NetworkClient]]:
+                    connect_timeout: float = CONNECT_TIMEOUT, certs: Optional[str] = None,
+                    party: str = MODEL_PARTY) -> Iterator[List[NetworkClient]]:
     """Connect the model owner to every worker (retrying until ``connect_timeout``); close and forget them on exit.
 
+    ``certs``: the federation directory; we present ``<party>.pem`` and each worker must present its own
+    id's certificate. Without ``certs`` the connections are plain ws://, refused unless all on loopback.
     Meanwhile the model owner batches syft's garbage collection (see :func:`batched_deletes`).
     """
+    if certs is None:
+        check_plaintext_hosts({"--workers": [host for host, _ in addresses.values()]})
+    tls = client_context(certs, party) if certs is not None else None
     hook = hook or create_hook()
     taken = [n for n in addresses if n in hook.local_worker._known_workers]
     if taken:
@@ -169,7 +234,8 @@ def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = R
     clients = []
     try:
         for name, (host, port) in addresses.items():
-            clients.append(NetworkClient(hook, host, port, id=name, timeout=timeout, connect_timeout=connect_timeout))
+            clients.append(NetworkClient(hook, host, port, id=name, timeout=timeout, connect_timeout=connect_timeout,
+                                         tls=tls))
             clients[-1].open()
         with batched_deletes(hook.local_worker, clients):
             yield clients
@@ -242,20 +308,22 @@ def feature_count(remote_data: List[Tuple], names: List[str]) -> int:
 
 def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Module = None,
                   history: Optional[History] = None, loss_fn=sum_squared_error, evaluate=None, on_round=None,
-                  timeout: float = REPLY_TIMEOUT, connect_timeout: float = None, hook=None) -> History:
+                  timeout: float = REPLY_TIMEOUT, connect_timeout: float = None, hook=None, certs: Optional[str] = None,
+                  party: str = MODEL_PARTY) -> History:
     """:func:`fl_smpc.federated.train_federated` over websocket workers that hold their own data.
 
     ``addresses`` maps each name of ``config.workers`` (same order) to its ``(host, port)``.
     ``model`` defaults to ``nn.Linear(features, 1)`` initialised from ``config.seed``, exactly as
     in-process, so both transports give the same model. With ``history`` (a checkpoint) the run
     resumes after its last completed round, from that round's model. ``connect_timeout`` defaults
-    to the smaller of ``timeout`` and :data:`CONNECT_TIMEOUT`.
+    to the smaller of ``timeout`` and :data:`CONNECT_TIMEOUT`. ``certs``/``party``: mutual TLS as in
+    :func:`network_workers` (without ``certs``: plain ws://, loopback only).
     """
     if tuple(addresses) != config.workers:
         raise ConfigError(f"addresses are given for {list(addresses)} but the config names {list(config.workers)}")
     config = config.with_seed()
     connect_timeout = min(timeout, CONNECT_TIMEOUT) if connect_timeout is None else connect_timeout
-    with network_workers(addresses, hook, timeout, connect_timeout) as clients:
+    with network_workers(addresses, hook, timeout, connect_timeout, certs, party) as clients:
         remote_data = [find_data(c) for c in clients]
         features = feature_count(remote_data, list(config.workers))
         model = initial_model(config, features, model, history)
