@@ -5,7 +5,8 @@
 Prints medians (and minima) in milliseconds, all variants interleaved in one process so that load
 from other processes hits them alike:
 
-* masks alone: 10**6 int64 values from AES-256-CTR (fl_smpc.share_masks), os.urandom, torch random_;
+* local steps alone: 10**6 int64 masks from AES-256-CTR (fl_smpc.share_masks), os.urandom, torch random_;
+  generate_shares for 3 owners (ours, syft's); the round-to-nearest step (rounded_for_encoding);
 * secure_sum over VirtualWorkers (3 and 10 owners, 10**6 parameters each) with our masks or syft's,
   and with the round-to-nearest step (rounded_for_encoding) or without it (syft's truncation).
 """
@@ -29,7 +30,7 @@ def timed_ms(fn) -> float:
     return 1000 * (time.perf_counter() - start)
 
 
-def mask_generators(n: int):
+def local_steps(n: int):
     def aes_ctr():
         return share_masks.Keystream().words(n, torch.int64)
 
@@ -39,7 +40,14 @@ def mask_generators(n: int):
     def torch_random():
         return torch.LongTensor(n).random_(-(2 ** 63), 2 ** 63 - 1)
 
-    return {"AES-256-CTR (ours)": aes_ctr, "os.urandom": os_urandom, "torch random_ (syft's)": torch_random}
+    ring = AdditiveSharingTensor()
+    secret = torch.randint(-10 ** 6, 10 ** 6, (n,))
+    values = torch.randn(n)
+    return {"masks: AES-256-CTR (ours)": aes_ctr, "masks: os.urandom": os_urandom,
+            "masks: torch random_ (syft's)": torch_random,
+            "generate_shares x3 (ours)": lambda: share_masks.generate_shares(ring, secret, 3, torch.int64),
+            "generate_shares x3 (syft's)": lambda: share_masks.SYFT_GENERATE_SHARES(ring, secret, 3, torch.int64),
+            "rounded_for_encoding": lambda: secure_aggregation.rounded_for_encoding(values, 3)}
 
 
 def secure_sum_variants(workers, params: int):
@@ -67,23 +75,23 @@ def secure_sum_variants(workers, params: int):
 def report(title: str, rows) -> None:
     print(title)
     for name, times in rows.items():
-        print(f"  {name:28s} median {statistics.median(times):8.1f} ms   min {min(times):8.1f} ms")
+        print(f"  {name:30s} median {statistics.median(times):8.1f} ms   min {min(times):8.1f} ms")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=7, help="interleaved repeats (default: %(default)s)")
     p.add_argument("--params", type=int, default=10 ** 6, help="values per owner (default: %(default)s)")
-    p.add_argument("--owners", type=int, nargs="+", default=[3, 10], help="owner counts (default: 3 10)")
+    p.add_argument("--owners", type=int, nargs="*", default=[3, 10], help="owner counts (default: 3 10)")
     args = p.parse_args(argv)
     hook = create_hook()
 
-    generators = mask_generators(args.params)
+    generators = local_steps(args.params)
     rows = {name: [] for name in generators}
     for _ in range(max(args.repeat, 15)):
         for name, fn in generators.items():
             rows[name].append(timed_ms(fn))
-    report(f"masks alone: {args.params} int64 values", rows)
+    report(f"local steps alone: {args.params} values", rows)
 
     for owners in args.owners:
         with virtual_workers([f"bench{i}" for i in range(owners)], hook) as workers:
