@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 from ..config import Address
 from ..errors import WorkerStartError
@@ -39,23 +39,23 @@ def _die_with_parent():  # runs in the child between fork and exec
 
 
 def worker_command(name: str, data_path: str, address: Address, peers: Dict[str, Address],
-                   timeout: float = None) -> List[str]:
-    """The ``fl-smpc worker`` command line for one owner (run with this interpreter)."""
+                   timeout: float = None, extra: Sequence[str] = ()) -> List[str]:
+    """The ``fl-smpc worker`` command line for one owner (run with this interpreter), ``extra`` flags last."""
     cmd = [sys.executable, "-m", "fl_smpc", "worker", "--id", name, "--data", data_path,
            "--host", address[0], "--port", str(address[1])]
     if peers:
         cmd += ["--peers", ",".join(f"{n}={h}:{p}" for n, (h, p) in peers.items())]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
-    return cmd
+    return cmd + list(extra)
 
 
 def start_worker(name: str, data_path: str, address: Address, peers: Dict[str, Address], log_path: str,
-                 timeout: float = None) -> subprocess.Popen:
+                 timeout: float = None, extra: Sequence[str] = ()) -> subprocess.Popen:
     """Start one worker process in its own session, output to ``log_path``; see :func:`wait_ready`."""
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            worker_command(name, data_path, address, peers, timeout), stdin=subprocess.DEVNULL, stdout=log,
+            worker_command(name, data_path, address, peers, timeout, extra), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -96,11 +96,13 @@ def wait_ready(proc: subprocess.Popen, log_path: str, name: str, deadline: float
 
 @contextmanager
 def local_workers(data_paths: Dict[str, str], host: str = "127.0.0.1", ready_timeout: float = 60.0,
-                  timeout: float = None, log_dir: str = None) -> Iterator[Dict[str, Address]]:
+                  timeout: float = None, log_dir: str = None,
+                  worker_args: Sequence[str] = ()) -> Iterator[Dict[str, Address]]:
     """Run one worker process per ``{name: csv_path}`` on free ports; yield ``{name: (host, port)}``.
 
     Every process is stopped on exit, whatever happened (error, Ctrl-C). ``timeout`` is passed to
-    the workers (peer connect/reply timeout). Logs go to ``log_dir`` (default: a temporary dir).
+    the workers (peer connect/reply timeout), ``worker_args`` are added to every worker's command line
+    (e.g. ``--min-owners 2``). Logs go to ``log_dir`` (default: a temporary dir).
     The ``Popen`` objects are available as ``addresses.processes`` for tests that kill one.
     """
     addresses = WorkerAddresses({name: (host, free_port(host)) for name in data_paths})
@@ -111,7 +113,7 @@ def local_workers(data_paths: Dict[str, str], host: str = "127.0.0.1", ready_tim
                 peers = {n: a for n, a in addresses.items() if n != name}
                 addresses.logs[name] = os.path.join(log_dir, f"{name}.log")
                 addresses.processes[name] = start_worker(name, path, addresses[name], peers, addresses.logs[name],
-                                                         timeout)
+                                                         timeout, worker_args)
             deadline = time.monotonic() + ready_timeout
             for name, proc in addresses.processes.items():
                 wait_ready(proc, addresses.logs[name], name, deadline)
