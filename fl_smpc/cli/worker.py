@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ..config import (MODEL_PARTY, PEER_TIMEOUT, SECURITY_CHOICE, WORKER_HOST, WORKER_PORT, check_party, check_port,
+from ..config import (MIN_OWNERS, MODEL_PARTY, PEER_TIMEOUT, SECURITY_CHOICE, WORKER_HOST, WORKER_PORT, check_party, check_port,
                       check_positive_float, parse_addresses)
 from ..errors import FlSmpcError
 
@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain ws:// without authentication; only if --host and every peer are loopback addresses")
     p.add_argument("--model-party", default=MODEL_PARTY, metavar="NAME",
                    help="the model owner's party id (its certificate's name) (default: %(default)s)")
+    p.add_argument("--min-owners", type=int, default=MIN_OWNERS,
+                   help="release this owner's share of a sum only if the sum covers at least this many owners, "
+                   "and share private values among at least this many (default: %(default)s; see docs/policy.md)")
+    p.add_argument("--allow-command", action="append", default=[], metavar="NAME",
+                   help="allow the syft worker command NAME (e.g. objects_count for diagnostics); repeatable; "
+                   "none is allowed by default")
+    p.add_argument("--unsafe-no-policy", action="store_true", help=argparse.SUPPRESS)  # tests: syft's behaviour
     return p
 
 
@@ -45,28 +52,37 @@ def main(argv) -> int:
     except FlSmpcError as err:
         parser.error(str(err))
     try:
-        from ..network import DATA_TAG
+        from ..network.policy import PolicySettings
         from ..network.server import create_data_owner
 
+        policy = None if args.unsafe_no_policy else PolicySettings(
+            min_owners=args.min_owners, worker_commands=frozenset(args.allow_command))
         server = create_data_owner(args.id, args.data, args.host, args.port, peers, args.timeout, args.certs,
-                                   args.model_party)
+                                   args.model_party, policy,
+                                   log=lambda line: print(f"fl-smpc worker {args.id}: {line}", flush=True))
     except FlSmpcError as err:
         print(f"fl-smpc worker: error: {err}", file=sys.stderr)
         return 2
-    rows, features = server.search([DATA_TAG])[0].shape
+    rows, features = server.owner_tensors()[0].shape
+    started = server.fingerprint()
+    rules = "NO release policy (syft's behaviour)" if policy is None else (
+        f"release policy: sums over >= {policy.min_owners} owners, {policy.scalars_per_round} scalars per round")
     if args.certs:
         scheme, security = "wss", f"mutual TLS; accepts {', '.join(sorted(server.allowed))}"
     else:
         scheme, security = "ws", "insecure: no TLS, no authentication"
 
     def ready(port):
-        print(f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data}; "
-              f"serving on {scheme}://{args.host}:{port} ({security}; Ctrl-C to stop)", flush=True)
+        print(f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data} (sha256 {started}); "
+              f"{rules}; serving on {scheme}://{args.host}:{port} ({security}; Ctrl-C to stop)", flush=True)
 
     try:
         server.serve(ready)
     except OSError as err:  # e.g. the port is taken
         print(f"fl-smpc worker {args.id}: error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 1
-    print(f"fl-smpc worker {args.id}: stopped", flush=True)
+    now = server.fingerprint()
+    state = "unchanged" if now == started else f"CHANGED (sha256 {now})"
+    refused = "" if server.policy is None else f"; {server.policy.refused} request(s) refused"
+    print(f"fl-smpc worker {args.id}: stopped; data {state}{refused}", flush=True)
     return 0

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..config import MODEL_PARTY, Address
 from ..errors import WorkerStartError
@@ -39,8 +39,9 @@ def _die_with_parent():  # runs in the child between fork and exec
 
 
 def worker_command(name: str, data_path: str, address: Address, peers: Dict[str, Address],
-                   timeout: float = None, certs: Optional[str] = None, model_party: str = MODEL_PARTY) -> List[str]:
-    """The ``fl-smpc worker`` command line for one owner (run with this interpreter).
+                   timeout: float = None, certs: Optional[str] = None, model_party: str = MODEL_PARTY,
+                   extra: Sequence[str] = ()) -> List[str]:
+    """The ``fl-smpc worker`` command line for one owner (run with this interpreter), ``extra`` flags last.
 
     With ``certs`` the worker uses mutual TLS; without, ``--insecure`` (plain ws://, loopback only).
     """
@@ -53,17 +54,17 @@ def worker_command(name: str, data_path: str, address: Address, peers: Dict[str,
     cmd += ["--certs", certs] if certs is not None else ["--insecure"]
     if model_party != MODEL_PARTY:
         cmd += ["--model-party", model_party]
-    return cmd
+    return cmd + list(extra)
 
 
 def start_worker(name: str, data_path: str, address: Address, peers: Dict[str, Address], log_path: str,
-                 timeout: float = None, certs: Optional[str] = None,
-                 model_party: str = MODEL_PARTY) -> subprocess.Popen:
+                 timeout: float = None, certs: Optional[str] = None, model_party: str = MODEL_PARTY,
+                 extra: Sequence[str] = ()) -> subprocess.Popen:
     """Start one worker process in its own session, output to ``log_path``; see :func:`wait_ready`."""
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            worker_command(name, data_path, address, peers, timeout, certs, model_party), stdin=subprocess.DEVNULL,
-            stdout=log,
+            worker_command(name, data_path, address, peers, timeout, certs, model_party, extra),
+            stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -105,13 +106,13 @@ def wait_ready(proc: subprocess.Popen, log_path: str, name: str, deadline: float
 @contextmanager
 def local_workers(data_paths: Dict[str, str], host: str = "127.0.0.1", ready_timeout: float = 60.0,
                   timeout: float = None, log_dir: str = None, certs: Optional[str] = None,
-                  model_party: str = MODEL_PARTY) -> Iterator[Dict[str, Address]]:
+                  model_party: str = MODEL_PARTY, worker_args: Sequence[str] = ()) -> Iterator[Dict[str, Address]]:
     """Run one worker process per ``{name: csv_path}`` on free ports; yield ``{name: (host, port)}``.
 
     Every process is stopped on exit, whatever happened (error, Ctrl-C). ``timeout`` is passed to
     the workers (peer connect/reply timeout); so are ``certs`` (the federation directory: mutual TLS,
-    the workers accepting ``model_party`` and each other) or, without it, ``--insecure``.
-    Logs go to ``log_dir`` (default: a temporary dir).
+    the workers accepting ``model_party`` and each other) or, without it, ``--insecure``, and
+    ``worker_args`` (e.g. ``--min-owners 2``). Logs go to ``log_dir`` (default: a temporary dir).
     The ``Popen`` objects are available as ``addresses.processes`` for tests that kill one.
     """
     addresses = WorkerAddresses({name: (host, free_port(host)) for name in data_paths})
@@ -122,7 +123,7 @@ def local_workers(data_paths: Dict[str, str], host: str = "127.0.0.1", ready_tim
                 peers = {n: a for n, a in addresses.items() if n != name}
                 addresses.logs[name] = os.path.join(log_dir, f"{name}.log")
                 addresses.processes[name] = start_worker(name, path, addresses[name], peers, addresses.logs[name],
-                                                         timeout, certs, model_party)
+                                                         timeout, certs, model_party, worker_args)
             deadline = time.monotonic() + ready_timeout
             for name, proc in addresses.processes.items():
                 wait_ready(proc, addresses.logs[name], name, deadline)
