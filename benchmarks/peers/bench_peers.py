@@ -1,6 +1,7 @@
 """Time CrypTen and Flower's SecAgg+ on one secure-averaging workload: N owners, P float32 values each, sum / N.
 
-Runs in its own Python >= 3.10 venv (see README.md beside this file), so it imports nothing of fl_smpc.
+Runs in its own Python 3.11 venv (flwr 1.42 requires >= 3.11; see README.md beside this file), so it imports
+nothing of fl_smpc.
 
 - CrypTen: N processes (CrypTen's own multiprocess launcher, gloo on loopback). Each owner encrypts its vector,
   the N ciphertexts are summed, divided by N and decrypted. Timed on every rank from a barrier to the plaintext;
