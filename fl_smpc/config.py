@@ -23,6 +23,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 # ids become file names (split-data) and syft ids: letters, digits, '_' and '-' only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+AGGREGATIONS = ("additive", "pairwise")  # syft's shares (the tutorial's) or pairwise masks (fl_smpc.pairwise)
+
 # --- data sets ---
 TOY_ROWS = 6  # the seed's six messages
 SMS_FEATURES = 2**12  # hashed features per message
@@ -88,6 +90,7 @@ class FLConfig:
     precision_fractional: decimal digits kept by ``fix_prec`` (one quantum is 10**-p).
     seed: seeds model initialisation and training, 0..2**32-1 (torch keeps 32 bits of a seed);
         ``None`` draws one (recorded in the history).
+    aggregation: "additive" (the tutorial's ``fix_prec().share()``) or "pairwise" (pairwise masks).
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -96,6 +99,7 @@ class FLConfig:
     lr: float = 0.1
     precision_fractional: int = 3
     seed: Optional[int] = None
+    aggregation: str = "additive"
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -110,6 +114,8 @@ class FLConfig:
         if s is not None and (not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED):
             raise ConfigError(f"seed: must be an integer from 0 to {MAX_SEED} (torch keeps 32 bits of a seed) "
                               f"or None, got {s!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

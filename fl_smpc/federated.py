@@ -12,6 +12,7 @@ from torch.nn.utils import vector_to_parameters
 from .config import FLConfig
 from .errors import ConfigError, RoundFailed
 from .data import send_partitions, split_dataset, toy_dataset
+from .pairwise import pairwise_average
 from .secure_aggregation import secure_average
 from .training import remote_loss, sum_squared_error, train_locally
 from .workers import create_hook, forget_transient_ids, virtual_workers
@@ -87,7 +88,8 @@ def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple],
             w.id: train_locally(m, x, y, config.lr, config.local_steps, loss_fn)
             for w, m, (x, y) in zip(workers, remote_models, remote_data)
         }
-        average = secure_average(remote_models, workers, config.precision_fractional)
+        aggregate = pairwise_average if config.aggregation == "pairwise" else secure_average
+        average = aggregate(remote_models, workers, config.precision_fractional)
         del remote_models  # frees the copies on the workers now, before their ids are released
         with torch.no_grad():
             vector_to_parameters(average, model.parameters())

@@ -39,12 +39,14 @@ def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float
 
     A server that is still starting refuses connections; a fixed sleep would be both slow and
     unreliable, so we retry until a deadline and then name the worker we could not reach.
+    syft's messages are hex text: websocket-client's pure-Python UTF-8 check of every received frame
+    (seconds per megabyte) is skipped.
     """
     deadline, pause = time.monotonic() + connect_timeout, 0.05
     while True:
         try:  # the handshake must also finish before the deadline (a hung server accepts TCP, then stalls)
             ws = websocket.create_connection(url, timeout=max(min(timeout, deadline - time.monotonic()), 0.1),
-                                             max_size=None)
+                                             max_size=None, skip_utf8_validation=True)
             ws.settimeout(timeout)
             return ws
         except (OSError, websocket.WebSocketException) as err:

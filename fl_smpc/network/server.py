@@ -16,6 +16,7 @@ from syft.workers.websocket_server import WebsocketServerWorker
 
 from ..config import CONNECT_TIMEOUT, Address, check_names
 from ..errors import ConfigError
+from ..pairwise_owner import PairwiseOwner
 from ..workers import create_hook
 from . import DATA_TAG, TARGET_TAG
 from .client import NetworkClient
@@ -34,7 +35,7 @@ def failure_reason(worker_id: str, err: Exception) -> str:
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
-class DataOwnerServer(WebsocketServerWorker):
+class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
     """syft's ``WebsocketServerWorker``, answering every message on the connection it came from.
 
     syft 0.2.9 puts the requests of *all* connections into one ``broadcast_queue`` and runs one
@@ -43,7 +44,8 @@ class DataOwnerServer(WebsocketServerWorker):
     caller waits forever (PySyft #2428, "one client per server"). Here each connection handles its
     own requests in order. A request that fails closes that connection with a reason naming the
     worker at fault, so the caller gets an error instead of a hang. ``serve`` replaces ``start``
-    to report the bound port and to stop cleanly on SIGINT/SIGTERM.
+    to report the bound port and to stop cleanly on SIGINT/SIGTERM. :class:`PairwiseOwner` adds the
+    owner's side of pairwise masking, reaching peers over the clients this owner was started with.
     """
 
     async def _handler(self, connection, *unused_args):
