@@ -69,6 +69,12 @@ def session_for(workers: Sequence) -> Session:
     return session
 
 
+def decode(total: np.ndarray, precision: int) -> torch.Tensor:
+    """The float32 values of an encoded sum, as syft's ``float_prec`` computes them (int64 -> float32, then
+    / 10**p in float32; numpy gives the same bits without torch's thread pool)."""
+    return torch.from_numpy(total.astype(np.float32) / np.float32(10 ** precision))
+
+
 def tensor_id(ptr):
     """The id, on its owner, of the tensor a pointer (or syft wrapper around one) points to."""
     return getattr(ptr, "child", ptr).id_at_location
@@ -110,19 +116,18 @@ def masked_sum(tensor_ptrs: Sequence, workers: Sequence, session: Session, attem
         raise OwnersDropped([worker for worker, _ in dropped], dropped[0][1])
     if failures:
         raise failures[0][1]
-    total = None
+    vectors = []
     for worker, future in zip(workers, futures):
         status, payload = future.result()
         if status != "masked":
             raise refusal(worker.id, payload, len(owners), precision)
-        vector = np.frombuffer(payload, dtype=RING)
-        if total is None:
-            total = vector.copy()
-        elif vector.size != total.size:
-            raise AggregationError(f"worker {worker.id!r} sent {vector.size} values, the others {total.size}",
-                                   worker.id)
-        else:
-            np.add(total, vector, out=total)  # wraps modulo 2**64, as syft's shares do
+        vectors.append(np.frombuffer(payload, dtype=RING))
+        if vectors[-1].size != vectors[0].size:
+            raise AggregationError(f"worker {worker.id!r} sent {vectors[-1].size} values, "
+                                   f"{workers[0].id!r} {vectors[0].size}", worker.id)
+    total = np.add(vectors[0], vectors[1])  # wraps modulo 2**64, as syft's shares do
+    for vector in vectors[2:]:
+        np.add(total, vector, out=total)
     return total
 
 
@@ -150,8 +155,7 @@ def pairwise_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional:
                 if len(present) < min_owners:
                     raise dropped.cause from None
                 attempt += 1
-    # decoded as syft's float_prec decodes: int64 -> float32, then / 10**p
-    return PairwiseSum(torch.from_numpy(total).float() / 10 ** precision_fractional, tuple(w.id for w, _ in present))
+    return PairwiseSum(decode(total, precision_fractional), tuple(w.id for w, _ in present))
 
 
 def pairwise_average(remote_models: Sequence, workers: Sequence, precision_fractional: int = 3) -> torch.Tensor:

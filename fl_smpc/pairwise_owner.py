@@ -76,16 +76,18 @@ def encodable(values: np.ndarray, n_owners: int, precision: int) -> Optional[str
     return TOO_LARGE if np.isfinite(values).all() else NON_FINITE
 
 
-def encode(values: np.ndarray, precision: int) -> np.ndarray:
+def encode(values: np.ndarray, precision: int, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``round(x * 10**p)`` in the int64 ring, half away from zero, computed in float64; values must be encodable.
 
     Exact: ``10**p`` is a float64 (p <= 22), its product with a float32 value fits 53 bits, and the
     fraction left after truncating toward zero is exact; truncating twice the fraction gives the -1, 0
     or +1 to add. Only truncating conversions (SIMD, unlike numpy's ``trunc``/``modf``/``rint``).
+    Written into ``out`` if given.
     """
     scaled = values.astype(np.float64)  # a copy: the caller's values are left as they were
     scaled *= 10.0 ** precision
-    whole = scaled.astype(RING)  # toward zero
+    whole = np.empty(values.shape, dtype=RING) if out is None else out
+    np.copyto(whole, scaled, casting="unsafe")  # toward zero
     scaled -= whole  # the fraction, in (-1, 1)
     scaled *= 2
     whole += scaled.astype(RING)
@@ -109,7 +111,7 @@ def masked_encoding(values: np.ndarray, precision: int, keys: Dict[str, bytes], 
     buffer = bytearray(len(zeros) + 15)  # update_into wants room for one block more than it writes
     for begin in range(0, values.size, CHUNK):
         part = masked[begin:begin + CHUNK]
-        part[:] = encode(values[begin:begin + CHUNK], precision)
+        encode(values[begin:begin + CHUNK], precision, out=part)
         stream = np.frombuffer(buffer, dtype=RING, count=part.size)
         for add, encryptor in encryptors:
             encryptor.update_into(zeros[:part.size * RING.itemsize], buffer)
@@ -178,8 +180,9 @@ class PairwiseOwner:
         return len(state.pair_keys)
 
     def pairwise_masked_vector(self, tensor_id, session: str, round_: int, attempt: int, owners: Sequence[str],
-                               precision: int) -> Tuple[str, bytes]:
-        """``("masked", int64 bytes)``: the tensor ``tensor_id`` encoded and masked for this attempt's ``owners``.
+                               precision: int) -> Tuple[str, object]:
+        """``("masked", little-endian int64 bytes)``: the tensor ``tensor_id`` encoded and masked for this
+        attempt's ``owners`` -- a memoryview of the array, which syft's msgpack sends as bytes without a copy.
 
         ``("refused", NON_FINITE | TOO_LARGE)`` if its values cannot be encoded for that many owners.
         The nonce is used up either way.
@@ -209,4 +212,4 @@ class PairwiseOwner:
         if problem:
             return "refused", problem
         keys = {peer: state.pair_keys[peer] for peer in owners if peer != self.id}
-        return "masked", masked_encoding(values, precision, keys, self.id, round_, attempt).tobytes()
+        return "masked", memoryview(masked_encoding(values, precision, keys, self.id, round_, attempt)).cast("B")

@@ -343,3 +343,14 @@ def test_network_run_with_real_workers_equals_in_process_run(tmp_path):
     vectors = [np.frombuffer(b, dtype="<i8") for b in raw_bytes(received) if len(b) == 8 * 4]
     assert len(vectors) == 5 * 3
     assert not any((v == e).all() for v in vectors for e in encodings)
+
+
+def test_encoding_rounds_half_away_from_zero_exactly():
+    from decimal import ROUND_HALF_UP, Decimal
+
+    generator = np.random.RandomState(0)
+    values = np.concatenate([generator.randn(2000).astype(np.float32) * scale for scale in (1e-4, 1, 1e4, 1e8)]
+                            + [np.float32([0.0005, -0.0005, 0.0015, -0.0025, 2.5, -2.5, 0.0, -0.0])])
+    for precision in (0, 3, 6):
+        expected = [int((Decimal(float(x)) * 10 ** precision).to_integral_value(ROUND_HALF_UP)) for x in values]
+        assert encode(values, precision).tolist() == expected
