@@ -1,4 +1,5 @@
-"""Benchmark: what secure aggregation costs, per-tensor vs flattened sharing, a round, memory over time.
+"""Benchmark: what secure aggregation costs, additive shares vs pairwise masks, per-tensor vs flattened
+sharing, a round, memory over time.
 
     python benchmarks/bench.py [--quick] [--out DIR] [--threads N]
     python benchmarks/bench.py --profile      # where one secure sum's time goes
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
@@ -29,6 +31,7 @@ from fl_smpc import secure_aggregation
 from fl_smpc.config import SMS_DEFAULTS, SMS_FEATURES as DEFAULT_FEATURES, FLConfig
 from fl_smpc.data import send_partitions, split_dataset, toy_dataset
 from fl_smpc.federated import run_round, run_rounds
+from fl_smpc.pairwise import pairwise_sum, session_for
 from fl_smpc.secure_aggregation import secure_average, secure_average_per_tensor, secure_sum
 from fl_smpc.training import sum_squared_error, train_locally
 from fl_smpc.workers import create_hook, virtual_workers
@@ -36,10 +39,13 @@ from fl_smpc.workers import create_hook, virtual_workers
 DEFAULTS = dict(
     workers=(2, 3, 5, 10), params=(10, 10 ** 3, 10 ** 5, 10 ** 6), repeats=5, big_repeats=3,
     layout_repeats=20, round_repeats=7, round_rows=None, memory_rounds=500, memory_every=50,
+    protocol_workers=(3, 10), protocol_params=(10 ** 4, 10 ** 6), protocol_repeats=7, network_params=(10 ** 4, 10 ** 6),
+    network_repeats=3,
 )
 QUICK = dict(
     workers=(2, 3), params=(10, 10 ** 3), repeats=2, big_repeats=2,
     layout_repeats=2, round_repeats=2, round_rows=60, memory_rounds=20, memory_every=5,
+    protocol_workers=(2, 3), protocol_params=(10, 10 ** 3), protocol_repeats=2, network_params=(10,), network_repeats=1,
 )
 SMS_FEATURES = DEFAULT_FEATURES  # the SMS model (issue 3) is nn.Linear(4096, 1) on hashed features
 
@@ -97,6 +103,147 @@ def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10 ** 3), r
                              "secure_cpu_s": secure["cpu_s"], "secure_lz4_cpu_s": lz4["cpu_s"],
                              "plaintext_cpu_s": plain["cpu_s"]})
                 del ptrs
+    return rows
+
+
+class TrafficCounter:
+    """Requests and bytes (request + reply, serialized) per link, counted by wrapping the workers' ``_send_msg``.
+
+    Every syft message leaves through its sender's ``_send_msg(bytes, location)`` and its reply comes
+    back as that call's result. In one process syft sends what an owner computes (e.g. its shares) from
+    the local worker object, so a message is attributed to the owner whose request is being handled
+    when it is sent (its ``_recv_msg`` is on this thread's stack), else to the worker object that sends it.
+    A worker's messages to itself (syft's ``share`` sends each owner its own share too) cross no link
+    and are not counted.
+    """
+
+    LINKS = ("owner->owner", "model owner->owner", "owner->model owner")
+
+    def __init__(self, model_owner, owners: Sequence):
+        self.model_owner, self.owners = model_owner, list(owners)
+        self.counts = {link: [0, 0] for link in self.LINKS}
+        self.threads = threading.local()  # .handling: owners whose requests this thread handles, innermost last
+
+    def __enter__(self):
+        for worker in [self.model_owner, *self.owners]:
+            def send(message, location, _worker=worker, _send=worker._send_msg):
+                handling = getattr(self.threads, "handling", None)
+                sender = handling[-1] if handling else _worker
+                reply = _send(message, location)
+                if sender is location:
+                    return reply
+                if sender is self.model_owner:
+                    count = self.counts["model owner->owner"]
+                else:
+                    count = self.counts["owner->model owner" if location is self.model_owner else "owner->owner"]
+                count[0] += 1
+                count[1] += len(message) + len(reply)
+                return reply
+
+            worker._send_msg = send
+        for owner in self.owners:
+            def receive(message, _owner=owner, _receive=owner._recv_msg):
+                handling = self.threads.__dict__.setdefault("handling", [])
+                handling.append(_owner)
+                try:
+                    return _receive(message)
+                finally:
+                    handling.pop()
+
+            owner._recv_msg = receive
+        return self
+
+    def __exit__(self, *exc):
+        for worker in [self.model_owner, *self.owners]:
+            del worker._send_msg
+        for owner in self.owners:
+            del owner._recv_msg
+
+
+def counted_traffic(hook, owners, fn) -> Dict[str, List[int]]:
+    with TrafficCounter(hook.local_worker, owners) as counter:
+        fn()
+    return counter.counts
+
+
+def protocol_comparison(hook, workers=(3, 10), params=(10 ** 4, 10 ** 6), repeats=7, big_repeats=3) -> List[dict]:
+    """Additive shares (``secure_sum``) vs pairwise masks (``pairwise_sum``) vs the plaintext floor.
+
+    The floor is ``torch.stack(xs).mean(0)`` on local tensors: no syft, no messages. Repeats are
+    interleaved (additive, pairwise, plaintext, additive, ...) so that load on a shared machine hits all
+    three alike. Traffic is counted in separate calls, per secure sum (one round), after key agreement;
+    ``setup_*`` is the pairwise key agreement, once per run.
+    """
+    rows = []
+    for n in workers:
+        with virtual_workers(bench_names(n), hook) as ws:
+            setup = counted_traffic(hook, ws, lambda: session_for(ws))
+            for p in params:
+                xs = [torch.randn(p) for _ in ws]
+                ptrs = [x.send(w) for x, w in zip(xs, ws)]
+                variants = {"additive": lambda: secure_sum(ptrs, ws) / n,
+                            "pairwise": lambda: pairwise_sum(ptrs, ws).total / n,
+                            "plaintext": lambda: torch.stack(xs).mean(0)}
+                times = {name: [] for name in variants}
+                for i in range((big_repeats if p >= 10 ** 6 else repeats) + 1):
+                    for name, fn in variants.items():
+                        w0, c0 = time.perf_counter(), time.process_time()
+                        fn()
+                        if i:  # run 0 is the warm-up
+                            times[name].append((time.perf_counter() - w0, time.process_time() - c0))
+                wall = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
+                cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+                for name in ("additive", "pairwise"):
+                    traffic = counted_traffic(hook, ws, variants[name])
+                    rows.append({
+                        "workers": n, "params": p, "protocol": name, "seconds": wall[name], "cpu_s": cpu[name],
+                        "plaintext_s": wall["plaintext"], "vs_plaintext": wall[name] / wall["plaintext"],
+                        "vs_additive": wall[name] / wall["additive"],
+                        "owner_owner_msgs": traffic["owner->owner"][0], "owner_owner_bytes": traffic["owner->owner"][1],
+                        "model_owner_msgs": traffic["model owner->owner"][0] + traffic["owner->model owner"][0],
+                        "model_owner_bytes": traffic["model owner->owner"][1] + traffic["owner->model owner"][1],
+                        "setup_owner_owner_msgs": setup["owner->owner"][0] if name == "pairwise" else 0,
+                        "setup_owner_owner_bytes": setup["owner->owner"][1] if name == "pairwise" else 0,
+                    })
+    return rows
+
+
+def network_protocol_cost(hook, params=(10 ** 4, 10 ** 6), repeats=3) -> List[dict]:
+    """Over websockets, 3 ``fl-smpc worker`` processes on loopback: a toy round (``run_round``: send,
+    5 local steps, secure average) and a secure sum of P random values per owner, for each protocol."""
+    import tempfile
+
+    from fl_smpc.network.client import find_data, network_workers
+    from fl_smpc.network.csvdata import split_to_csv
+    from fl_smpc.network.launcher import local_workers
+
+    rows = []
+    names = ("bob", "alice", "jane")
+    with tempfile.TemporaryDirectory(prefix="fl-smpc-bench-") as tmp:
+        with local_workers(split_to_csv(tmp, names), timeout=30.0) as addresses, \
+                network_workers(addresses, hook, timeout=120.0) as clients:
+            remote_data = [find_data(c) for c in clients]
+            torch.manual_seed(0)
+            model = nn.Linear(3, 1)
+            tasks = {}
+            for protocol in ("additive", "pairwise"):
+                config = FLConfig(workers=names, seed=0, aggregation=protocol)
+                tasks[(protocol, "toy round (run_round)", 4)] = (
+                    lambda config=config: run_round(model, clients, remote_data, config))
+            for p in params:
+                ptrs = [torch.randn(p).send(c) for c in clients]
+                tasks[("additive", "secure sum", p)] = lambda ptrs=ptrs: secure_sum(ptrs, clients)
+                tasks[("pairwise", "secure sum", p)] = lambda ptrs=ptrs: pairwise_sum(ptrs, clients)
+            times = {key: [] for key in tasks}
+            for i in range(repeats + 1):  # interleaved; run 0 is the warm-up (and the pairwise key agreement)
+                for key, fn in tasks.items():
+                    start = time.perf_counter()
+                    fn()
+                    if i:
+                        times[key].append(time.perf_counter() - start)
+    for (protocol, what, p), values in times.items():
+        rows.append({"transport": "websocket, 3 worker processes", "what": what, "params": p, "protocol": protocol,
+                     "seconds": statistics.median(values)})
     return rows
 
 
@@ -280,6 +427,9 @@ def run_benchmark(quick: bool = False) -> dict:
     results["memory"] = memory_over_rounds(hook, s["memory_rounds"], s["memory_every"])
     results["secure_aggregation"] = secure_aggregation_cost(hook, s["workers"], s["params"], s["repeats"],
                                                             s["big_repeats"])
+    results["protocols"] = protocol_comparison(hook, s["protocol_workers"], s["protocol_params"],
+                                               s["protocol_repeats"], s["big_repeats"])
+    results["protocols_network"] = network_protocol_cost(hook, s["network_params"], s["network_repeats"])
     results["sharing_layout"] = sharing_layout_cost(hook, s["layout_repeats"])
     results["round_cost"] = round_cost(hook, s["round_repeats"], s["round_rows"])
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -297,6 +447,13 @@ def summary(results: dict) -> dict:
         if r["params"] == top:
             out[f"secure_s N={r['workers']} P={top}"] = r["secure_s"]
             out[f"secure/plaintext N={r['workers']} P={top}"] = r["ratio"]
+    protocols = results["protocols"]
+    top = max(r["params"] for r in protocols)
+    for r in protocols:
+        if r["params"] == top:
+            out[f"{r['protocol']} s N={r['workers']} P={top}"] = r["seconds"]
+        if r["protocol"] == "pairwise" and r["workers"] == max(x["workers"] for x in protocols):
+            out[f"pairwise owner->owner bytes per round N={r['workers']} P={r['params']}"] = r["owner_owner_bytes"]
     for r in results["sharing_layout"]:
         out[f"flattened speed-up, {r['model']}"] = r["speedup"]
     rounds = {r["variant"]: r["round_s"] for r in results["round_cost"]}
@@ -318,6 +475,14 @@ TABLES = {
     "secure_aggregation": ("Secure aggregation cost (seconds, median; secure_lz4 = with syft's default LZ4, i.e. before)",
                            ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_lz4_s", "secure_cpu_s",
                             "secure_lz4_cpu_s"]),
+    "protocols": ("Additive shares vs pairwise masks, one secure sum in process (seconds, median of interleaved "
+                  "repeats; plaintext = torch.stack(xs).mean(0); msgs = requests, bytes = requests + replies, "
+                  "per round; setup = pairwise key agreement, once per run)",
+                  ["workers", "params", "protocol", "seconds", "plaintext_s", "vs_plaintext", "vs_additive",
+                   "owner_owner_msgs", "owner_owner_bytes", "model_owner_msgs", "model_owner_bytes",
+                   "setup_owner_owner_msgs", "setup_owner_owner_bytes"]),
+    "protocols_network": ("Additive shares vs pairwise masks over websockets (seconds, median)",
+                          ["transport", "what", "params", "protocol", "seconds"]),
     "sharing_layout": ("Per-tensor vs flattened sharing (seconds per secure average, median)",
                        ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup",
                         "speedup_cpu"]),

@@ -18,6 +18,7 @@ _LAZY = {
     "toy_dataset": "data", "split_dataset": "data", "send_partitions": "data", "check_dataset": "data",
     "train_locally": "training", "sum_squared_error": "training", "check_model": "training",
     "secure_average": "secure_aggregation", "secure_sum": "secure_aggregation",
+    "pairwise_average": "pairwise", "pairwise_sum": "pairwise",
     "train_federated": "federated", "run_rounds": "federated", "run_round": "federated",
     "History": "federated", "RoundResult": "federated", "global_loss": "federated",
     # the plain-PyTorch FedAvg reference, to check your own runs

@@ -28,6 +28,8 @@ WEIGHTINGS = ("samples", "equal")
 # With two owners each learns the other's model from the average (minus its own): refuse by default.
 MIN_OWNERS = 3
 
+AGGREGATIONS = ("additive", "pairwise")  # syft's shares (the tutorial's) or pairwise masks (fl_smpc.pairwise)
+
 # --- data sets ---
 TOY_ROWS = 6  # the seed's six messages
 SMS_FEATURES = 2**12  # hashed features per message
@@ -115,6 +117,7 @@ class FLConfig:
     min_owners: no sum over fewer owners is ever revealed; a round that cannot gather them fails.
     owners_per_round: a random subset of this many owners trains each round (FedAvg's client fraction),
         drawn from ``seed`` and the round number; ``None`` = every owner.
+    aggregation: "additive" (the tutorial's ``fix_prec().share()``) or "pairwise" (pairwise masks).
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -128,6 +131,7 @@ class FLConfig:
     weighting: str = "samples"
     min_owners: int = MIN_OWNERS
     owners_per_round: Optional[int] = None
+    aggregation: str = "additive"
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -161,6 +165,8 @@ class FLConfig:
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not m <= k <= n):
             raise ConfigError(f"owners_per_round: must be an integer from min_owners ({m}) to the number of "
                               f"owners ({n}), got {k!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

@@ -13,6 +13,7 @@ from torch.nn.utils import vector_to_parameters
 from .config import LOSS_REDUCTIONS, FLConfig
 from .errors import AggregationError, ConfigError, FlSmpcError, OwnerFailed, RoundFailed
 from .data import send_partitions, split_dataset, toy_dataset
+from .pairwise import pairwise_average
 from .secure_aggregation import secure_average
 from .training import check_model, remote_loss, sum_squared_error, train_locally
 from .workers import create_hook, forget_transient_ids, virtual_workers
@@ -182,8 +183,9 @@ def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple],
             _enough(alive, workers, dropped, first_error, config)
             weights = [float(remote_data[i][0].shape[0]) if config.weighting == "samples" else 1.0 for i in alive]
             try:
-                average = secure_average([remote_models[i] for i in alive], [workers[i] for i in alive],
-                                         config.precision_fractional, weights)
+                aggregate = pairwise_average if config.aggregation == "pairwise" else secure_average
+                average = aggregate([remote_models[i] for i in alive], [workers[i] for i in alive],
+                                    config.precision_fractional, weights)
                 break
             except (OwnerFailed, AggregationError) as err:  # before the reveal: drop it, redo with fresh shares
                 stage, cause = (err.stage, err.cause) if isinstance(err, OwnerFailed) else ("check", err)

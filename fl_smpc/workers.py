@@ -9,6 +9,14 @@ are created with ``auto_add=False``, introduced to each other explicitly (the se
 from contextlib import contextmanager
 from typing import Iterator, List, Sequence
 
+from syft.workers.virtual import VirtualWorker
+
+from .pairwise_owner import PairwiseOwner
+
+
+class OwnerWorker(PairwiseOwner, VirtualWorker):
+    """An in-process data owner: syft's VirtualWorker plus the owner's side of pairwise masking."""
+
 
 def create_hook():
     """Return syft's TorchHook, hooking torch on the first call only (hooking twice is refused).
@@ -28,13 +36,11 @@ def create_hook():
 
 
 def create_workers(hook, names: Sequence[str]) -> List:
-    """Create one VirtualWorker per name and make all of them (and the model owner) know each other."""
-    import syft as sy
-
+    """Create one :class:`OwnerWorker` per name and make all of them (and the model owner) know each other."""
     taken = [n for n in names if n in hook.local_worker._known_workers]
     if taken:
         raise ValueError(f"workers {taken} already exist in this process; call remove_workers() first")
-    workers = [sy.VirtualWorker(hook, id=name, auto_add=False) for name in names]
+    workers = [OwnerWorker(hook, id=name, auto_add=False) for name in names]
     introduce(hook.local_worker, workers)
     return workers
 

@@ -18,6 +18,16 @@ def test_quick_benchmark_writes_every_table(tmp_path, capsys):
     assert grid == {(n, p) for n in bench.QUICK["workers"] for p in bench.QUICK["params"]}
     assert [r["tensors"] for r in results["sharing_layout"]] == [6, 2]
     assert all(r["secure_s"] > 0 and r["ratio"] > 0 for r in results["secure_aggregation"])
+    protocols = {(r["workers"], r["params"], r["protocol"]): r for r in results["protocols"]}
+    assert set(protocols) == {(n, p, k) for n in bench.QUICK["protocol_workers"] for p in bench.QUICK["protocol_params"]
+                              for k in ("additive", "pairwise")}
+    for (n, p, protocol), r in protocols.items():  # the counted traffic is each protocol's
+        if protocol == "pairwise":
+            assert (r["owner_owner_msgs"], r["model_owner_msgs"], r["setup_owner_owner_msgs"]) == (0, n, n * (n - 1))
+        else:
+            assert r["owner_owner_msgs"] == n * (n - 1) and r["owner_owner_bytes"] > n * (n - 1) * 8 * p
+    assert {(r["protocol"], r["params"]) for r in results["protocols_network"]} == {
+        (k, p) for k in ("additive", "pairwise") for p in (4, *bench.QUICK["network_params"])}
     memory = results["memory"]
     assert [m["round"] for m in memory] == [1, 5, 10, 15, 20]
     assert {m["objects_bench_bob"] for m in memory} == {2}  # data and target only

@@ -348,3 +348,20 @@ def test_min_owners_must_fit_the_federation(data_files, capsys):
                  "--peers", "alice=127.0.0.1:1,jane=127.0.0.1:2"])
     assert code == 2
     assert "min-owners: a released sum must cover 2 to 3 owners" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target, participants, reason", [
+    ("data", ["bob", "alice", "jane"], "only a plain tensor of this connection"),  # the raw data
+    ("own", ["bob", "alice"], "a sum must cover at least 3 owners"),
+    ("own", ["bob", "alice", "mallory"], "not all owners of this federation"),
+])
+def test_pairwise_masked_vector_only_of_the_connection_s_tensor_among_enough_owners(guarded, target, participants,
+                                                                                   reason):
+    """The pairwise protocol's release: without these checks the owner's own code would mask whatever it is
+    pointed at (its raw data too) for whatever owners it is told."""
+    with connected(guarded) as c:
+        tensor_id = (data_of(c) if target == "data" else torch.ones(3).send(c.bob)).child.id_at_location
+        message = sy.local_worker.create_worker_command_message(
+            "pairwise_masked_vector", None, tensor_id, "session", 1, 0, participants, 3)
+        with pytest.raises(GetNotPermittedError, match=reason):
+            send(c, message)

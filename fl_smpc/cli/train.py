@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..config import (DATASETS, DEFAULT_WORKERS, LOSSES, MODEL_PARTY, REPLY_TIMEOUT, SMS_DEFAULTS, SMS_FEATURES,
-                      SMS_PARTITIONS, TRANSPORTS, WEIGHTINGS, FLConfig, RunSpec, parse_addresses)
+from ..config import (AGGREGATIONS, DATASETS, DEFAULT_WORKERS, LOSSES, MODEL_PARTY, REPLY_TIMEOUT, SMS_DEFAULTS,
+                      SMS_FEATURES, SMS_PARTITIONS, TRANSPORTS, WEIGHTINGS, FLConfig, RunSpec, parse_addresses)
 from ..errors import FlSmpcError
 
 DEFAULTS = FLConfig()
@@ -70,6 +70,9 @@ def build_parser(prog: str = "fl-smpc") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="random seed for model init and training, 0..2^32-1 (torch keeps 32 bits); shares stay "
                    "random (default: a fresh seed, printed)")
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=DEFAULTS.aggregation,
+                   help="additive: the tutorial's fix_prec().share(), shares sent owner to owner every round; "
+                   "pairwise: pairwise masks, one masked vector per owner per round (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text (default: off)")
     p.add_argument("--dataset", choices=DATASETS, default="toy",
                    help="toy: the seed's 6 messages; sms: real SMS messages with a held-out test set (default: toy)")
@@ -131,7 +134,8 @@ def spec_from_args(args: argparse.Namespace, workers: Optional[str] = None, tran
         addresses, names = None, tuple(n.strip() for n in workers.split(","))
     config = FLConfig(workers=names, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
                       precision_fractional=args.precision, seed=args.seed, batch_size=args.batch_size,
-                      weighting=args.weighting, min_owners=args.min_owners, owners_per_round=args.owners_per_round)
+                      weighting=args.weighting, min_owners=args.min_owners, owners_per_round=args.owners_per_round,
+                      aggregation=args.aggregation)
     return RunSpec(config=config, dataset=args.dataset, data_file=args.data_file,
                    features=SMS_FEATURES if args.features is None else args.features,
                    partition=args.partition or "iid", loss=args.loss or "sse", transport=transport,

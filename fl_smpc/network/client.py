@@ -50,6 +50,8 @@ def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float
     unreliable, so we retry until a deadline and then name the worker we could not reach.
     A failed TLS handshake, a refused upgrade (HTTP 403: the worker does not accept our party) or
     a server that hangs up during the handshake is not retried: waiting does not change certificates.
+    syft's messages are hex text: websocket-client's pure-Python UTF-8 check of every received frame
+    (seconds per megabyte) is skipped.
     """
     deadline, pause = time.monotonic() + connect_timeout, 0.05
     while True:
@@ -90,7 +92,7 @@ def _connect(url: str, worker: str, timeout: float, tls: Optional[ssl.SSLContext
             sock.close()
             raise
     try:
-        return websocket.create_connection(url, timeout=timeout, max_size=None, socket=sock)
+        return websocket.create_connection(url, timeout=timeout, max_size=None, socket=sock, skip_utf8_validation=True)
     except websocket.WebSocketBadStatusException as err:
         if err.status_code != http.HTTPStatus.FORBIDDEN:
             raise

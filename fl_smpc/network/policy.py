@@ -32,6 +32,8 @@ MODEL_OWNER = "model"  # the requester id of the model owner (an unauthenticated
 
 PROTECTED, PLAIN, SHARE, POINTERS = "protected", "plain", "share", "pointers"
 
+# The pairwise protocol's worker commands (fl_smpc.pairwise_owner), checked by OwnerPolicy._check_pairwise.
+PAIRWISE_COMMANDS = frozenset({"pairwise_public_key", "pairwise_agree_keys", "pairwise_masked_vector"})
 # The commands of a training round (recorded, see docs/policy.md). Everything else is refused.
 READS = frozenset({"__add__", "__sub__", "__mul__", "__pow__", "__lt__", "__bool__", "abs", "all", "sum", "long",
                    "type", "view", "backward", "share", "double", "round"})
@@ -165,8 +167,10 @@ class OwnerPolicy:
             raise Refusal(f"unknown requester {who!r}")
         if nested and contents.kind != "ObjectMessage":
             raise Refusal(f"{contents.kind} from the worker itself")
-        if who in self.peers and contents.kind not in ("ObjectMessage", "ForceObjectDeleteMessage"):
-            raise Refusal(f"a peer owner only sends shares and deletes its own objects, not {contents.kind}")
+        if who in self.peers and contents.kind not in ("ObjectMessage", "ForceObjectDeleteMessage",
+                                                       "WorkerCommandMessage"):
+            raise Refusal(f"a peer owner only sends shares, asks for a pairwise public key and deletes its own "
+                          f"objects, not {contents.kind}")
         refs = [(obj_id, attr, self._visible(session, obj_id)) for obj_id, attr in self._pointers(contents)]
         try:
             msg = sy.serde.deserialize(message, worker=self.worker)
@@ -207,10 +211,36 @@ class OwnerPolicy:
         return self._route(msg), None
 
     def _WorkerCommandMessage(self, msg, session, contents, refs):
-        if msg.command_name not in self.settings.worker_commands:
-            raise Refusal(f"worker command {msg.command_name!r} is not allowed (none is, unless the owner "
-                          "allows it with --allow-command)")
-        return self._route(msg), msg.command_name
+        name = msg.command_name
+        if name in PAIRWISE_COMMANDS:
+            self._check_pairwise(name, msg.message[0], session)
+        elif name not in self.settings.worker_commands or session.requester in self.peers:
+            raise Refusal(f"worker command {name!r} is not allowed (none is, unless the owner allows it with "
+                          "--allow-command)")
+        return self._route(msg), name
+
+    def _check_pairwise(self, name: str, args, session: Session) -> None:
+        """The pairwise protocol's commands: a peer asks only for a public key; the model owner agrees keys
+        and asks for a masked vector of a tensor of its own connection, among at least ``min_owners``
+        owners of this federation. The masked vector is this owner's release of the round."""
+        federation = self.peers | {self.worker.id}
+        if (session.requester in self.peers) != (name == "pairwise_public_key"):
+            raise Refusal(f"{name!r} is not for {'a peer' if session.requester in self.peers else 'the model owner'}")
+        owners = args[4] if name == "pairwise_masked_vector" else args[1]
+        if not isinstance(owners, (list, tuple)) or not set(owners) <= federation:
+            raise Refusal(f"pairwise owners {owners!r} are not all owners of this federation")
+        if name != "pairwise_masked_vector":
+            return
+        if len(set(owners)) < self.settings.min_owners:
+            raise Refusal(f"a masked vector among {len(set(owners))} owner(s): a sum must cover at least "
+                          f"{self.settings.min_owners} owners (--min-owners)")
+        rec = self._visible(session, args[0])
+        if rec.kind != PLAIN:
+            raise Refusal("only a plain tensor of this connection is masked")
+        obj = self.worker.object_store._objects[args[0]]
+        if self.max_release is not None and obj.numel() > self.max_release:
+            raise Refusal(f"a released sum has at most {self.max_release} elements, not {obj.numel()}")
+        session.scalars = 0  # the masked vector is this owner's release: it ends the round
 
     def _ForceObjectDeleteMessage(self, msg, session, contents, refs):
         store = self.worker.object_store._objects

@@ -23,6 +23,7 @@ from syft.workers.websocket_server import WebsocketServerWorker
 
 from ..config import CONNECT_TIMEOUT, MODEL_PARTY, Address, check_names, check_party, check_plaintext_hosts
 from ..errors import ConfigError, TLSConfigError
+from ..pairwise_owner import PairwiseOwner
 from ..workers import create_hook
 from . import DATA_TAG, TARGET_TAG
 from .client import NetworkClient
@@ -47,7 +48,7 @@ def failure_reason(worker_id: str, err: Exception) -> str:
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
-class DataOwnerServer(WebsocketServerWorker):
+class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
     """syft's ``WebsocketServerWorker``, answering every message on the connection it came from.
 
     syft 0.2.9 puts the requests of *all* connections into one ``broadcast_queue`` and runs one
@@ -56,7 +57,8 @@ class DataOwnerServer(WebsocketServerWorker):
     caller waits forever (PySyft #2428, "one client per server"). Here each connection handles its
     own requests in order. A request that fails closes that connection with a reason naming the
     worker at fault, so the caller gets an error instead of a hang. ``serve`` replaces ``start``
-    to report the bound port and to stop cleanly on SIGINT/SIGTERM.
+    to report the bound port and to stop cleanly on SIGINT/SIGTERM. :class:`PairwiseOwner` adds the
+    owner's side of pairwise masking, reaching peers over the clients this owner was started with.
 
     With ``tls`` (a :func:`~fl_smpc.network.tls.server_context`) a client must present a certificate
     from the federation CA naming one of the ``allowed`` parties, else its upgrade is refused with
