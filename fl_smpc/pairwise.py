@@ -142,6 +142,8 @@ def pairwise_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional:
     """
     if len(tensor_ptrs) != len(workers):
         raise ValueError(f"{len(tensor_ptrs)} tensors for {len(workers)} workers")
+    if min_owners < MIN_OWNERS:
+        raise ValueError(f"min_owners must be at least {MIN_OWNERS}: the sum of one owner is its model")
     session = session_for(workers)
     session.rounds += 1
     present, attempt = list(zip(workers, tensor_ptrs)), 0

@@ -66,8 +66,8 @@ def nonce(round_: int, attempt: int) -> bytes:
 def encodable(values: np.ndarray, n_owners: int, precision: int) -> Optional[str]:
     """None if every value is finite and the sum of ``n_owners`` encodings fits the ring, else why not.
 
-    The same bound as :func:`fl_smpc.secure_aggregation.check_encodable`, so both protocols refuse alike;
-    Compared in float64 (``float()`` of a float32 is exact); ``max`` and ``min`` propagate NaN, which
+    The same bound as :func:`fl_smpc.secure_aggregation.check_encodable`, so both protocols refuse alike,
+    compared in float64 (``float()`` of a float32 is exact); ``max`` and ``min`` propagate NaN, which
     fails both comparisons.
     """
     limit = encodable_limit(n_owners, precision)
@@ -98,8 +98,8 @@ def masked_encoding(values: np.ndarray, precision: int, keys: Dict[str, bytes], 
                     attempt: int) -> np.ndarray:
     """:func:`encode` ``values``, then add (peer after ``me``) or subtract (peer before) each pair's keystream.
 
-    The keystream is AES-CTR encryption of zeros under the pair key from :func:`nonce`; both owners of a
-    pair produce the same one. Arithmetic wraps modulo 2**64. The work goes chunk by chunk with one
+    The keystream is AES-CTR encryption of zeros under the pair key, counter block :func:`nonce`; both
+    owners of a pair produce the same one. Arithmetic wraps modulo 2**64. The work goes chunk by chunk with one
     running encryptor per peer -- the same keystream as one long call -- so a chunk, its encoding and
     its keystreams stay in the CPU cache.
     """
