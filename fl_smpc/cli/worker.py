@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-owners", type=int, default=MIN_OWNERS,
                    help="release this owner's share of a sum only if the sum covers at least this many owners, "
                    "and share private values among at least this many (default: %(default)s; see docs/policy.md)")
+    p.add_argument("--max-release", type=int, metavar="N",
+                   help="release at most N values in one sum (the model's parameter count) (default: a linear "
+                   "model's, features + 1)")
     p.add_argument("--allow-command", action="append", default=[], metavar="NAME",
                    help="allow the syft worker command NAME (e.g. objects_count for diagnostics); repeatable; "
                    "none is allowed by default")
@@ -55,8 +58,10 @@ def main(argv) -> int:
         from ..network.policy import PolicySettings
         from ..network.server import create_data_owner
 
+        if args.max_release is not None and args.max_release < 1:
+            parser.error(f"--max-release: must be a positive integer, got {args.max_release}")
         policy = None if args.unsafe_no_policy else PolicySettings(
-            min_owners=args.min_owners, worker_commands=frozenset(args.allow_command))
+            min_owners=args.min_owners, max_release=args.max_release, worker_commands=frozenset(args.allow_command))
         server = create_data_owner(args.id, args.data, args.host, args.port, peers, args.timeout, args.certs,
                                    args.model_party, policy,
                                    log=lambda line: print(f"fl-smpc worker {args.id}: {line}", flush=True))
