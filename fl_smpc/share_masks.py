@@ -18,6 +18,7 @@ Everything else is syft's: the share layout (``mask0``, ``mask1 - mask0``, ..., 
 the rings (int64, int32, and the "custom" fields SecureNN uses, whose masks are drawn uniformly over
 the field by rejection), ``self.modulo``, and the call ``ptr.fix_prec().share(...)``.
 """
+
 import os
 from typing import List, Optional
 
@@ -66,7 +67,7 @@ def uniform_below(keystream: Keystream, count: int, field: int) -> torch.Tensor:
             draw &= (1 << bits) - 1
             kept = draw < field
         else:  # unsigned comparison draw < field: flipping the top bit maps unsigned order onto signed order
-            kept = (draw ^ -(2 ** 63)) < field - 2 ** 63
+            kept = (draw ^ -(2**63)) < field - 2**63
         out.index_copy_(0, todo.masked_select(kept), draw.masked_select(kept))
         todo = todo.masked_select(~kept)
     return out

@@ -260,7 +260,7 @@ def run(sizes, repeats: int, seed: int, crypten_threads: int, systems=SYSTEMS, o
     }
     tolerances = {"crypten": CRYPTEN_TOLERANCE, "flower": FLOWER_TOLERANCE, "plaintext": 0.0}
     times: dict = {}
-    worst: dict = {system: 0.0 for system in systems}
+    worst: dict = dict.fromkeys(systems, 0.0)
     if "flower" in systems:
         time_flower(3, 10, seed)  # warm-up: flwr's lazy imports and key-generation setup
     for round_index in range(repeats):

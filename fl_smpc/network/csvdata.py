@@ -9,6 +9,7 @@ last is a numeric feature, the last is the label, 0 or 1. Every row has the head
 
 A bad file must stop the worker *before* it serves, so every error names the file and the line.
 """
+
 import csv
 import math
 import os
@@ -83,8 +84,9 @@ def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(v)
 
 
-def split_to_csv(out_dir: str, names: Sequence[str], data: torch.Tensor = None,
-                 target: torch.Tensor = None) -> Dict[str, str]:
+def split_to_csv(
+    out_dir: str, names: Sequence[str], data: torch.Tensor = None, target: torch.Tensor = None
+) -> Dict[str, str]:
     """Split a dataset (default: the seed's toy data) like the in-process run; one ``NAME.csv`` per owner.
 
     Returns ``{name: path}``. Uses :func:`fl_smpc.data.split_dataset`, so owner i gets the same
