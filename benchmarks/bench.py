@@ -21,7 +21,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 import torch
@@ -37,46 +37,46 @@ from fl_smpc.secure_aggregation import secure_average, secure_average_per_tensor
 from fl_smpc.training import sum_squared_error, train_locally
 from fl_smpc.workers import create_hook, virtual_workers
 
-DEFAULTS = dict(
-    workers=(2, 3, 5, 10),
-    params=(10, 10**3, 10**5, 10**6),
-    repeats=5,
-    big_repeats=3,
-    layout_repeats=20,
-    round_repeats=7,
-    round_rows=None,
-    memory_rounds=500,
-    memory_every=50,
-    protocol_workers=(3, 10),
-    protocol_params=(10**4, 10**6),
-    protocol_repeats=7,
-    network_params=(10**4, 10**6),
-    network_repeats=3,
-)
-QUICK = dict(
-    workers=(2, 3),
-    params=(10, 10**3),
-    repeats=2,
-    big_repeats=2,
-    layout_repeats=2,
-    round_repeats=2,
-    round_rows=60,
-    memory_rounds=20,
-    memory_every=5,
-    protocol_workers=(2, 3),
-    protocol_params=(10, 10**3),
-    protocol_repeats=2,
-    network_params=(10,),
-    network_repeats=1,
-)
+DEFAULTS = {
+    "workers": (2, 3, 5, 10),
+    "params": (10, 10**3, 10**5, 10**6),
+    "repeats": 5,
+    "big_repeats": 3,
+    "layout_repeats": 20,
+    "round_repeats": 7,
+    "round_rows": None,
+    "memory_rounds": 500,
+    "memory_every": 50,
+    "protocol_workers": (3, 10),
+    "protocol_params": (10**4, 10**6),
+    "protocol_repeats": 7,
+    "network_params": (10**4, 10**6),
+    "network_repeats": 3,
+}
+QUICK = {
+    "workers": (2, 3),
+    "params": (10, 10**3),
+    "repeats": 2,
+    "big_repeats": 2,
+    "layout_repeats": 2,
+    "round_repeats": 2,
+    "round_rows": 60,
+    "memory_rounds": 20,
+    "memory_every": 5,
+    "protocol_workers": (2, 3),
+    "protocol_params": (10, 10**3),
+    "protocol_repeats": 2,
+    "network_params": (10,),
+    "network_repeats": 1,
+}
 SMS_FEATURES = DEFAULT_FEATURES  # the SMS model (issue 3) is nn.Linear(4096, 1) on hashed features
 
 
-def timed(fn: Callable, repeats: int, setup: Callable = None) -> Dict[str, float]:
+def timed(fn: Callable, repeats: int, setup: Optional[Callable] = None) -> Dict[str, float]:
     """Median wall and CPU seconds of ``fn(*setup())`` over ``repeats`` runs after one warm-up."""
     wall, cpu = [], []
     for i in range(repeats + 1):
-        args = setup() if setup else ()
+        args = setup() if setup is not None else ()
         w0, c0 = time.perf_counter(), time.process_time()
         fn(*args)
         if i:  # run 0 is the warm-up
@@ -98,7 +98,7 @@ def plaintext_mean(ptrs: Sequence) -> torch.Tensor:
 def syft_default_compression():
     """The "before" of the compression change: secure sums with syft's LZ4 on every share message."""
     saved = secure_aggregation.uncompressed_messages
-    secure_aggregation.uncompressed_messages = contextlib.nullcontext
+    secure_aggregation.uncompressed_messages = contextlib.nullcontext  # type: ignore[assignment]  # same call, no-op
     try:
         yield
     finally:
@@ -115,11 +115,11 @@ def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10**3), rep
         with virtual_workers(bench_names(n), hook) as ws:
             for p in params:
                 reps = big_repeats if p >= 10**6 else repeats
-                ptrs = [torch.randn(p).send(w) for w in ws]
-                secure = timed(lambda: secure_sum(ptrs, ws) / n, reps)
+                ptrs = [torch.randn(p).send(w) for w in ws]  # type: ignore[attr-defined]  # syft's hook adds Tensor.send
+                secure = timed(lambda ptrs=ptrs, n=n: secure_sum(ptrs, ws) / n, reps)
                 with syft_default_compression():
-                    lz4 = timed(lambda: secure_sum(ptrs, ws) / n, reps)
-                plain = timed(plaintext_mean, reps, setup=lambda: ([q.copy() for q in ptrs],))
+                    lz4 = timed(lambda ptrs=ptrs, n=n: secure_sum(ptrs, ws) / n, reps)
+                plain = timed(plaintext_mean, reps, setup=lambda ptrs=ptrs: ([q.copy() for q in ptrs],))
                 rows.append(
                     {
                         "workers": n,
@@ -213,13 +213,13 @@ def protocol_comparison(hook, workers=(3, 10), params=(10**4, 10**6), repeats=7,
             setup = counted_traffic(hook, ws, lambda: session_for(ws))
             for p in params:
                 xs = [torch.randn(p) for _ in ws]
-                ptrs = [x.send(w) for x, w in zip(xs, ws)]
-                variants = {
-                    "additive": lambda: secure_sum(ptrs, ws) / n,
-                    "pairwise": lambda: pairwise_sum(ptrs, ws).total / n,
-                    "plaintext": lambda: torch.stack(xs).mean(0),
+                ptrs = [x.send(w) for x, w in zip(xs, ws)]  # type: ignore[attr-defined]  # syft's hook adds Tensor.send
+                variants: Dict[str, Callable[..., Any]] = {
+                    "additive": lambda ptrs=ptrs, n=n: secure_sum(ptrs, ws) / n,
+                    "pairwise": lambda ptrs=ptrs, n=n: pairwise_sum(ptrs, ws).total / n,
+                    "plaintext": lambda xs=xs: torch.stack(xs).mean(0),
                 }
-                times = {name: [] for name in variants}
+                times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in variants}
                 for i in range((big_repeats if p >= 10**6 else repeats) + 1):
                     for name, fn in variants.items():
                         w0, c0 = time.perf_counter(), time.process_time()
@@ -262,30 +262,29 @@ def network_protocol_cost(hook, params=(10**4, 10**6), repeats=3) -> List[dict]:
 
     rows = []
     names = ("bob", "alice", "jane")
-    with tempfile.TemporaryDirectory(prefix="fl-smpc-bench-") as tmp:
-        with local_workers(split_to_csv(tmp, names), timeout=30.0) as addresses, network_workers(
-            addresses, hook, timeout=120.0
-        ) as clients:
-            remote_data = [find_data(c) for c in clients]
-            torch.manual_seed(0)
-            model = nn.Linear(3, 1)
-            tasks = {}
-            for protocol in ("additive", "pairwise"):
-                config = FLConfig(workers=names, seed=0, aggregation=protocol)
-                tasks[(protocol, "toy round (run_round)", 4)] = lambda config=config: run_round(
-                    model, clients, remote_data, config
-                )
-            for p in params:
-                ptrs = [torch.randn(p).send(c) for c in clients]
-                tasks[("additive", "secure sum", p)] = lambda ptrs=ptrs: secure_sum(ptrs, clients)
-                tasks[("pairwise", "secure sum", p)] = lambda ptrs=ptrs: pairwise_sum(ptrs, clients)
-            times = {key: [] for key in tasks}
-            for i in range(repeats + 1):  # interleaved; run 0 is the warm-up (and the pairwise key agreement)
-                for key, fn in tasks.items():
-                    start = time.perf_counter()
-                    fn()
-                    if i:
-                        times[key].append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="fl-smpc-bench-") as tmp, local_workers(
+        split_to_csv(tmp, names), timeout=30.0
+    ) as addresses, network_workers(addresses, hook, timeout=120.0) as clients:
+        remote_data = [find_data(c) for c in clients]
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        tasks: Dict[Tuple[str, str, int], Callable[..., Any]] = {}
+        for protocol in ("additive", "pairwise"):
+            config = FLConfig(workers=names, seed=0, aggregation=protocol)
+            tasks[(protocol, "toy round (run_round)", 4)] = lambda config=config: run_round(
+                model, clients, remote_data, config
+            )
+        for p in params:
+            ptrs = [torch.randn(p).send(c) for c in clients]  # type: ignore[attr-defined]  # syft's hook adds Tensor.send
+            tasks[("additive", "secure sum", p)] = lambda ptrs=ptrs: secure_sum(ptrs, clients)
+            tasks[("pairwise", "secure sum", p)] = lambda ptrs=ptrs: pairwise_sum(ptrs, clients)
+        times: Dict[Tuple[str, str, int], List[float]] = {key: [] for key in tasks}
+        for i in range(repeats + 1):  # interleaved; run 0 is the warm-up (and the pairwise key agreement)
+            for key, fn in tasks.items():
+                start = time.perf_counter()
+                fn()
+                if i:
+                    times[key].append(time.perf_counter() - start)
     for (protocol, what, p), values in times.items():
         rows.append(
             {
@@ -313,9 +312,9 @@ def sharing_layout_cost(hook, repeats=10, n_workers=3) -> List[dict]:
     }
     with virtual_workers(bench_names(n_workers), hook) as ws:
         for name, make in models.items():
-            remote = [make().send(w) for w in ws]
-            per_tensor = timed(lambda: secure_average_per_tensor(remote, ws), repeats)
-            flat = timed(lambda: secure_average(remote, ws), repeats)
+            remote = [make().send(w) for w in ws]  # type: ignore[operator]  # syft's hook adds Module.send
+            per_tensor = timed(lambda remote=remote: secure_average_per_tensor(remote, ws), repeats)
+            flat = timed(lambda remote=remote: secure_average(remote, ws), repeats)
             rows.append(
                 {
                     "model": name,
@@ -334,7 +333,7 @@ def sharing_layout_cost(hook, repeats=10, n_workers=3) -> List[dict]:
     return rows
 
 
-def sms_parts(n_owners: int, max_rows: int = None):
+def sms_parts(n_owners: int, max_rows: Optional[int] = None):
     """The SMS corpus as the SMS runs prepare it: each owner's messages as hashed features and labels."""
     from fl_smpc.sms.corpus import featurize, labels_tensor, load_packaged_corpus
     from fl_smpc.sms.experiment import prepare_data
@@ -367,7 +366,9 @@ def round_cost(hook, repeats=5, max_rows=None, n_workers=3) -> List[dict]:
     sum-of-squares loss at the SMS runs' learning rate for it.
     """
 
-    config = FLConfig(workers=bench_names(n_workers), rounds=1, local_steps=5, lr=SMS_DEFAULTS["lr"]["sse"], seed=0)
+    config = FLConfig(
+        workers=tuple(bench_names(n_workers)), rounds=1, local_steps=5, lr=SMS_DEFAULTS["lr"]["sse"], seed=0
+    )
     parts = sms_parts(n_workers, max_rows)
     torch.manual_seed(0)
     model = nn.Linear(SMS_FEATURES, 1)
@@ -376,7 +377,7 @@ def round_cost(hook, repeats=5, max_rows=None, n_workers=3) -> List[dict]:
         remote_data = send_partitions(parts, ws)
         for i in range(repeats + 1):
             t0 = time.perf_counter()
-            remote = [model.copy().send(w) for w in ws]
+            remote = [model.copy().send(w) for w in ws]  # type: ignore[operator]  # syft's hook adds Module.copy
             for m, (x, y) in zip(remote, remote_data):
                 train_locally(m, x, y, config.lr, config.local_steps)
             t1 = time.perf_counter()
@@ -392,12 +393,12 @@ def round_cost(hook, repeats=5, max_rows=None, n_workers=3) -> List[dict]:
         full = timed(lambda: run_round(model, ws, remote_data, config), repeats)
     fedavg = timed(lambda: pytorch_fedavg_round(model, parts, config), repeats)
     t, s, p = (statistics.median(v) for v in (train, secure, plain))
-    base = dict(
-        model=f"Linear({SMS_FEATURES},1)",
-        workers=n_workers,
-        rows_per_owner=len(parts[0][1]),
-        local_steps=config.local_steps,
-    )
+    base = {
+        "model": f"Linear({SMS_FEATURES},1)",
+        "workers": n_workers,
+        "rows_per_owner": len(parts[0][1]),
+        "local_steps": config.local_steps,
+    }
     return [
         {**base, "variant": "send + local training (syft)", "round_s": t, "vs_plaintext": t / (t + p)},
         {**base, "variant": "secure averaging only", "round_s": s, "vs_plaintext": s / (t + p)},
@@ -466,11 +467,11 @@ def profile_secure_sum(hook, n_workers=3, params=10**6, repeats=3, lz4=False) ->
 
     context = syft_default_compression() if lz4 else contextlib.nullcontext()
     with virtual_workers(bench_names(n_workers), hook) as ws, context:
-        ptrs = [torch.randn(params).send(w) for w in ws]
+        ptrs = [torch.randn(params).send(w) for w in ws]  # type: ignore[attr-defined]  # syft's hook adds Tensor.send
         secure_sum(ptrs, ws)  # warm-up
         profiler = cProfile.Profile()
         profiler.runcall(lambda: [secure_sum(ptrs, ws) for _ in range(repeats)])
-    stats = pstats.Stats(profiler).stats
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]  # set by Stats.load_stats, not in typeshed
     rest = "syft/Python overhead (the rest)"
     seconds = {group: 0.0 for group, _ in PROFILE_GROUPS + [(rest, [])]}
     for (path, _line, name), (_cc, _nc, self_time, _cum, _callers) in stats.items():
@@ -505,7 +506,7 @@ def machine() -> dict:
         "logical_cpus": os.cpu_count(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": torch.__version__,  # type: ignore[attr-defined]  # not in torch 1.4's stubs
         "syft": sy.version.__version__,
         "torch_threads": torch.get_num_threads(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -517,7 +518,7 @@ def run_benchmark(quick: bool = False) -> dict:
     s = QUICK if quick else DEFAULTS
     hook = create_hook()
     started = time.perf_counter()
-    results = {"machine": machine(), "quick": quick}
+    results: Dict[str, Any] = {"machine": machine(), "quick": quick}
     # memory first: the later sections' large buffers would otherwise dominate the RSS figures
     results["memory"] = memory_over_rounds(hook, s["memory_rounds"], s["memory_every"])
     results["secure_aggregation"] = secure_aggregation_cost(
@@ -615,7 +616,7 @@ def format_cell(value) -> str:
     return str(value)
 
 
-def format_table(rows: List[dict], columns: List[str] = None) -> str:
+def format_table(rows: List[dict], columns: Optional[List[str]] = None) -> str:
     """A plain aligned text table (also valid Markdown)."""
     columns = columns or list(rows[0])
     cells = [columns] + [[format_cell(r[c]) for c in columns] for r in rows]

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Dict, List
 
 import psutil
 
@@ -83,7 +84,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="runs per transport (default: %(default)s)")
     args = p.parse_args(argv)
     config = FLConfig(seed=0)
-    rows = {"in-process (VirtualWorker)": []}
+    rows: Dict[str, List[float]] = {"in-process (VirtualWorker)": []}
     for mode in MODES:
         rows[f"websocket run, {mode}"], rows[f"websocket run CPU s, {mode}"] = [], []
         rows[f"worker start-up, {mode}"], rows[f"one request round trip (ms), {mode}"] = [], []

@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ def local_steps(n: int):
         return torch.from_numpy(np.frombuffer(bytearray(os.urandom(8 * n)), np.int64))
 
     def torch_random():
-        return torch.LongTensor(n).random_(-(2**63), 2**63 - 1)
+        return torch.LongTensor(n).random_(-(2**63), 2**63 - 1)  # type: ignore[call-arg]  # torch 1.4's stubs
 
     ring = AdditiveSharingTensor()
     secret = torch.randint(-(10**6), 10**6, (n,))
@@ -49,7 +50,8 @@ def local_steps(n: int):
         "masks: os.urandom": os_urandom,
         "masks: torch random_ (syft's)": torch_random,
         "generate_shares x3 (ours)": lambda: share_masks.generate_shares(ring, secret, 3, torch.int64),
-        "generate_shares x3 (syft's)": lambda: share_masks.SYFT_GENERATE_SHARES(ring, secret, 3, torch.int64),
+        # set when fl_smpc installs its generate_shares, before any timing
+        "generate_shares x3 (syft's)": lambda: share_masks.SYFT_GENERATE_SHARES(ring, secret, 3, torch.int64),  # type: ignore[misc]
         "rounded_for_encoding": lambda: secure_aggregation.rounded_for_encoding(values, 3),
     }
 
@@ -61,7 +63,7 @@ def secure_sum_variants(workers, params: int):
 
     def variant(generate, encode):
         def run():
-            pointers = [v.send(w) for v, w in zip(values, workers)]
+            pointers = [v.send(w) for v, w in zip(values, workers)]  # type: ignore[attr-defined]  # syft's hook
             AdditiveSharingTensor.generate_shares, secure_aggregation.rounded_for_encoding = generate, encode
             try:
                 start = time.perf_counter()
@@ -96,7 +98,7 @@ def main(argv=None):
     hook = create_hook()
 
     generators = local_steps(args.params)
-    rows = {name: [] for name in generators}
+    rows: Dict[str, List[float]] = {name: [] for name in generators}
     for _ in range(max(args.repeat, 15)):
         for name, fn in generators.items():
             rows[name].append(timed_ms(fn))

@@ -49,7 +49,8 @@ def results_table(seeds):
                 scheme, f"centralized plaintext, {central['steps']} steps, seed {seed}", central, central["seconds"]
             )
             yield row(scheme, "always ham", ham, 0.0)
-            yield f"| {scheme} | whole experiment (load, featurise, both trainings), seed {seed} | | | | | {total:.1f} |"
+            whole = f"whole experiment (load, featurise, both trainings), seed {seed}"
+            yield f"| {scheme} | {whole} | | | | | {total:.1f} |"
 
 
 def exactness(seed=0):
@@ -60,7 +61,7 @@ def exactness(seed=0):
     model = torch.nn.Linear(parts[0][0].shape[1], 1)
     with virtual_workers(["bob", "alice", "jane"], create_hook()) as workers:
         remote_data = send_partitions(parts, workers)
-        remote_models = [model.copy().send(w) for w in workers]
+        remote_models = [model.copy().send(w) for w in workers]  # type: ignore[operator]  # syft's Module.copy
         for m, (x, y) in zip(remote_models, remote_data):
             train_locally(m, x, y, SMS_DEFAULTS["lr"]["bce"], SMS_DEFAULTS["local_steps"], LOSSES["bce"][0])
         average = secure_average(remote_models, workers, precision_fractional=3)

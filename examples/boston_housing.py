@@ -48,7 +48,7 @@ def load_data(seed: int) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch
     boston = load_boston()
     x = torch.tensor(boston.data, dtype=torch.float32)
     y = torch.tensor(boston.target, dtype=torch.float32).view(-1, 1)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))  # type: ignore[attr-defined]  # torch 1.4's stubs
     x, y = x[order], y[order]
     n_test = round(len(x) * TEST_FRACTION)
     x_train, y_train, x_test, y_test = x[n_test:], y[n_test:], x[:n_test], y[:n_test]
@@ -82,7 +82,8 @@ def test_mse(x: torch.Tensor, y: torch.Tensor):
 
     def evaluate(model: nn.Module) -> Dict[str, float]:
         with torch.no_grad():
-            return {"test_mse": F.mse_loss(model(x), y).item()}
+            mse = F.mse_loss(model(x), y)
+        return {"test_mse": mse.item()}
 
     return evaluate
 

@@ -10,7 +10,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .errors import ConfigError, TLSConfigError
 
@@ -39,7 +39,7 @@ SMS_SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in e
 # FLConfig's defaults are the toy tutorial's; these apply to SMS runs where a flag is not given.
 # bce: a mean over L2-normalised hashed rows has small gradients, hence the large step.
 # sse: a *sum* over ~1,200 rows per owner diverges unless lr < 1 / rows.
-SMS_DEFAULTS = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
+SMS_DEFAULTS: Dict[str, Any] = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
 LOSSES = ("sse", "bce")
 DATASETS = ("toy", "sms")
 
@@ -315,6 +315,7 @@ class RunSpec:
         if self.certs is None and not self.insecure:
             raise TLSConfigError("the websocket transport needs a security choice: " + SECURITY_CHOICE)
         if self.insecure:
+            assert self.addresses is not None  # __post_init__ calls this for the websocket transport only
             check_plaintext_hosts({"--workers": [host for host, _ in self.addresses.values()]})
         else:
             check_party(self.model_party)

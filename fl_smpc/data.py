@@ -78,4 +78,4 @@ def send_partitions(parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], workers:
     """Send part i to worker i; return the model owner's (data_ptr, target_ptr) pairs."""
     if len(parts) != len(workers):
         raise ValueError(f"{len(parts)} data parts for {len(workers)} workers")
-    return [(x.send(w), y.send(w)) for (x, y), w in zip(parts, workers)]
+    return [(x.send(w), y.send(w)) for (x, y), w in zip(parts, workers)]  # type: ignore[attr-defined]  # syft hook

@@ -3,9 +3,10 @@
 Returns a :class:`History`; printing is left to the CLI.
 """
 
+import contextlib
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ class History:
 
     def to_dict(self) -> dict:
         """JSON-ready form; the keys are a stable interface for other tools."""
-        doc = {
+        doc: Dict[str, Any] = {
             "config": {**asdict(self.config), "workers": list(self.config.workers)},
             "initial_model": state_to_lists(self.initial_model),
             "initial_global_loss": self.initial_loss,
@@ -93,7 +94,8 @@ def global_loss(
     losses = []
     with forget_transient_ids([ptr.location for ptr, _ in remote_data]):
         for data_ptr, target_ptr in remote_data:  # the copy is freed as soon as its loss is back
-            losses.append(remote_loss(model.copy().send(data_ptr.location), data_ptr, target_ptr, loss_fn))
+            # syft's hook adds Module.copy
+            losses.append(remote_loss(model.copy().send(data_ptr.location), data_ptr, target_ptr, loss_fn))  # type: ignore[operator]
     if reduction == "mean":
         rows = [data_ptr.shape[0] for data_ptr, _ in remote_data]
         return sum(n * loss for n, loss in zip(rows, losses)) / sum(rows)
@@ -190,7 +192,7 @@ def run_round(
         for i in owners_of_round(config, round_number):
             worker, (x, y) = workers[i], remote_data[i]
             try:
-                remote_models[i] = model.copy().send(worker)
+                remote_models[i] = model.copy().send(worker)  # type: ignore[operator]  # syft's hook adds Module.copy
                 losses[worker.id] = train_locally(
                     remote_models[i], x, y, config.lr, config.local_steps, loss_fn, config.batch_size, first_step
                 )
@@ -229,7 +231,7 @@ def run_rounds(
     remote_data: Sequence[Tuple],
     config: FLConfig,
     loss_fn=sum_squared_error,
-    history: History = None,
+    history: Optional[History] = None,
     evaluate=None,
     on_round=None,
     reconnect=None,
@@ -259,10 +261,8 @@ def run_rounds(
         if reconnect is not None:
             for i, worker in enumerate(workers):
                 if worker.id in dropped:
-                    try:
+                    with contextlib.suppress(Exception):  # still away: it will be dropped again this round
                         workers[i], remote_data[i] = reconnect(i)
-                    except Exception:  # still away: it will be dropped again this round
-                        pass
         try:
             outcome = run_round(model, workers, remote_data, config, loss_fn, r)
             dropped = outcome.dropped
@@ -288,7 +288,11 @@ def run_rounds(
 
 
 def initial_model(
-    config: FLConfig, features: int, model: nn.Module = None, history: History = None, outputs: int = 1
+    config: FLConfig,
+    features: int,
+    model: Optional[nn.Module] = None,
+    history: Optional[History] = None,
+    outputs: int = 1,
 ) -> nn.Module:
     """The global model a run starts from: ``nn.Linear(features, outputs)`` drawn from ``config.seed``
     unless ``model`` is given (then torch's generator is left alone), holding the checkpoint's last
@@ -312,13 +316,13 @@ def initial_model(
 
 def train_federated(
     config: FLConfig = FLConfig(),
-    data: torch.Tensor = None,
-    target: torch.Tensor = None,
-    model: nn.Module = None,
+    data: Optional[torch.Tensor] = None,
+    target: Optional[torch.Tensor] = None,
+    model: Optional[nn.Module] = None,
     loss_fn=sum_squared_error,
     evaluate=None,
     on_round=None,
-    history: History = None,
+    history: Optional[History] = None,
 ) -> History:
     """Run ``config.rounds`` rounds of federated learning with secure averaging on VirtualWorkers.
 
@@ -335,7 +339,9 @@ def train_federated(
     toy = data is None and target is None
     if toy:
         data, target = toy_dataset()
-    parts = split_dataset(data, target, len(config.workers), binary_labels=toy)
+    # split_dataset refuses a missing data or target with one line
+    parts = split_dataset(data, target, len(config.workers), binary_labels=toy)  # type: ignore[arg-type]
+    assert data is not None and target is not None
     outputs = target.shape[1] if target.dim() == 2 else 1
     model = initial_model(config, data.shape[1], model, history, outputs)
     check_model(model, *parts[0], loss_fn)

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .config import FLConfig
 from .errors import CheckpointError, ConfigError
@@ -78,7 +78,7 @@ def _number(value, what: str) -> float:
     return float(value)
 
 
-def _state(lists, what: str, shapes: Dict[str, tuple] = None) -> dict:
+def _state(lists, what: str, shapes: Optional[Dict[str, tuple]] = None) -> dict:
     """A model state (name -> tensor) from JSON lists: finite numbers, and the same shapes as ``shapes``."""
     import torch
 

@@ -128,7 +128,7 @@ def masked_sum(tensor_ptrs: Sequence, workers: Sequence, session: Session, attem
             )
             for worker, ptr in zip(workers, tensor_ptrs)
         ]
-    failures = [(worker.id, f.exception()) for worker, f in zip(workers, futures) if f.exception() is not None]
+    failures = [(worker.id, err) for worker, f in zip(workers, futures) for err in [f.exception()] if err is not None]
     dropped = [(worker, err) for worker, err in failures if isinstance(err, WorkerUnreachable)]
     if dropped:
         raise OwnersDropped([worker for worker, _ in dropped], dropped[0][1])

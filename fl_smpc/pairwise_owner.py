@@ -19,7 +19,7 @@ so one code path serves both transports. Keys and masks never leave the owner:
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -142,6 +142,18 @@ class PairwiseOwner:
     """
 
     _pairwise: Optional[OwnerSession] = None
+
+    if TYPE_CHECKING:  # what the syft worker this is mixed into provides (syft ships no type hints)
+        id: str
+        hook: Any
+        _known_workers: Dict[str, Any]
+
+        def get_obj(self, obj_id: Any) -> Any: ...
+
+        def send_msg(self, message: Any, location: Any) -> Any: ...
+
+        @staticmethod
+        def create_worker_command_message(command_name: str, return_ids: Any, *args: Any, **kwargs: Any) -> Any: ...
 
     def _refuse(self, problem: str):
         return AggregationError(f"worker {self.id!r} refuses: {problem}", self.id)

@@ -26,7 +26,7 @@ def metric_series(history, metric: str):
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_history(history, baseline: Optional[float] = None, metric: str = "f1", title: str = None):
+def plot_history(history, baseline: Optional[float] = None, metric: str = "f1", title: Optional[str] = None):
     """Return a matplotlib ``Figure`` of ``history``.
 
     Left panel: the global model's loss on all owners' data (round 0 = the initial model) and each

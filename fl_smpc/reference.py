@@ -62,7 +62,8 @@ def pooled_loss(
 ) -> float:
     """``loss_fn`` on all owners' rows concatenated: the global loss by definition, for any reduction."""
     with torch.no_grad():
-        return loss_fn(model(torch.cat([x for x, _ in parts])), torch.cat([y for _, y in parts])).item()
+        loss = loss_fn(model(torch.cat([x for x, _ in parts])), torch.cat([y for _, y in parts]))
+    return loss.item()
 
 
 def plaintext_fedavg(

@@ -7,7 +7,7 @@ and never prints. Seeding and building the model happen in one place,
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from .config import RunSpec
 from .errors import CheckpointError
@@ -40,7 +40,7 @@ class RunResult:
         return doc
 
 
-def resumed_spec(spec: RunSpec) -> "tuple[RunSpec, Optional[History]]":
+def resumed_spec(spec: RunSpec) -> Tuple[RunSpec, Optional[History]]:
     """The spec with the checkpoint's config (it wins over the flags) and the loaded history, if resuming."""
     if not spec.resume:
         return spec, None
@@ -80,11 +80,12 @@ def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunRe
     if spec.dataset == "sms":
         from .sms.experiment import run_sms
 
-        history, dataset, baseline, seconds = run_sms(spec, on_round=after_round)
-        return RunResult(spec, history, dataset, baseline, seconds)
+        sms_history, dataset, baseline, seconds = run_sms(spec, on_round=after_round)
+        return RunResult(spec, sms_history, dataset, baseline, seconds)
     if spec.transport == "websocket":
         from .network.client import train_network
 
+        assert spec.addresses is not None  # RunSpec checks that the websocket transport has addresses
         return RunResult(
             spec,
             train_network(

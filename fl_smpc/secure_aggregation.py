@@ -28,7 +28,7 @@ Around the tutorial's unchanged ``ptr.fix_prec().share(...)``:
 
 import math
 from contextlib import contextmanager
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 
@@ -115,7 +115,7 @@ def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: i
     """
     owners = [getattr(w, "id", w) for w in workers]
     with uncompressed_messages():
-        total = None
+        total: Any = None  # an AdditiveSharingTensor once the first owner's shares exist
         for ptr, owner in zip(tensor_ptrs, owners):
             try:
                 ptr = rounded_for_encoding(ptr, precision_fractional)

@@ -20,14 +20,14 @@ the field by rejection), ``self.modulo``, and the call ``ptr.fix_prec().share(..
 """
 
 import os
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 # syft's own generate_shares, recorded by install_csprng_shares() so tests and benchmarks can run it.
-SYFT_GENERATE_SHARES: Optional[object] = None
+SYFT_GENERATE_SHARES: Optional[Callable[..., Any]] = None
 
 _NUMPY_DTYPE = {torch.int64: np.int64, torch.int32: np.int32}
 _RING_BITS = {torch.int64: 64, torch.int32: 32}
@@ -80,7 +80,8 @@ def uniform_mask(keystream: Keystream, shape: torch.Size, field: int, min_value:
     count = int(np.prod(shape, dtype=np.int64))
     if field == 2 ** _RING_BITS[dtype]:  # the whole int64 / int32 ring: every bit pattern, equally likely
         return keystream.words(count, dtype).view(shape)
-    return uniform_below(keystream, count, field).add_(min_value).to(dtype).view(shape)
+    # torch 1.4's stubs lack Tensor.add_
+    return uniform_below(keystream, count, field).add_(min_value).to(dtype).view(shape)  # type: ignore[attr-defined]
 
 
 def generate_shares(self, secret, n_workers: int, random_type) -> List[torch.Tensor]:

@@ -15,6 +15,7 @@ certificate names the worker id it dials.
 """
 
 import binascii
+import contextlib
 import gc
 import http
 import select
@@ -78,7 +79,8 @@ def _connect(url: str, worker: str, timeout: float, tls: Optional[ssl.SSLContext
     sock = None
     if tls is not None:
         parts = urlsplit(url)
-        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        # the worker URLs we build always name a port
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)  # type: ignore[arg-type]
         try:
             for option in websocket.DEFAULT_SOCKET_OPTION:  # as websocket-client's own sockets: TCP_NODELAY
                 sock.setsockopt(*option)
@@ -171,10 +173,8 @@ class NetworkClient(WebsocketClientWorker):
     def _drop(self):
         ws, self.ws = self.ws, None
         if ws is not None:
-            try:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
                 ws.close(timeout=1)
-            except (OSError, websocket.WebSocketException):
-                pass
 
     def _usable(self) -> bool:
         """Connected and idle: a server only ever speaks in reply, so readable now means closed or reset.
@@ -337,13 +337,13 @@ def feature_count(remote_data: List[Tuple], names: List[str]) -> int:
 def train_network(
     config: FLConfig,
     addresses: Dict[str, Address],
-    model: nn.Module = None,
+    model: Optional[nn.Module] = None,
     history: Optional[History] = None,
     loss_fn=sum_squared_error,
     evaluate=None,
     on_round=None,
     timeout: float = REPLY_TIMEOUT,
-    connect_timeout: float = None,
+    connect_timeout: Optional[float] = None,
     hook=None,
     certs: Optional[str] = None,
     party: str = MODEL_PARTY,

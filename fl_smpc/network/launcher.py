@@ -7,6 +7,7 @@ the launcher itself dies. Readiness is the worker's "serving on" line, polled wi
 never a fixed sleep -- and a worker that exits instead is reported with the end of its log.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,7 +45,7 @@ def worker_command(
     data_path: str,
     address: Address,
     peers: Dict[str, Address],
-    timeout: float = None,
+    timeout: Optional[float] = None,
     certs: Optional[str] = None,
     model_party: str = MODEL_PARTY,
     extra: Sequence[str] = (),
@@ -83,7 +84,7 @@ def start_worker(
     address: Address,
     peers: Dict[str, Address],
     log_path: str,
-    timeout: float = None,
+    timeout: Optional[float] = None,
     certs: Optional[str] = None,
     model_party: str = MODEL_PARTY,
     extra: Sequence[str] = (),
@@ -115,10 +116,8 @@ def stop_processes(procs: List[subprocess.Popen], grace: float = 5.0) -> None:
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone (its group is empty)
         os.killpg(proc.pid, sig)  # pid == pgid: started with start_new_session
-    except ProcessLookupError:
-        pass  # already gone (its group is empty)
 
 
 def wait_ready(proc: subprocess.Popen, log_path: str, name: str, deadline: float) -> None:
@@ -140,12 +139,12 @@ def local_workers(
     data_paths: Dict[str, str],
     host: str = "127.0.0.1",
     ready_timeout: float = 60.0,
-    timeout: float = None,
-    log_dir: str = None,
+    timeout: Optional[float] = None,
+    log_dir: Optional[str] = None,
     certs: Optional[str] = None,
     model_party: str = MODEL_PARTY,
     worker_args: Sequence[str] = (),
-) -> Iterator[Dict[str, Address]]:
+) -> Iterator["WorkerAddresses"]:
     """Run one worker process per ``{name: csv_path}`` on free ports; yield ``{name: (host, port)}``.
 
     Every process is stopped on exit, whatever happened (error, Ctrl-C). ``timeout`` is passed to

@@ -123,7 +123,7 @@ class OwnerPolicy:
         worker,
         peers: Sequence[str],
         settings: PolicySettings = DEFAULT_SETTINGS,
-        log: Callable[[str], None] = None,
+        log: Optional[Callable[[str], None]] = None,
     ):
         self.worker, self.settings = worker, settings
         self.peers = frozenset(peers)
@@ -144,8 +144,9 @@ class OwnerPolicy:
     def protect(self, *tensors: torch.Tensor) -> None:
         """Register the owner's data and labels (already stored in the worker) as read-only and private."""
         for tensor in tensors:
-            self.protected[tensor.id] = tensor
-            self.records[tensor.id] = Record(frozenset({self.worker.id}), PROTECTED, self.worker.id, 0)
+            tensor_id = tensor.id  # type: ignore[attr-defined]  # syft's hook adds Tensor.id
+            self.protected[tensor_id] = tensor
+            self.records[tensor_id] = Record(frozenset({self.worker.id}), PROTECTED, self.worker.id, 0)
         if self.max_release is None and tensors and tensors[0].dim() == 2:
             self.max_release = tensors[0].shape[1] + 1
 
@@ -230,9 +231,11 @@ class OwnerPolicy:
         terms = [msg.query] if isinstance(msg.query, str) else list(msg.query)
         if len(terms) != 1 or terms[0] not in (DATA_TAG, TARGET_TAG):
             raise Refusal(f"search answers only {DATA_TAG} or {TARGET_TAG}, not {terms}")
-        found = [t for t in self.protected.values() if terms[0] in (t.tags or ())]
+        # syft's hook adds Tensor.tags and Tensor.create_pointer
+        found = [t for t in self.protected.values() if terms[0] in (t.tags or ())]  # type: ignore[attr-defined]
         pointers = [
-            t.create_pointer(garbage_collect_data=False, owner=sy.local_worker, tags=t.tags).wrap() for t in found
+            t.create_pointer(garbage_collect_data=False, owner=sy.local_worker, tags=t.tags).wrap()  # type: ignore[attr-defined]
+            for t in found
         ]
         return pointers, terms[0]
 
@@ -294,21 +297,22 @@ class OwnerPolicy:
         obj = msg.object
         if not isinstance(obj, torch.Tensor):
             raise Refusal("only tensors may be sent to a data owner")
-        if obj.id in self.worker.object_store._objects or obj.id in self.records:
-            raise Refusal(f"object id {obj.id} is already in use")
+        obj_id = obj.id  # type: ignore[attr-defined]  # syft's hook adds Tensor.id
+        if obj_id in self.worker.object_store._objects or obj_id in self.records:
+            raise Refusal(f"object id {obj_id} is already in use")
         if self._depth > 1:  # the owner's own share, sent to itself by ``share``
             if session is None:
                 raise Refusal("the worker sends objects to itself only while sharing")
-            rec = Record(self._share_owners, SHARE, self.worker.id, session.serial, frozenset({obj.id}))
+            rec = Record(self._share_owners, SHARE, self.worker.id, session.serial, frozenset({obj_id}))
         elif session.requester in self.peers:
             who = session.requester
             if type(obj) is not torch.Tensor or obj.dtype != torch.int64 or obj.requires_grad:
                 raise Refusal("a peer owner only sends shares (int64 tensors)")
-            rec = Record(frozenset({who}), SHARE, who, session.serial, frozenset({obj.id}))
+            rec = Record(frozenset({who}), SHARE, who, session.serial, frozenset({obj_id}))
         else:
             rec = Record(frozenset(), PLAIN, session.requester, session.serial)
         response = self._route(msg)
-        self.records[obj.id] = rec
+        self.records[obj_id] = rec
         return response, None
 
     def _ObjectRequestMessage(self, msg, session, contents, refs):
@@ -388,6 +392,7 @@ class OwnerPolicy:
         if any(getattr(t, "is_wrapper", False) or not isinstance(t, torch.Tensor) for t in tensors):
             raise Refusal("commands run on plain tensors only")
         if name == "share":
+            assert target_rec is not None  # share is a method: its target was checked above
             self._check_share(action, target_rec)
         elif action.kwargs:
             raise Refusal(f"keyword arguments to {name!r} are not part of the protocol")
@@ -396,6 +401,7 @@ class OwnerPolicy:
         if name == "backward" and action.args:
             raise Refusal("backward() takes no arguments")
         if name in WRITES:
+            assert target_rec is not None  # writes are methods: their target was checked above
             if target_rec.session != session.serial:
                 raise Refusal(f"{name!r} on an object this connection did not create")
             if self._aliases_protected(action.target):
@@ -519,7 +525,7 @@ class OwnerPolicy:
         store = self.worker.object_store._objects
         store.pop(result_id, None)
         for obj_id, tensor in self.protected.items():
-            tensor.id = obj_id
+            tensor.id = obj_id  # type: ignore[attr-defined]  # syft's hook adds Tensor.id
             store[obj_id] = tensor
 
 
@@ -527,7 +533,7 @@ def _storage(obj) -> Optional[int]:
     """The address of a plain tensor's memory (views and aliases share it); None for anything else."""
     if not isinstance(obj, torch.Tensor) or getattr(obj, "is_wrapper", False):
         return None
-    return obj.storage().data_ptr() or None
+    return obj.storage().data_ptr() or None  # type: ignore[attr-defined]  # not in torch 1.4's Storage stub
 
 
 def _flatten(args) -> List:

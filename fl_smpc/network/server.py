@@ -131,7 +131,10 @@ class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
         return self.policy.receive(bin_message, self.current_requester, self.current_connection)
 
     def enable_policy(
-        self, peers: Sequence[str], settings: PolicySettings = DEFAULT_SETTINGS, log: Callable[[str], None] = None
+        self,
+        peers: Sequence[str],
+        settings: PolicySettings = DEFAULT_SETTINGS,
+        log: Optional[Callable[[str], None]] = None,
     ) -> OwnerPolicy:
         """Put the owner's release policy in front of syft's message routing; the tagged data and
         labels become read-only and private. Received tensors are loaded without pickle globals."""
@@ -152,20 +155,21 @@ class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
         """SHA-256 of the stored data and labels: equal at start and stop if nobody changed them."""
         return fingerprint(*self.owner_tensors())
 
-    def serve(self, on_ready: Callable[[int], None] = None) -> None:
+    def serve(self, on_ready: Optional[Callable[[int], None]] = None) -> None:
         """Serve until SIGINT or SIGTERM; ``on_ready(port)`` once listening (port 0 picks a free one)."""
         loop = self.loop
         asyncio.set_event_loop(loop)
+        # websockets documents None (no limit, no pings) and any protocol factory; its annotations allow neither
         server = loop.run_until_complete(
             websockets.serve(
                 self._handler,
                 self.host,
                 self.port,
-                max_size=None,
-                ping_interval=None,
+                max_size=None,  # type: ignore[arg-type]
+                ping_interval=None,  # type: ignore[arg-type]
                 close_timeout=1,
                 ssl=self.tls,
-                create_protocol=functools.partial(PartyCheckingProtocol, owner=self),
+                create_protocol=functools.partial(PartyCheckingProtocol, owner=self),  # type: ignore[arg-type]
             )
         )
         stop = asyncio.Event()
@@ -227,7 +231,7 @@ def refuse_get(tensor: torch.Tensor) -> torch.Tensor:
     ``data_ptr.get()`` only; computing on the data and fetching the result is stopped by the
     owner's release policy (:mod:`fl_smpc.network.policy`), of which this is a second layer.
     """
-    tensor.allow = lambda user=None: False
+    tensor.allow = lambda user=None: False  # type: ignore[attr-defined]  # syft's hook adds Tensor.allow
     return tensor
 
 
@@ -268,8 +272,9 @@ def data_owner_server(
     model_party: str = MODEL_PARTY,
 ) -> DataOwnerServer:
     """The server holding an owner's data and labels, tagged for search and refusing a plain get."""
-    data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))
-    target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))
+    # syft's hook adds Tensor.tag and Tensor.describe
+    data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))  # type: ignore[attr-defined]
+    target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))  # type: ignore[attr-defined]
     return DataOwnerServer(
         hook, host=host, port=port, id=worker_id, data=[data, target], tls=tls, allowed=allowed, model_party=model_party
     )
@@ -280,12 +285,12 @@ def create_data_owner(
     data_path: str,
     host: str = "127.0.0.1",
     port: int = 8777,
-    peers: Dict[str, Address] = None,
+    peers: Optional[Dict[str, Address]] = None,
     timeout: float = CONNECT_TIMEOUT,
     certs: Optional[str] = None,
     model_party: str = MODEL_PARTY,
     policy: Optional[PolicySettings] = DEFAULT_SETTINGS,
-    log: Callable[[str], None] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> DataOwnerServer:
     """Load and validate the owner's CSV (before anything else), then build its server and peer clients.
 

@@ -15,10 +15,11 @@ Directory layout (``fl-smpc certs``): ``ca.pem``, ``ca.key`` (only needed to add
 and ``<party>.pem`` / ``<party>.key`` for each party. Keys are written readable by the owner only.
 """
 
+import contextlib
 import datetime
 import os
 import ssl
-from typing import Dict, Iterable, List, Tuple, Union
+from typing import Any, Dict, Iterable, List, Tuple, Union
 
 from ..config import CERT_DAYS, NAME_PATTERN
 from ..errors import TLSConfigError
@@ -173,7 +174,8 @@ def _load_ca(cert_path: str, key_path: str):
             key = load_pem_private_key(f.read(), password=None)
     except (OSError, ValueError, TypeError) as err:
         raise TLSConfigError(f"cannot use the existing CA {cert_path} / {key_path}: {err}") from None
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    # our CA keys are EC (RSA and DSA keys have public_numbers too)
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
         raise TLSConfigError(f"{key_path} is not the key of {cert_path}")
     return cert, key
 
@@ -232,10 +234,8 @@ def _write_new(path: str, data: bytes, mode: int) -> str:
 
 def _remove(paths: List[str]) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 # --- using a federation: SSL contexts and party ids ------------------------------------------------------
@@ -311,7 +311,8 @@ def peer_party(peer: Union[ssl.SSLObject, ssl.SSLSocket, dict, None]) -> str:
     ``peer`` is an SSL object/socket after the handshake or its ``getpeercert()`` dict. Raises
     ``ssl.SSLError`` when there is no certificate or it does not name one party consistently.
     """
-    cert = peer.getpeercert() if hasattr(peer, "getpeercert") else peer
+    getpeercert = getattr(peer, "getpeercert", None)
+    cert: Any = getpeercert() if getpeercert is not None else peer
     if not cert:
         raise ssl.SSLError("the peer presented no certificate")
     names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]

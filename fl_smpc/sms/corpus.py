@@ -17,9 +17,10 @@ import random
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
-LABELS = {"ham": 0, "spam": 1, "0": 0, "1": 1}
 from ..config import SMS_DEFAULTS, SMS_FEATURES as DEFAULT_FEATURES, SMS_PARTITIONS as PARTITIONS  # noqa: F401
 from ..errors import DataError
+
+LABELS = {"ham": 0, "spam": 1, "0": 0, "1": 1}
 
 SKEW_RATIO = 4  # skewed partition: each owner holds a quarter as much spam as the previous one
 
@@ -208,10 +209,7 @@ def partition(labels: Sequence[int], n_owners: int, scheme: str = "iid", seed: i
     from ..data import near_even_sizes  # here, not at the top: the CLI imports this module before torch
 
     sizes = near_even_sizes(len(labels), n_owners)
-    if scheme == "iid":
-        weights = [1.0] * n_owners
-    else:
-        weights = [float(SKEW_RATIO) ** -i for i in range(n_owners)]
+    weights = [1.0] * n_owners if scheme == "iid" else [float(SKEW_RATIO) ** -i for i in range(n_owners)]
     n_spam = _split_counts(len(spam), weights, sizes)
     parts, s, h = [], 0, 0
     for size, k in zip(sizes, n_spam):

@@ -9,7 +9,7 @@ Returns an :class:`SmsResult`; printing is left to the CLI.
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,8 @@ def train_centralized(
     """
 
     def forward():
-        return torch.sparse.mm(data, model.weight.t()) + model.bias if data.is_sparse else model(data)
+        # torch 1.4's stubs lack torch.sparse and Tensor.is_sparse
+        return torch.sparse.mm(data, model.weight.t()) + model.bias if data.is_sparse else model(data)  # type: ignore[attr-defined]
 
     optimizer = optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):
@@ -156,7 +157,7 @@ def run_sms(spec: RunSpec, on_round=None):
 
 def run_sms_experiment(
     config: FLConfig,
-    data_file: str = None,
+    data_file: Optional[str] = None,
     n_features: int = SMS_FEATURES,
     scheme: str = "iid",
     loss: str = "bce",
