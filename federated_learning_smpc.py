@@ -1,7 +1,8 @@
 """Federated learning with secure multiparty averaging (PySyft 0.2.9): the tutorial as a script.
 
-    python federated_learning_smpc.py --help
+python federated_learning_smpc.py --help
 """
+
 import sys
 
 from fl_smpc.cli import main

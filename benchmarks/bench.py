@@ -9,6 +9,7 @@ table. Times are medians over repeats after one warm-up; both wall-clock and pro
 are recorded (on a shared machine CPU time is the steadier of the two). No timing is asserted
 anywhere: these numbers are for reading.
 """
+
 import argparse
 import contextlib
 import copy
@@ -20,7 +21,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 import torch
@@ -36,25 +37,46 @@ from fl_smpc.secure_aggregation import flatten_on_worker, secure_average, secure
 from fl_smpc.training import sum_squared_error, train_locally
 from fl_smpc.workers import create_hook, virtual_workers
 
-DEFAULTS = dict(
-    workers=(2, 3, 5, 10), params=(10, 10 ** 3, 10 ** 5, 10 ** 6), repeats=5, big_repeats=3,
-    layout_repeats=20, round_repeats=7, round_rows=None, memory_rounds=500, memory_every=50,
-    protocol_workers=(3, 10), protocol_params=(10 ** 4, 10 ** 6), protocol_repeats=7, network_params=(10 ** 4, 10 ** 6),
-    network_repeats=3,
-)
-QUICK = dict(
-    workers=(2, 3), params=(10, 10 ** 3), repeats=2, big_repeats=2,
-    layout_repeats=2, round_repeats=2, round_rows=60, memory_rounds=20, memory_every=5,
-    protocol_workers=(2, 3), protocol_params=(10, 10 ** 3), protocol_repeats=2, network_params=(10,), network_repeats=1,
-)
+DEFAULTS = {
+    "workers": (2, 3, 5, 10),
+    "params": (10, 10**3, 10**5, 10**6),
+    "repeats": 5,
+    "big_repeats": 3,
+    "layout_repeats": 20,
+    "round_repeats": 7,
+    "round_rows": None,
+    "memory_rounds": 500,
+    "memory_every": 50,
+    "protocol_workers": (3, 10),
+    "protocol_params": (10**4, 10**6),
+    "protocol_repeats": 7,
+    "network_params": (10**4, 10**6),
+    "network_repeats": 3,
+}
+QUICK = {
+    "workers": (2, 3),
+    "params": (10, 10**3),
+    "repeats": 2,
+    "big_repeats": 2,
+    "layout_repeats": 2,
+    "round_repeats": 2,
+    "round_rows": 60,
+    "memory_rounds": 20,
+    "memory_every": 5,
+    "protocol_workers": (2, 3),
+    "protocol_params": (10, 10**3),
+    "protocol_repeats": 2,
+    "network_params": (10,),
+    "network_repeats": 1,
+}
 SMS_FEATURES = DEFAULT_FEATURES  # the SMS model (issue 3) is nn.Linear(4096, 1) on hashed features
 
 
-def timed(fn: Callable, repeats: int, setup: Callable = None) -> Dict[str, float]:
+def timed(fn: Callable, repeats: int, setup: Optional[Callable] = None) -> Dict[str, float]:
     """Median wall and CPU seconds of ``fn(*setup())`` over ``repeats`` runs after one warm-up."""
     wall, cpu = [], []
     for i in range(repeats + 1):
-        args = setup() if setup else ()
+        args = setup() if setup is not None else ()
         w0, c0 = time.perf_counter(), time.process_time()
         fn(*args)
         if i:  # run 0 is the warm-up
@@ -76,14 +98,14 @@ def plaintext_mean(ptrs: Sequence) -> torch.Tensor:
 def syft_default_compression():
     """The "before" of the compression change: secure sums with syft's LZ4 on every share message."""
     saved = secure_aggregation.uncompressed_messages
-    secure_aggregation.uncompressed_messages = contextlib.nullcontext
+    secure_aggregation.uncompressed_messages = contextlib.nullcontext  # type: ignore[assignment]  # same call, no-op
     try:
         yield
     finally:
         secure_aggregation.uncompressed_messages = saved
 
 
-def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10 ** 3), repeats=5, big_repeats=3) -> List[dict]:
+def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10**3), repeats=5, big_repeats=3) -> List[dict]:
     """Secure average (fix_prec -> share -> sum -> reveal -> decode -> divide) vs plaintext mean, by N and P.
 
     ``secure_lz4_s`` is the same secure average with syft's default LZ4 compression of share messages.
@@ -92,16 +114,25 @@ def secure_aggregation_cost(hook, workers=(2, 3, 5, 10), params=(10, 10 ** 3), r
     for n in workers:
         with virtual_workers(bench_names(n), hook) as ws:
             for p in params:
-                reps = big_repeats if p >= 10 ** 6 else repeats
-                ptrs = [torch.randn(p).send(w) for w in ws]
-                secure = timed(lambda: secure_sum(ptrs, ws) / n, reps)
+                reps = big_repeats if p >= 10**6 else repeats
+                ptrs = [torch.randn(p).send(w) for w in ws]  # type: ignore[attr-defined]  # syft's hook adds Tensor.send
+                secure = timed(lambda ptrs=ptrs, n=n: secure_sum(ptrs, ws) / n, reps)
                 with syft_default_compression():
-                    lz4 = timed(lambda: secure_sum(ptrs, ws) / n, reps)
-                plain = timed(plaintext_mean, reps, setup=lambda: ([q.copy() for q in ptrs],))
-                rows.append({"workers": n, "params": p, "secure_s": secure["wall_s"], "plaintext_s": plain["wall_s"],
-                             "ratio": secure["wall_s"] / plain["wall_s"], "secure_lz4_s": lz4["wall_s"],
-                             "secure_cpu_s": secure["cpu_s"], "secure_lz4_cpu_s": lz4["cpu_s"],
-                             "plaintext_cpu_s": plain["cpu_s"]})
+                    lz4 = timed(lambda ptrs=ptrs, n=n: secure_sum(ptrs, ws) / n, reps)
+                plain = timed(plaintext_mean, reps, setup=lambda ptrs=ptrs: ([q.copy() for q in ptrs],))
+                rows.append(
+                    {
+                        "workers": n,
+                        "params": p,
+                        "secure_s": secure["wall_s"],
+                        "plaintext_s": plain["wall_s"],
+                        "ratio": secure["wall_s"] / plain["wall_s"],
+                        "secure_lz4_s": lz4["wall_s"],
+                        "secure_cpu_s": secure["cpu_s"],
+                        "secure_lz4_cpu_s": lz4["cpu_s"],
+                        "plaintext_cpu_s": plain["cpu_s"],
+                    }
+                )
                 del ptrs
     return rows
 
@@ -126,6 +157,7 @@ class TrafficCounter:
 
     def __enter__(self):
         for worker in [self.model_owner, *self.owners]:
+
             def send(message, location, _worker=worker, _send=worker._send_msg):
                 handling = getattr(self.threads, "handling", None)
                 sender = handling[-1] if handling else _worker
@@ -142,6 +174,7 @@ class TrafficCounter:
 
             worker._send_msg = send
         for owner in self.owners:
+
             def receive(message, _owner=owner, _receive=owner._recv_msg):
                 handling = self.threads.__dict__.setdefault("handling", [])
                 handling.append(_owner)
@@ -166,7 +199,7 @@ def counted_traffic(hook, owners, fn) -> Dict[str, List[int]]:
     return counter.counts
 
 
-def protocol_comparison(hook, workers=(3, 10), params=(10 ** 4, 10 ** 6), repeats=7, big_repeats=3) -> List[dict]:
+def protocol_comparison(hook, workers=(3, 10), params=(10**4, 10**6), repeats=7, big_repeats=3) -> List[dict]:
     """Additive shares (``secure_sum``) vs pairwise masks (``pairwise_sum``) vs the plaintext floor.
 
     The floor is ``torch.stack(xs).mean(0)`` on local tensors: no syft, no messages. Repeats are
@@ -180,12 +213,14 @@ def protocol_comparison(hook, workers=(3, 10), params=(10 ** 4, 10 ** 6), repeat
             setup = counted_traffic(hook, ws, lambda: session_for(ws))
             for p in params:
                 xs = [torch.randn(p) for _ in ws]
-                ptrs = [x.send(w) for x, w in zip(xs, ws)]
-                variants = {"additive": lambda: secure_sum(ptrs, ws) / n,
-                            "pairwise": lambda: pairwise_sum(ptrs, ws).total / n,
-                            "plaintext": lambda: torch.stack(xs).mean(0)}
-                times = {name: [] for name in variants}
-                for i in range((big_repeats if p >= 10 ** 6 else repeats) + 1):
+                ptrs = [x.send(w) for x, w in zip(xs, ws)]  # type: ignore[attr-defined]  # syft's hook adds Tensor.send
+                variants: Dict[str, Callable[..., Any]] = {
+                    "additive": lambda ptrs=ptrs, n=n: secure_sum(ptrs, ws) / n,
+                    "pairwise": lambda ptrs=ptrs, n=n: pairwise_sum(ptrs, ws).total / n,
+                    "plaintext": lambda xs=xs: torch.stack(xs).mean(0),
+                }
+                times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in variants}
+                for i in range((big_repeats if p >= 10**6 else repeats) + 1):
                     for name, fn in variants.items():
                         w0, c0 = time.perf_counter(), time.process_time()
                         fn()
@@ -195,20 +230,28 @@ def protocol_comparison(hook, workers=(3, 10), params=(10 ** 4, 10 ** 6), repeat
                 cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
                 for name in ("additive", "pairwise"):
                     traffic = counted_traffic(hook, ws, variants[name])
-                    rows.append({
-                        "workers": n, "params": p, "protocol": name, "seconds": wall[name], "cpu_s": cpu[name],
-                        "plaintext_s": wall["plaintext"], "vs_plaintext": wall[name] / wall["plaintext"],
-                        "vs_additive": wall[name] / wall["additive"],
-                        "owner_owner_msgs": traffic["owner->owner"][0], "owner_owner_bytes": traffic["owner->owner"][1],
-                        "model_owner_msgs": traffic["model owner->owner"][0] + traffic["owner->model owner"][0],
-                        "model_owner_bytes": traffic["model owner->owner"][1] + traffic["owner->model owner"][1],
-                        "setup_owner_owner_msgs": setup["owner->owner"][0] if name == "pairwise" else 0,
-                        "setup_owner_owner_bytes": setup["owner->owner"][1] if name == "pairwise" else 0,
-                    })
+                    rows.append(
+                        {
+                            "workers": n,
+                            "params": p,
+                            "protocol": name,
+                            "seconds": wall[name],
+                            "cpu_s": cpu[name],
+                            "plaintext_s": wall["plaintext"],
+                            "vs_plaintext": wall[name] / wall["plaintext"],
+                            "vs_additive": wall[name] / wall["additive"],
+                            "owner_owner_msgs": traffic["owner->owner"][0],
+                            "owner_owner_bytes": traffic["owner->owner"][1],
+                            "model_owner_msgs": traffic["model owner->owner"][0] + traffic["owner->model owner"][0],
+                            "model_owner_bytes": traffic["model owner->owner"][1] + traffic["owner->model owner"][1],
+                            "setup_owner_owner_msgs": setup["owner->owner"][0] if name == "pairwise" else 0,
+                            "setup_owner_owner_bytes": setup["owner->owner"][1] if name == "pairwise" else 0,
+                        }
+                    )
     return rows
 
 
-def network_protocol_cost(hook, params=(10 ** 4, 10 ** 6), repeats=3) -> List[dict]:
+def network_protocol_cost(hook, params=(10**4, 10**6), repeats=3) -> List[dict]:
     """Over websockets, 3 ``fl-smpc worker`` processes on loopback: a toy round (``run_round``: send,
     5 local steps, secure average) and a secure sum of P random values per owner, for each protocol."""
     import tempfile
@@ -219,36 +262,44 @@ def network_protocol_cost(hook, params=(10 ** 4, 10 ** 6), repeats=3) -> List[di
 
     rows = []
     names = ("bob", "alice", "jane")
-    with tempfile.TemporaryDirectory(prefix="fl-smpc-bench-") as tmp:
-        # these random vectors are public to the owners' release policy (not computed from their data), so
-        # a sum holds private values of the 2 peers only: the workers accept sums over 2 owners, of P values
-        worker_args = ("--min-owners", "2", "--max-release", str(max(params)))
-        with local_workers(split_to_csv(tmp, names), timeout=30.0, worker_args=worker_args) as addresses, \
-                network_workers(addresses, hook, timeout=120.0) as clients:
-            remote_data = [find_data(c) for c in clients]
-            torch.manual_seed(0)
-            model = nn.Linear(3, 1)
-            tasks = {}
-            for protocol in ("additive", "pairwise"):
-                config = FLConfig(workers=names, seed=0, aggregation=protocol)
-                tasks[(protocol, "toy round (run_round)", 4)] = (
-                    lambda config=config: run_round(model, clients, remote_data, config))
-            for p in params:
-                # flattened remote parameters, as in the protocol (the owners' release policy refuses syft's
-                # fix_prec of a tensor sent as is: that command carries a worker object)
-                ptrs = [flatten_on_worker(nn.Linear(p, 1, bias=False).send(c)) for c in clients]
-                tasks[("additive", "secure sum", p)] = lambda ptrs=ptrs: secure_sum(ptrs, clients)
-                tasks[("pairwise", "secure sum", p)] = lambda ptrs=ptrs: pairwise_sum(ptrs, clients)
-            times = {key: [] for key in tasks}
-            for i in range(repeats + 1):  # interleaved; run 0 is the warm-up (and the pairwise key agreement)
-                for key, fn in tasks.items():
-                    start = time.perf_counter()
-                    fn()
-                    if i:
-                        times[key].append(time.perf_counter() - start)
+    # these random vectors are public to the owners' release policy (not computed from their data), so
+    # a sum holds private values of the 2 peers only: the workers accept sums over 2 owners, of P values
+    worker_args = ("--min-owners", "2", "--max-release", str(max(params)))
+    with tempfile.TemporaryDirectory(prefix="fl-smpc-bench-") as tmp, local_workers(
+        split_to_csv(tmp, names), timeout=30.0, worker_args=worker_args
+    ) as addresses, network_workers(addresses, hook, timeout=120.0) as clients:
+        remote_data = [find_data(c) for c in clients]
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        tasks: Dict[Tuple[str, str, int], Callable[..., Any]] = {}
+        for protocol in ("additive", "pairwise"):
+            config = FLConfig(workers=names, seed=0, aggregation=protocol)
+            tasks[(protocol, "toy round (run_round)", 4)] = lambda config=config: run_round(
+                model, clients, remote_data, config
+            )
+        for p in params:
+            # flattened remote parameters, as in the protocol (the owners' release policy refuses syft's
+            # fix_prec of a tensor sent as is: that command carries a worker object)
+            ptrs = [flatten_on_worker(nn.Linear(p, 1, bias=False).send(c)) for c in clients]  # type: ignore[operator]  # syft's hook adds Module.send
+            tasks[("additive", "secure sum", p)] = lambda ptrs=ptrs: secure_sum(ptrs, clients)
+            tasks[("pairwise", "secure sum", p)] = lambda ptrs=ptrs: pairwise_sum(ptrs, clients)
+        times: Dict[Tuple[str, str, int], List[float]] = {key: [] for key in tasks}
+        for i in range(repeats + 1):  # interleaved; run 0 is the warm-up (and the pairwise key agreement)
+            for key, fn in tasks.items():
+                start = time.perf_counter()
+                fn()
+                if i:
+                    times[key].append(time.perf_counter() - start)
     for (protocol, what, p), values in times.items():
-        rows.append({"transport": "websocket, 3 worker processes", "what": what, "params": p, "protocol": protocol,
-                     "seconds": statistics.median(values)})
+        rows.append(
+            {
+                "transport": "websocket, 3 worker processes",
+                "what": what,
+                "params": p,
+                "protocol": protocol,
+                "seconds": statistics.median(values),
+            }
+        )
     return rows
 
 
@@ -260,26 +311,37 @@ def mlp_13_32_24_1() -> nn.Module:
 def sharing_layout_cost(hook, repeats=10, n_workers=3) -> List[dict]:
     """One ``share`` per parameter tensor (the seed) vs one per owner (flattened), same remote models."""
     rows = []
-    models = {"MLP 13-32-24-1": mlp_13_32_24_1,
-              f"Linear({SMS_FEATURES},1) SMS-sized": lambda: nn.Linear(SMS_FEATURES, 1)}
+    models = {
+        "MLP 13-32-24-1": mlp_13_32_24_1,
+        f"Linear({SMS_FEATURES},1) SMS-sized": lambda: nn.Linear(SMS_FEATURES, 1),
+    }
     with virtual_workers(bench_names(n_workers), hook) as ws:
         for name, make in models.items():
-            remote = [make().send(w) for w in ws]
-            per_tensor = timed(lambda: secure_average_per_tensor(remote, ws), repeats)
-            flat = timed(lambda: secure_average(remote, ws), repeats)
-            rows.append({"model": name, "tensors": len(list(make().parameters())),
-                         "params": sum(t.numel() for t in make().parameters()), "workers": n_workers,
-                         "per_tensor_s": per_tensor["wall_s"], "flattened_s": flat["wall_s"],
-                         "speedup": per_tensor["wall_s"] / flat["wall_s"], "per_tensor_cpu_s": per_tensor["cpu_s"],
-                         "flattened_cpu_s": flat["cpu_s"], "speedup_cpu": per_tensor["cpu_s"] / flat["cpu_s"]})
+            remote = [make().send(w) for w in ws]  # type: ignore[operator]  # syft's hook adds Module.send
+            per_tensor = timed(lambda remote=remote: secure_average_per_tensor(remote, ws), repeats)
+            flat = timed(lambda remote=remote: secure_average(remote, ws), repeats)
+            rows.append(
+                {
+                    "model": name,
+                    "tensors": len(list(make().parameters())),
+                    "params": sum(t.numel() for t in make().parameters()),
+                    "workers": n_workers,
+                    "per_tensor_s": per_tensor["wall_s"],
+                    "flattened_s": flat["wall_s"],
+                    "speedup": per_tensor["wall_s"] / flat["wall_s"],
+                    "per_tensor_cpu_s": per_tensor["cpu_s"],
+                    "flattened_cpu_s": flat["cpu_s"],
+                    "speedup_cpu": per_tensor["cpu_s"] / flat["cpu_s"],
+                }
+            )
             del remote
     return rows
 
 
-def sms_parts(n_owners: int, max_rows: int = None):
+def sms_parts(n_owners: int, max_rows: Optional[int] = None):
     """The SMS corpus as the SMS runs prepare it: each owner's messages as hashed features and labels."""
-    from fl_smpc.sms.experiment import prepare_data
     from fl_smpc.sms.corpus import featurize, labels_tensor, load_packaged_corpus
+    from fl_smpc.sms.experiment import prepare_data
 
     owners = prepare_data(load_packaged_corpus(), n_owners).owners
     if max_rows is not None:
@@ -309,7 +371,9 @@ def round_cost(hook, repeats=5, max_rows=None, n_workers=3) -> List[dict]:
     sum-of-squares loss at the SMS runs' learning rate for it.
     """
 
-    config = FLConfig(workers=bench_names(n_workers), rounds=1, local_steps=5, lr=SMS_DEFAULTS["lr"]["sse"], seed=0)
+    config = FLConfig(
+        workers=tuple(bench_names(n_workers)), rounds=1, local_steps=5, lr=SMS_DEFAULTS["lr"]["sse"], seed=0
+    )
     parts = sms_parts(n_workers, max_rows)
     torch.manual_seed(0)
     model = nn.Linear(SMS_FEATURES, 1)
@@ -318,7 +382,7 @@ def round_cost(hook, repeats=5, max_rows=None, n_workers=3) -> List[dict]:
         remote_data = send_partitions(parts, ws)
         for i in range(repeats + 1):
             t0 = time.perf_counter()
-            remote = [model.copy().send(w) for w in ws]
+            remote = [model.copy().send(w) for w in ws]  # type: ignore[operator]  # syft's hook adds Module.copy
             for m, (x, y) in zip(remote, remote_data):
                 train_locally(m, x, y, config.lr, config.local_steps)
             t1 = time.perf_counter()
@@ -334,18 +398,30 @@ def round_cost(hook, repeats=5, max_rows=None, n_workers=3) -> List[dict]:
         full = timed(lambda: run_round(model, ws, remote_data, config), repeats)
     fedavg = timed(lambda: pytorch_fedavg_round(model, parts, config), repeats)
     t, s, p = (statistics.median(v) for v in (train, secure, plain))
-    base = dict(model=f"Linear({SMS_FEATURES},1)", workers=n_workers, rows_per_owner=len(parts[0][1]),
-                local_steps=config.local_steps)
+    base = {
+        "model": f"Linear({SMS_FEATURES},1)",
+        "workers": n_workers,
+        "rows_per_owner": len(parts[0][1]),
+        "local_steps": config.local_steps,
+    }
     return [
         {**base, "variant": "send + local training (syft)", "round_s": t, "vs_plaintext": t / (t + p)},
         {**base, "variant": "secure averaging only", "round_s": s, "vs_plaintext": s / (t + p)},
         {**base, "variant": "plaintext averaging only", "round_s": p, "vs_plaintext": p / (t + p)},
         {**base, "variant": "round, secure averaging", "round_s": t + s, "vs_plaintext": (t + s) / (t + p)},
         {**base, "variant": "round, plaintext averaging", "round_s": t + p, "vs_plaintext": 1.0},
-        {**base, "variant": "run_round (secure, end to end)", "round_s": full["wall_s"],
-         "vs_plaintext": full["wall_s"] / (t + p)},
-        {**base, "variant": "pure PyTorch FedAvg (no syft)", "round_s": fedavg["wall_s"],
-         "vs_plaintext": fedavg["wall_s"] / (t + p)},
+        {
+            **base,
+            "variant": "run_round (secure, end to end)",
+            "round_s": full["wall_s"],
+            "vs_plaintext": full["wall_s"] / (t + p),
+        },
+        {
+            **base,
+            "variant": "pure PyTorch FedAvg (no syft)",
+            "round_s": fedavg["wall_s"],
+            "vs_plaintext": fedavg["wall_s"] / (t + p),
+        },
     ]
 
 
@@ -364,10 +440,16 @@ def memory_over_rounds(hook, rounds=500, every=50) -> List[dict]:
 
         def sample(result, history):
             if result.round == 1 or result.round % every == 0:
-                samples.append({"round": result.round, "rss_mb": process.memory_info().rss / 2 ** 20,
-                                "local_objects": len(sy.local_worker._objects),
-                                **{f"objects_{w.id}": len(w._objects) for w in ws},
-                                "syft_ids": len(sy.ID_PROVIDER.generated), "global_loss": result.global_loss})
+                samples.append(
+                    {
+                        "round": result.round,
+                        "rss_mb": process.memory_info().rss / 2**20,
+                        "local_objects": len(sy.local_worker._objects),
+                        **{f"objects_{w.id}": len(w._objects) for w in ws},
+                        "syft_ids": len(sy.ID_PROVIDER.generated),
+                        "global_loss": result.global_loss,
+                    }
+                )
 
         run_rounds(model, ws, remote_data, config, on_round=sample)
     return samples
@@ -383,18 +465,18 @@ PROFILE_GROUPS = [
 ]
 
 
-def profile_secure_sum(hook, n_workers=3, params=10 ** 6, repeats=3, lz4=False) -> List[dict]:
+def profile_secure_sum(hook, n_workers=3, params=10**6, repeats=3, lz4=False) -> List[dict]:
     """Where a secure sum's time goes, by cause (cProfile self time, so the groups add up)."""
     import cProfile
     import pstats
 
     context = syft_default_compression() if lz4 else contextlib.nullcontext()
     with virtual_workers(bench_names(n_workers), hook) as ws, context:
-        ptrs = [torch.randn(params).send(w) for w in ws]
+        ptrs = [torch.randn(params).send(w) for w in ws]  # type: ignore[attr-defined]  # syft's hook adds Tensor.send
         secure_sum(ptrs, ws)  # warm-up
         profiler = cProfile.Profile()
         profiler.runcall(lambda: [secure_sum(ptrs, ws) for _ in range(repeats)])
-    stats = pstats.Stats(profiler).stats
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]  # set by Stats.load_stats, not in typeshed
     rest = "syft/Python overhead (the rest)"
     seconds = {group: 0.0 for group, _ in PROFILE_GROUPS + [(rest, [])]}
     for (path, _line, name), (_cc, _nc, self_time, _cum, _callers) in stats.items():
@@ -402,8 +484,15 @@ def profile_secure_sum(hook, n_workers=3, params=10 ** 6, repeats=3, lz4=False) 
         group = next((g for g, pats in PROFILE_GROUPS if any(p in key for p in pats)), rest)
         seconds[group] += self_time
     total = sum(seconds.values())
-    return [{"messages": "LZ4 (syft default)" if lz4 else "uncompressed", "cause": g, "ms_per_sum": 1000 * t / repeats,
-             "percent": 100 * t / total} for g, t in seconds.items()]
+    return [
+        {
+            "messages": "LZ4 (syft default)" if lz4 else "uncompressed",
+            "cause": g,
+            "ms_per_sum": 1000 * t / repeats,
+            "percent": 100 * t / total,
+        }
+        for g, t in seconds.items()
+    ]
 
 
 def machine() -> dict:
@@ -416,10 +505,17 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "logical_cpus": os.cpu_count(),
-            "ram_gb": round(psutil.virtual_memory().total / 2 ** 30, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "syft": sy.version.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,  # type: ignore[attr-defined]  # not in torch 1.4's stubs
+        "syft": sy.version.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def run_benchmark(quick: bool = False) -> dict:
@@ -427,13 +523,15 @@ def run_benchmark(quick: bool = False) -> dict:
     s = QUICK if quick else DEFAULTS
     hook = create_hook()
     started = time.perf_counter()
-    results = {"machine": machine(), "quick": quick}
+    results: Dict[str, Any] = {"machine": machine(), "quick": quick}
     # memory first: the later sections' large buffers would otherwise dominate the RSS figures
     results["memory"] = memory_over_rounds(hook, s["memory_rounds"], s["memory_every"])
-    results["secure_aggregation"] = secure_aggregation_cost(hook, s["workers"], s["params"], s["repeats"],
-                                                            s["big_repeats"])
-    results["protocols"] = protocol_comparison(hook, s["protocol_workers"], s["protocol_params"],
-                                               s["protocol_repeats"], s["big_repeats"])
+    results["secure_aggregation"] = secure_aggregation_cost(
+        hook, s["workers"], s["params"], s["repeats"], s["big_repeats"]
+    )
+    results["protocols"] = protocol_comparison(
+        hook, s["protocol_workers"], s["protocol_params"], s["protocol_repeats"], s["big_repeats"]
+    )
     results["protocols_network"] = network_protocol_cost(hook, s["network_params"], s["network_repeats"])
     results["sharing_layout"] = sharing_layout_cost(hook, s["layout_repeats"])
     results["round_cost"] = round_cost(hook, s["round_repeats"], s["round_rows"])
@@ -477,22 +575,42 @@ def summary(results: dict) -> dict:
 
 
 TABLES = {
-    "secure_aggregation": ("Secure aggregation cost (seconds, median; secure_lz4 = with syft's default LZ4, i.e. before)",
-                           ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_lz4_s", "secure_cpu_s",
-                            "secure_lz4_cpu_s"]),
-    "protocols": ("Additive shares vs pairwise masks, one secure sum in process (seconds, median of interleaved "
-                  "repeats; plaintext = torch.stack(xs).mean(0); msgs = requests, bytes = requests + replies, "
-                  "per round; setup = pairwise key agreement, once per run)",
-                  ["workers", "params", "protocol", "seconds", "plaintext_s", "vs_plaintext", "vs_additive",
-                   "owner_owner_msgs", "owner_owner_bytes", "model_owner_msgs", "model_owner_bytes",
-                   "setup_owner_owner_msgs", "setup_owner_owner_bytes"]),
-    "protocols_network": ("Additive shares vs pairwise masks over websockets (seconds, median)",
-                          ["transport", "what", "params", "protocol", "seconds"]),
-    "sharing_layout": ("Per-tensor vs flattened sharing (seconds per secure average, median)",
-                       ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup",
-                        "speedup_cpu"]),
-    "round_cost": ("Round cost, SMS model (seconds, median; vs_plaintext = / plaintext round)",
-                   ["variant", "round_s", "vs_plaintext"]),
+    "secure_aggregation": (
+        "Secure aggregation cost (seconds, median; secure_lz4 = with syft's default LZ4, i.e. before)",
+        ["workers", "params", "secure_s", "plaintext_s", "ratio", "secure_lz4_s", "secure_cpu_s", "secure_lz4_cpu_s"],
+    ),
+    "protocols": (
+        "Additive shares vs pairwise masks, one secure sum in process (seconds, median of interleaved "
+        "repeats; plaintext = torch.stack(xs).mean(0); msgs = requests, bytes = requests + replies, "
+        "per round; setup = pairwise key agreement, once per run)",
+        [
+            "workers",
+            "params",
+            "protocol",
+            "seconds",
+            "plaintext_s",
+            "vs_plaintext",
+            "vs_additive",
+            "owner_owner_msgs",
+            "owner_owner_bytes",
+            "model_owner_msgs",
+            "model_owner_bytes",
+            "setup_owner_owner_msgs",
+            "setup_owner_owner_bytes",
+        ],
+    ),
+    "protocols_network": (
+        "Additive shares vs pairwise masks over websockets (seconds, median)",
+        ["transport", "what", "params", "protocol", "seconds"],
+    ),
+    "sharing_layout": (
+        "Per-tensor vs flattened sharing (seconds per secure average, median)",
+        ["model", "tensors", "params", "workers", "per_tensor_s", "flattened_s", "speedup", "speedup_cpu"],
+    ),
+    "round_cost": (
+        "Round cost, SMS model (seconds, median; vs_plaintext = / plaintext round)",
+        ["variant", "round_s", "vs_plaintext"],
+    ),
     "memory": ("Memory over the toy run", None),
 }
 
@@ -503,7 +621,7 @@ def format_cell(value) -> str:
     return str(value)
 
 
-def format_table(rows: List[dict], columns: List[str] = None) -> str:
+def format_table(rows: List[dict], columns: Optional[List[str]] = None) -> str:
     """A plain aligned text table (also valid Markdown)."""
     columns = columns or list(rows[0])
     cells = [columns] + [[format_cell(r[c]) for c in columns] for r in rows]
@@ -515,9 +633,11 @@ def format_table(rows: List[dict], columns: List[str] = None) -> str:
 
 def format_results(results: dict) -> str:
     m = results["machine"]
-    parts = [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['ram_gb']} GB RAM, {m['platform']}; "
-             f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), syft {m['syft']}; "
-             f"load average {m['load_average']} at start, {m['load_average_end']} at end"]
+    parts = [
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['ram_gb']} GB RAM, {m['platform']}; "
+        f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), syft {m['syft']}; "
+        f"load average {m['load_average']} at start, {m['load_average_end']} at end"
+    ]
     for key, (title, columns) in TABLES.items():
         parts.append(f"{title}\n{format_table(results[key], columns)}")
     key_rows = [{"figure": k, "value": v} for k, v in results["summary"].items()]
@@ -543,16 +663,27 @@ def write_results(results: dict, out: Path) -> List[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and few repeats: checks that the benchmark runs "
-                             "(default: off; the full run takes ~2 min on 2 cores)")
-    parser.add_argument("--out", type=Path, default=Path("results/bench"),
-                        help="directory for bench.json and the CSV files (default: results/bench)")
-    parser.add_argument("--profile", action="store_true",
-                        help="instead of the benchmark, profile one secure sum (3 owners, 10**6 parameters) with "
-                             "and without LZ4 and print where the time goes (default: off)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice, one per core)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and few repeats: checks that the benchmark runs "
+        "(default: off; the full run takes ~2 min on 2 cores)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/bench"),
+        help="directory for bench.json and the CSV files (default: results/bench)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the benchmark, profile one secure sum (3 owners, 10**6 parameters) with "
+        "and without LZ4 and print where the time goes (default: off)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice, one per core)"
+    )
     return parser
 
 

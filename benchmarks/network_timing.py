@@ -12,6 +12,7 @@ hits both; the TLS/plain ratio is also given per pair. Wall-clock timings are no
 machine, so each websocket run also reports its CPU seconds (model owner + the 3 workers), which
 other jobs on the machine disturb much less.
 """
+
 import argparse
 import os
 import signal
@@ -19,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Dict, List
 
 import psutil
 
@@ -82,7 +84,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="runs per transport (default: %(default)s)")
     args = p.parse_args(argv)
     config = FLConfig(seed=0)
-    rows = {"in-process (VirtualWorker)": []}
+    rows: Dict[str, List[float]] = {"in-process (VirtualWorker)": []}
     for mode in MODES:
         rows[f"websocket run, {mode}"], rows[f"websocket run CPU s, {mode}"] = [], []
         rows[f"worker start-up, {mode}"], rows[f"one request round trip (ms), {mode}"] = [], []
@@ -98,10 +100,14 @@ def main(argv=None):
             order = MODES if i % 2 == 0 else MODES[::-1]
             for mode in order:
                 time_mode(rows, config, paths, certs if mode == MODES[1] else None, mode, kill=mode == MODES[1])
-    ratios = {what: [t / p for t, p in zip(rows[f"{what}, {MODES[1]}"], rows[f"{what}, {MODES[0]}"])]
-              for what in ("websocket run", "websocket run CPU s", "one request round trip (ms)")}
-    print(f"5 rounds, 3 owners, toy data, {args.repeat} repeats; python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs (shared)")
+    ratios = {
+        what: [t / p for t, p in zip(rows[f"{what}, {MODES[1]}"], rows[f"{what}, {MODES[0]}"])]
+        for what in ("websocket run", "websocket run CPU s", "one request round trip (ms)")
+    }
+    print(
+        f"5 rounds, 3 owners, toy data, {args.repeat} repeats; python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs (shared)"
+    )
     print(f"{'what':52} {'min':>7} {'median':>9}")
     for name, values in rows.items():
         print(f"{name:52} {min(values):7.2f} {statistics.median(values):9.2f}")

@@ -10,10 +10,12 @@ from other processes hits them alike:
 * secure_sum over VirtualWorkers (3 and 10 owners, 10**6 parameters each) with our masks or syft's,
   and with the round-to-nearest step (rounded_for_encoding) or without it (syft's truncation).
 """
+
 import argparse
 import os
 import statistics
 import time
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -38,16 +40,20 @@ def local_steps(n: int):
         return torch.from_numpy(np.frombuffer(bytearray(os.urandom(8 * n)), np.int64))
 
     def torch_random():
-        return torch.LongTensor(n).random_(-(2 ** 63), 2 ** 63 - 1)
+        return torch.LongTensor(n).random_(-(2**63), 2**63 - 1)  # type: ignore[call-arg]  # torch 1.4's stubs
 
     ring = AdditiveSharingTensor()
-    secret = torch.randint(-10 ** 6, 10 ** 6, (n,))
+    secret = torch.randint(-(10**6), 10**6, (n,))
     values = torch.randn(n)
-    return {"masks: AES-256-CTR (ours)": aes_ctr, "masks: os.urandom": os_urandom,
-            "masks: torch random_ (syft's)": torch_random,
-            "generate_shares x3 (ours)": lambda: share_masks.generate_shares(ring, secret, 3, torch.int64),
-            "generate_shares x3 (syft's)": lambda: share_masks.SYFT_GENERATE_SHARES(ring, secret, 3, torch.int64),
-            "rounded_for_encoding": lambda: secure_aggregation.rounded_for_encoding(values, 3)}
+    return {
+        "masks: AES-256-CTR (ours)": aes_ctr,
+        "masks: os.urandom": os_urandom,
+        "masks: torch random_ (syft's)": torch_random,
+        "generate_shares x3 (ours)": lambda: share_masks.generate_shares(ring, secret, 3, torch.int64),
+        # set when fl_smpc installs its generate_shares, before any timing
+        "generate_shares x3 (syft's)": lambda: share_masks.SYFT_GENERATE_SHARES(ring, secret, 3, torch.int64),  # type: ignore[misc]
+        "rounded_for_encoding": lambda: secure_aggregation.rounded_for_encoding(values, 3),
+    }
 
 
 def secure_sum_variants(workers, params: int):
@@ -57,7 +63,7 @@ def secure_sum_variants(workers, params: int):
 
     def variant(generate, encode):
         def run():
-            pointers = [v.send(w) for v, w in zip(values, workers)]
+            pointers = [v.send(w) for v, w in zip(values, workers)]  # type: ignore[attr-defined]  # syft's hook
             AdditiveSharingTensor.generate_shares, secure_aggregation.rounded_for_encoding = generate, encode
             try:
                 start = time.perf_counter()
@@ -65,11 +71,16 @@ def secure_sum_variants(workers, params: int):
                 return 1000 * (time.perf_counter() - start)
             finally:
                 AdditiveSharingTensor.generate_shares, secure_aggregation.rounded_for_encoding = ours, rounded
+
         return run
 
     truncated = lambda ptr, precision_fractional: ptr  # noqa: E731 -- syft's own encoding
-    return {"our masks, rounded": variant(ours, rounded), "syft masks, rounded": variant(syfts, rounded),
-            "our masks, truncated": variant(ours, truncated), "syft masks, truncated": variant(syfts, truncated)}
+    return {
+        "our masks, rounded": variant(ours, rounded),
+        "syft masks, rounded": variant(syfts, rounded),
+        "our masks, truncated": variant(ours, truncated),
+        "syft masks, truncated": variant(syfts, truncated),
+    }
 
 
 def report(title: str, rows) -> None:
@@ -81,13 +92,13 @@ def report(title: str, rows) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=7, help="interleaved repeats (default: %(default)s)")
-    p.add_argument("--params", type=int, default=10 ** 6, help="values per owner (default: %(default)s)")
+    p.add_argument("--params", type=int, default=10**6, help="values per owner (default: %(default)s)")
     p.add_argument("--owners", type=int, nargs="*", default=[3, 10], help="owner counts (default: 3 10)")
     args = p.parse_args(argv)
     hook = create_hook()
 
     generators = local_steps(args.params)
-    rows = {name: [] for name in generators}
+    rows: Dict[str, List[float]] = {name: [] for name in generators}
     for _ in range(max(args.repeat, 15)):
         for name, fn in generators.items():
             rows[name].append(timed_ms(fn))

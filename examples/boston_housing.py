@@ -8,6 +8,7 @@ The same run in plain PyTorch (``fl_smpc.reference.plaintext_fedavg``) is printe
 
     python examples/boston_housing.py --epochs 10 --seed 0
 """
+
 import argparse
 import copy
 import math
@@ -47,7 +48,7 @@ def load_data(seed: int) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch
     boston = load_boston()
     x = torch.tensor(boston.data, dtype=torch.float32)
     y = torch.tensor(boston.target, dtype=torch.float32).view(-1, 1)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))  # type: ignore[attr-defined]  # torch 1.4's stubs
     x, y = x[order], y[order]
     n_test = round(len(x) * TEST_FRACTION)
     x_train, y_train, x_test, y_test = x[n_test:], y[n_test:], x[:n_test], y[:n_test]
@@ -63,15 +64,26 @@ def part10_config(epochs: int, seed: int, rows_per_owner: List[int], precision: 
     other's model from the average.
     """
     batches_per_epoch = max(math.ceil(rows / BATCH_SIZE) for rows in rows_per_owner)
-    return FLConfig(workers=OWNERS, rounds=epochs * batches_per_epoch, local_steps=1, lr=LR, batch_size=BATCH_SIZE,
-                    loss_reduction="mean", precision_fractional=precision, seed=seed, min_owners=2)
+    return FLConfig(
+        workers=OWNERS,
+        rounds=epochs * batches_per_epoch,
+        local_steps=1,
+        lr=LR,
+        batch_size=BATCH_SIZE,
+        loss_reduction="mean",
+        precision_fractional=precision,
+        seed=seed,
+        min_owners=2,
+    )
 
 
 def test_mse(x: torch.Tensor, y: torch.Tensor):
     """``evaluate(model)``: mean squared error on rows the model owner holds (the held-out test set)."""
+
     def evaluate(model: nn.Module) -> Dict[str, float]:
         with torch.no_grad():
-            return {"test_mse": F.mse_loss(model(x), y).item()}
+            mse = F.mse_loss(model(x), y)
+        return {"test_mse": mse.item()}
 
     return evaluate
 
@@ -90,57 +102,91 @@ def run(epochs: int = 10, seed: int = 0, precision: int = PRECISION) -> dict:
     torch.manual_seed(seed)
     model = Net()
     plain_model = copy.deepcopy(model)
-    plain_start = {"test_mse": evaluate(plain_model)["test_mse"],
-                   "train_mse": test_mse(x_train, y_train)(plain_model)["test_mse"]}
+    plain_start = {
+        "test_mse": evaluate(plain_model)["test_mse"],
+        "train_mse": test_mse(x_train, y_train)(plain_model)["test_mse"],
+    }
 
     started = time.perf_counter()
     history = train_federated(config, x_train, y_train, model=model, loss_fn=F.mse_loss, evaluate=evaluate)
     secure_s = time.perf_counter() - started
     started = time.perf_counter()
-    plain = plaintext_fedavg(plain_model, parts, config.rounds, config.lr, config.local_steps, F.mse_loss,
-                             config.batch_size, evaluate)
+    plain = plaintext_fedavg(
+        plain_model, parts, config.rounds, config.lr, config.local_steps, F.mse_loss, config.batch_size, evaluate
+    )
     plain_s = time.perf_counter() - started
 
     per_epoch = config.rounds // epochs
-    rows = [{"epoch": 0, "secure_test_mse": history.initial_metrics["test_mse"],
-             "plain_test_mse": plain_start["test_mse"], "secure_train_mse": history.initial_loss,
-             "plain_train_mse": plain_start["train_mse"]}]
+    rows = [
+        {
+            "epoch": 0,
+            "secure_test_mse": history.initial_metrics["test_mse"],
+            "plain_test_mse": plain_start["test_mse"],
+            "secure_train_mse": history.initial_loss,
+            "plain_train_mse": plain_start["train_mse"],
+        }
+    ]
     for epoch in range(1, epochs + 1):
         secure, reference = history.rounds[epoch * per_epoch - 1], plain[epoch * per_epoch - 1]
-        rows.append({"epoch": epoch, "secure_test_mse": secure.metrics["test_mse"],
-                     "plain_test_mse": reference.metrics["test_mse"], "secure_train_mse": secure.global_loss,
-                     "plain_train_mse": reference.global_loss})
+        rows.append(
+            {
+                "epoch": epoch,
+                "secure_test_mse": secure.metrics["test_mse"],
+                "plain_test_mse": reference.metrics["test_mse"],
+                "secure_train_mse": secure.global_loss,
+                "plain_train_mse": reference.global_loss,
+            }
+        )
     difference = (flat_parameters(history.rounds[-1].model) - plain[-1].params).abs().max().item()
-    return {"config": config, "rows": rows, "secure_s": secure_s, "plain_s": plain_s, "history": history,
-            "plain": plain, "max_param_diff": difference, "owners_rows": [len(x) for x, _ in parts],
-            "test_rows": len(x_test)}
+    return {
+        "config": config,
+        "rows": rows,
+        "secure_s": secure_s,
+        "plain_s": plain_s,
+        "history": history,
+        "plain": plain,
+        "max_param_diff": difference,
+        "owners_rows": [len(x) for x, _ in parts],
+        "test_rows": len(x_test),
+    }
 
 
 def format_table(result: dict) -> str:
     config = result["config"]
-    lines = [f"Part 10 on Boston housing: owners {', '.join(config.workers)} with {result['owners_rows']} rows, "
-             f"{result['test_rows']} test rows; batch {config.batch_size}, lr {config.lr}, "
-             f"{config.rounds} rounds (one per batch), precision {config.precision_fractional}, seed {config.seed}",
-             "", "| epoch | test MSE secure | test MSE plaintext | train MSE secure | train MSE plaintext |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Part 10 on Boston housing: owners {', '.join(config.workers)} with {result['owners_rows']} rows, "
+        f"{result['test_rows']} test rows; batch {config.batch_size}, lr {config.lr}, "
+        f"{config.rounds} rounds (one per batch), precision {config.precision_fractional}, seed {config.seed}",
+        "",
+        "| epoch | test MSE secure | test MSE plaintext | train MSE secure | train MSE plaintext |",
+        "|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
-        lines.append(f"| {row['epoch']} | {row['secure_test_mse']:.3f} | {row['plain_test_mse']:.3f} "
-                     f"| {row['secure_train_mse']:.3f} | {row['plain_train_mse']:.3f} |")
-    quantum = 10.0 ** -config.precision_fractional
-    lines += ["", f"largest parameter difference after the last round: {result['max_param_diff']:.2e} "
-                  f"({result['max_param_diff'] / quantum:.1f} quanta)",
-              f"time: secure {result['secure_s']:.1f} s (syft hook, workers, {config.rounds} rounds), "
-              f"plaintext {result['plain_s']:.2f} s"]
+        lines.append(
+            f"| {row['epoch']} | {row['secure_test_mse']:.3f} | {row['plain_test_mse']:.3f} "
+            f"| {row['secure_train_mse']:.3f} | {row['plain_train_mse']:.3f} |"
+        )
+    quantum = 10.0**-config.precision_fractional
+    lines += [
+        "",
+        f"largest parameter difference after the last round: {result['max_param_diff']:.2e} "
+        f"({result['max_param_diff'] / quantum:.1f} quanta)",
+        f"time: secure {result['secure_s']:.1f} s (syft hook, workers, {config.rounds} rounds), "
+        f"plaintext {result['plain_s']:.2f} s",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10,
-                        help="passes over each owner's data (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=10, help="passes over each owner's data (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and the model (default: %(default)s)")
-    parser.add_argument("--precision", type=int, default=PRECISION,
-                        help="fixed-precision fractional digits of the shares (default: %(default)s, as in Part 10)")
+    parser.add_argument(
+        "--precision",
+        type=int,
+        default=PRECISION,
+        help="fixed-precision fractional digits of the shares (default: %(default)s, as in Part 10)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs: must be a positive integer, got {args.epochs}")

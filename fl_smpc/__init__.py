@@ -14,25 +14,45 @@ __version__ = "0.1.0"
 # name -> module: loaded on first attribute access (PEP 562), so `import fl_smpc` stays light.
 _LAZY = {
     # the five tutorial steps
-    "create_hook": "workers", "virtual_workers": "workers",
-    "toy_dataset": "data", "split_dataset": "data", "send_partitions": "data", "check_dataset": "data",
-    "train_locally": "training", "sum_squared_error": "training", "check_model": "training",
-    "secure_average": "secure_aggregation", "secure_sum": "secure_aggregation",
-    "pairwise_average": "pairwise", "pairwise_sum": "pairwise",
-    "train_federated": "federated", "run_rounds": "federated", "run_round": "federated",
-    "History": "federated", "RoundResult": "federated", "global_loss": "federated",
+    "create_hook": "workers",
+    "virtual_workers": "workers",
+    "toy_dataset": "data",
+    "split_dataset": "data",
+    "send_partitions": "data",
+    "check_dataset": "data",
+    "train_locally": "training",
+    "sum_squared_error": "training",
+    "check_model": "training",
+    "secure_average": "secure_aggregation",
+    "secure_sum": "secure_aggregation",
+    "pairwise_average": "pairwise",
+    "pairwise_sum": "pairwise",
+    "train_federated": "federated",
+    "run_rounds": "federated",
+    "run_round": "federated",
+    "History": "federated",
+    "RoundResult": "federated",
+    "global_loss": "federated",
     # the plain-PyTorch FedAvg reference, to check your own runs
     "plaintext_fedavg": "reference",
     # one run from a RunSpec, its outputs
-    "run": "run", "RunResult": "run",
-    "load_checkpoint": "history_io", "save_checkpoint": "history_io", "write_history_csv": "history_io",
+    "run": "run",
+    "RunResult": "run",
+    "load_checkpoint": "history_io",
+    "save_checkpoint": "history_io",
+    "write_history_csv": "history_io",
     "format_history": "history_io",
     # syft's share masks from a cryptographic generator (create_hook installs it)
     "install_csprng_shares": "share_masks",
-    "plot_history": "plots", "save_plot": "plots",
+    "plot_history": "plots",
+    "save_plot": "plots",
     # errors
-    "RoundFailed": "errors", "AggregationError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
-    "DataError": "errors", "WorkerUnreachable": "errors",
+    "RoundFailed": "errors",
+    "AggregationError": "errors",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "WorkerUnreachable": "errors",
 }
 
 __all__ = ["FLConfig", "RunSpec", "FlSmpcError", *_LAZY]

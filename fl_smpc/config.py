@@ -10,7 +10,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .errors import ConfigError, TLSConfigError
 
@@ -39,7 +39,7 @@ SMS_SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in e
 # FLConfig's defaults are the toy tutorial's; these apply to SMS runs where a flag is not given.
 # bce: a mean over L2-normalised hashed rows has small gradients, hence the large step.
 # sse: a *sum* over ~1,200 rows per owner diverges unless lr < 1 / rows.
-SMS_DEFAULTS = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
+SMS_DEFAULTS: Dict[str, Any] = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
 LOSSES = ("sse", "bce")
 DATASETS = ("toy", "sms")
 
@@ -54,8 +54,10 @@ WORKER_HOST, WORKER_PORT = "127.0.0.1", 8777
 # --- mutual TLS (network mode) ---
 MODEL_PARTY = "model"  # the model owner's party id: its certificate is model.pem in the --certs directory
 CERT_DAYS = 365  # validity of the certificates `fl-smpc certs` makes
-SECURITY_CHOICE = ("give --certs DIR (mutual TLS: DIR holds ca.pem and each party's NAME.pem and NAME.key; "
-                   "`fl-smpc certs` makes them) or --insecure (plain ws://, loopback addresses only)")
+SECURITY_CHOICE = (
+    "give --certs DIR (mutual TLS: DIR holds ca.pem and each party's NAME.pem and NAME.key; "
+    "`fl-smpc certs` makes them) or --insecure (plain ws://, loopback addresses only)"
+)
 
 Address = Tuple[str, int]
 
@@ -67,8 +69,9 @@ def check_names(names) -> Tuple[str, ...]:
         raise ConfigError(f"workers: secure averaging needs at least 2 workers, got {len(names)}: {list(names)}")
     bad = [n for n in names if not isinstance(n, str) or not NAME_PATTERN.fullmatch(n)]
     if bad:
-        raise ConfigError(f"workers: names must be 1-64 letters, digits, '_' or '-' (no spaces, dots or path "
-                          f"separators), got {bad}")
+        raise ConfigError(
+            f"workers: names must be 1-64 letters, digits, '_' or '-' (no spaces, dots or path separators), got {bad}"
+        )
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"workers: duplicate worker names {duplicates}; each data owner needs its own id")
@@ -144,27 +147,35 @@ class FLConfig:
             raise ConfigError(f"precision_fractional: must be an integer from 0 to {MAX_PRECISION}, got {p!r}")
         s = self.seed
         if s is not None and (not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED):
-            raise ConfigError(f"seed: must be an integer from 0 to {MAX_SEED} (torch keeps 32 bits of a seed) "
-                              f"or None, got {s!r}")
+            raise ConfigError(
+                f"seed: must be an integer from 0 to {MAX_SEED} (torch keeps 32 bits of a seed) or None, got {s!r}"
+            )
         b = self.batch_size
         if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
             raise ConfigError(f"batch_size: must be a positive integer or None (whole partition), got {b!r}")
         if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ConfigError(f"loss_reduction: must be one of {', '.join(LOSS_REDUCTIONS)}, "
-                              f"got {self.loss_reduction!r}")
+            raise ConfigError(
+                f"loss_reduction: must be one of {', '.join(LOSS_REDUCTIONS)}, got {self.loss_reduction!r}"
+            )
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting: must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         m, n, k = self.min_owners, len(self.workers), self.owners_per_round
         if not isinstance(m, int) or isinstance(m, bool) or m < 2:
             raise ConfigError(f"min_owners: must be an integer of at least 2, got {m!r}")
         if n < m:
-            why = (" With two owners each learns the other's model from the average; --min-owners 2 "
-                   "(min_owners=2) accepts that knowingly." if n == 2 else "")
-            raise ConfigError(f"workers: {n} owners, but min_owners is {m}: no sum over fewer than {m} owners is "
-                              f"revealed.{why}")
+            why = (
+                " With two owners each learns the other's model from the average; --min-owners 2 "
+                "(min_owners=2) accepts that knowingly."
+                if n == 2
+                else ""
+            )
+            raise ConfigError(
+                f"workers: {n} owners, but min_owners is {m}: no sum over fewer than {m} owners is revealed.{why}"
+            )
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not m <= k <= n):
-            raise ConfigError(f"owners_per_round: must be an integer from min_owners ({m}) to the number of "
-                              f"owners ({n}), got {k!r}")
+            raise ConfigError(
+                f"owners_per_round: must be an integer from min_owners ({m}) to the number of owners ({n}), got {k!r}"
+            )
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
 
@@ -181,8 +192,10 @@ def parse_addresses(text: str) -> Dict[str, Address]:
         name, sep, hostport = (s.strip() for s in item.partition("="))
         host, colon, port = hostport.rpartition(":")
         if not (sep and colon and name and host and port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f"bad worker address {item!r}: expected NAME=HOST:PORT with a port from 1 to 65535, "
-                              "e.g. bob=127.0.0.1:8777")
+            raise ConfigError(
+                f"bad worker address {item!r}: expected NAME=HOST:PORT with a port from 1 to 65535, "
+                "e.g. bob=127.0.0.1:8777"
+            )
         if name in addresses:
             raise ConfigError(f"worker {name!r} is given twice")
         if not NAME_PATTERN.fullmatch(name):
@@ -212,8 +225,10 @@ def check_plaintext_hosts(hosts: Dict[str, Sequence[str]]) -> None:
     remote = {what: values for what, values in remote.items() if values}
     if remote:
         where = "; ".join(f"{what} {', '.join(values)}" for what, values in remote.items())
-        raise TLSConfigError(f"--insecure (plain ws://: no authentication, no encryption) is allowed on loopback "
-                             f"addresses only, not {where}: use --certs DIR (mutual TLS; `fl-smpc certs` makes one)")
+        raise TLSConfigError(
+            f"--insecure (plain ws://: no authentication, no encryption) is allowed on loopback "
+            f"addresses only, not {where}: use --certs DIR (mutual TLS; `fl-smpc certs` makes one)"
+        )
 
 
 def check_port(port, allow_zero: bool = True) -> int:
@@ -255,29 +270,38 @@ class RunSpec:
     model_party: str = MODEL_PARTY
 
     def __post_init__(self):
-        for name, value, allowed in (("dataset", self.dataset, DATASETS), ("loss", self.loss, LOSSES),
-                                     ("transport", self.transport, TRANSPORTS),
-                                     ("partition", self.partition, SMS_PARTITIONS)):
+        for name, value, allowed in (
+            ("dataset", self.dataset, DATASETS),
+            ("loss", self.loss, LOSSES),
+            ("transport", self.transport, TRANSPORTS),
+            ("partition", self.partition, SMS_PARTITIONS),
+        ):
             if value not in allowed:
                 raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
         _positive_int("features", self.features)
         check_positive_float("timeout", self.timeout, maximum=24 * 3600.0)
         sms = self.dataset == "sms"
-        if not sms and (self.data_file or self.features != SMS_FEATURES or self.partition != "iid"
-                        or self.loss == "bce"):
+        if not sms and (
+            self.data_file or self.features != SMS_FEATURES or self.partition != "iid" or self.loss == "bce"
+        ):
             raise ConfigError("--data-file, --features, --partition and --loss bce need --dataset sms")
         if sms and (self.transport != "virtual" or self.checkpoint or self.resume):
-            raise ConfigError("--dataset sms runs in-process: it cannot be combined with --transport websocket, "
-                              "--checkpoint or --resume")
+            raise ConfigError(
+                "--dataset sms runs in-process: it cannot be combined with --transport websocket, "
+                "--checkpoint or --resume"
+            )
         if self.dataset == "toy" and len(self.config.workers) > TOY_ROWS:
-            raise ConfigError(f"workers: the toy data has {TOY_ROWS} rows, so at most {TOY_ROWS} workers "
-                              f"(one row each), got {len(self.config.workers)}")
+            raise ConfigError(
+                f"workers: the toy data has {TOY_ROWS} rows, so at most {TOY_ROWS} workers "
+                f"(one row each), got {len(self.config.workers)}"
+            )
         if self.transport == "websocket":
             if not self.addresses:
                 raise ConfigError("the websocket transport needs the workers' addresses (NAME=HOST:PORT)")
             if tuple(self.addresses) != self.config.workers:
-                raise ConfigError(f"addresses are given for {list(self.addresses)} but the config names "
-                                  f"{list(self.config.workers)}")
+                raise ConfigError(
+                    f"addresses are given for {list(self.addresses)} but the config names {list(self.config.workers)}"
+                )
             self._check_security()
         elif self.addresses:
             raise ConfigError("worker addresses (NAME=HOST:PORT) need the websocket transport")
@@ -291,9 +315,12 @@ class RunSpec:
         if self.certs is None and not self.insecure:
             raise TLSConfigError("the websocket transport needs a security choice: " + SECURITY_CHOICE)
         if self.insecure:
+            assert self.addresses is not None  # __post_init__ calls this for the websocket transport only
             check_plaintext_hosts({"--workers": [host for host, _ in self.addresses.values()]})
         else:
             check_party(self.model_party)
             if self.model_party in self.config.workers:
-                raise TLSConfigError(f"workers: {self.model_party!r} is the model owner's party id "
-                                     "(--model-party); a data owner needs another id")
+                raise TLSConfigError(
+                    f"workers: {self.model_party!r} is the model owner's party id "
+                    "(--model-party); a data owner needs another id"
+                )

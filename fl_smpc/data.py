@@ -3,6 +3,7 @@
 Sending is "only for demonstration" (the seed's words): in a real deployment each owner already
 holds its rows. Here the model owner builds the dataset and keeps only pointers to the parts.
 """
+
 from typing import List, Sequence, Tuple
 
 import torch
@@ -23,8 +24,9 @@ def check_dataset(data: torch.Tensor, target: torch.Tensor, binary_labels: bool 
     rows along its first dimension and target is (rows,) or (rows, k, ...) of any finite values.
     """
     if not isinstance(data, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise ValueError(f"data and target must be torch tensors, got {type(data).__name__} "
-                         f"and {type(target).__name__}")
+        raise ValueError(
+            f"data and target must be torch tensors, got {type(data).__name__} and {type(target).__name__}"
+        )
     shape = tuple(data.shape)
     if binary_labels and (data.dim() != 2 or 0 in shape):
         raise ValueError(f"data: expected a non-empty 2-D tensor (rows, features), got shape {shape}")
@@ -34,8 +36,10 @@ def check_dataset(data: torch.Tensor, target: torch.Tensor, binary_labels: bool 
     if binary_labels and tuple(target.shape) != (rows, 1):
         raise ValueError(f"target: expected shape ({rows}, 1) to match {rows} data rows, got {tuple(target.shape)}")
     if target.dim() == 0 or target.shape[0] != rows or 0 in target.shape:
-        raise ValueError(f"target: expected {rows} rows, shape ({rows},) or ({rows}, k), to match the data, "
-                         f"got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"target: expected {rows} rows, shape ({rows},) or ({rows}, k), to match the data, "
+            f"got shape {tuple(target.shape)}"
+        )
     if not torch.isfinite(data).all():
         raise ValueError("data: contains NaN or Inf")
     if not torch.isfinite(target).all():
@@ -53,8 +57,9 @@ def near_even_sizes(total: int, n_parts: int) -> List[int]:
     return [base + (i < extra) for i in range(n_parts)]
 
 
-def split_dataset(data: torch.Tensor, target: torch.Tensor, n_parts: int,
-                  binary_labels: bool = True) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def split_dataset(
+    data: torch.Tensor, target: torch.Tensor, n_parts: int, binary_labels: bool = True
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Contiguous, near-even split into ``n_parts`` (earlier parts get the extra rows).
 
     For the toy data and 3 owners this is the seed's split: rows 0-1 bob, 2-3 alice, 4-5 jane.
@@ -73,4 +78,4 @@ def send_partitions(parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], workers:
     """Send part i to worker i; return the model owner's (data_ptr, target_ptr) pairs."""
     if len(parts) != len(workers):
         raise ValueError(f"{len(parts)} data parts for {len(workers)} workers")
-    return [(x.send(w), y.send(w)) for (x, y), w in zip(parts, workers)]
+    return [(x.send(w), y.send(w)) for (x, y), w in zip(parts, workers)]  # type: ignore[attr-defined]  # syft hook

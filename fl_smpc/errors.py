@@ -3,6 +3,7 @@
 Each subclass also derives from the built-in error it refines (``ValueError``, ``ConnectionError``...),
 so code written against those keeps working.
 """
+
 from typing import Optional
 
 

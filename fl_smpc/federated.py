@@ -2,17 +2,19 @@
 
 Returns a :class:`History`; printing is left to the CLI.
 """
+
+import contextlib
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn.utils import vector_to_parameters
 
 from .config import LOSS_REDUCTIONS, FLConfig
-from .errors import AggregationError, ConfigError, FlSmpcError, OwnerFailed, RoundFailed
 from .data import send_partitions, split_dataset, toy_dataset
+from .errors import AggregationError, ConfigError, FlSmpcError, OwnerFailed, RoundFailed
 from .pairwise import pairwise_average
 from .secure_aggregation import secure_average
 from .training import check_model, remote_loss, sum_squared_error, train_locally
@@ -48,7 +50,7 @@ class History:
 
     def to_dict(self) -> dict:
         """JSON-ready form; the keys are a stable interface for other tools."""
-        doc = {
+        doc: Dict[str, Any] = {
             "config": {**asdict(self.config), "workers": list(self.config.workers)},
             "initial_model": state_to_lists(self.initial_model),
             "initial_global_loss": self.initial_loss,
@@ -57,9 +59,14 @@ class History:
         if self.initial_metrics:
             doc["initial_metrics"] = dict(self.initial_metrics)
         for r in self.rounds:
-            item = {"round": r.round, "worker_losses": dict(r.worker_losses), "global_loss": r.global_loss,
-                    "model": state_to_lists(r.model), "contributors": list(r.contributors),
-                    "dropped": dict(r.dropped)}
+            item = {
+                "round": r.round,
+                "worker_losses": dict(r.worker_losses),
+                "global_loss": r.global_loss,
+                "model": state_to_lists(r.model),
+                "contributors": list(r.contributors),
+                "dropped": dict(r.dropped),
+            }
             if r.metrics:
                 item["metrics"] = dict(r.metrics)
             doc["rounds"].append(item)
@@ -74,8 +81,9 @@ def state_to_lists(state: Dict[str, torch.Tensor]) -> Dict[str, list]:
     return {name: t.tolist() for name, t in state.items()}
 
 
-def global_loss(model: nn.Module, remote_data: Sequence[Tuple], loss_fn=sum_squared_error,
-                reduction: str = "sum") -> float:
+def global_loss(
+    model: nn.Module, remote_data: Sequence[Tuple], loss_fn=sum_squared_error, reduction: str = "sum"
+) -> float:
     """Loss of the global model on all owners' data, combined from per-owner losses computed remotely.
 
     ``reduction`` says how ``loss_fn`` reduces over rows. Summed losses add up to the loss on all
@@ -86,7 +94,8 @@ def global_loss(model: nn.Module, remote_data: Sequence[Tuple], loss_fn=sum_squa
     losses = []
     with forget_transient_ids([ptr.location for ptr, _ in remote_data]):
         for data_ptr, target_ptr in remote_data:  # the copy is freed as soon as its loss is back
-            losses.append(remote_loss(model.copy().send(data_ptr.location), data_ptr, target_ptr, loss_fn))
+            # syft's hook adds Module.copy
+            losses.append(remote_loss(model.copy().send(data_ptr.location), data_ptr, target_ptr, loss_fn))  # type: ignore[operator]
     if reduction == "mean":
         rows = [data_ptr.shape[0] for data_ptr, _ in remote_data]
         return sum(n * loss for n, loss in zip(rows, losses)) / sum(rows)
@@ -107,8 +116,10 @@ def check_loss_reduction(loss_fn, config: FLConfig) -> None:
     if declared is None or declared == config.loss_reduction:
         return
     if declared in LOSS_REDUCTIONS:
-        raise ConfigError(f"loss_fn reduces by {declared!r} but config.loss_reduction is {config.loss_reduction!r}: "
-                         f"use FLConfig(loss_reduction={declared!r})")
+        raise ConfigError(
+            f"loss_fn reduces by {declared!r} but config.loss_reduction is {config.loss_reduction!r}: "
+            f"use FLConfig(loss_reduction={declared!r})"
+        )
     raise ConfigError(f"loss_fn has reduction {declared!r}: it must return a scalar, by 'sum' or 'mean'")
 
 
@@ -134,12 +145,16 @@ def owners_of_round(config: FLConfig, round_number: int) -> List[int]:
     return sorted(rng.sample(range(n), config.owners_per_round))
 
 
-def _enough(alive: List[int], workers: Sequence, dropped: Dict[str, str], first_error: Optional[Exception],
-            config: FLConfig) -> None:
+def _enough(
+    alive: List[int], workers: Sequence, dropped: Dict[str, str], first_error: Optional[Exception], config: FLConfig
+) -> None:
     if len(alive) < config.min_owners:
         left = ", ".join(workers[i].id for i in alive) or "none"
-        raise RoundFailedEarly(f"{'; '.join(dropped.values())}; {len(alive)} owners left ({left}), fewer than "
-                               f"min_owners {config.min_owners}", next(iter(dropped), None)) from first_error
+        raise RoundFailedEarly(
+            f"{'; '.join(dropped.values())}; {len(alive)} owners left ({left}), fewer than "
+            f"min_owners {config.min_owners}",
+            next(iter(dropped), None),
+        ) from first_error
 
 
 class RoundFailedEarly(RuntimeError):
@@ -150,8 +165,14 @@ class RoundFailedEarly(RuntimeError):
         self.worker = worker
 
 
-def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple], config: FLConfig,
-              loss_fn=sum_squared_error, round_number: int = 1) -> RoundOutcome:
+def run_round(
+    model: nn.Module,
+    workers: Sequence,
+    remote_data: Sequence[Tuple],
+    config: FLConfig,
+    loss_fn=sum_squared_error,
+    round_number: int = 1,
+) -> RoundOutcome:
     """One round, in place on ``model``; the model is only written once the secure average succeeded.
 
     An owner that fails before the reveal begins (while training, while its parameters are checked, or
@@ -171,9 +192,10 @@ def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple],
         for i in owners_of_round(config, round_number):
             worker, (x, y) = workers[i], remote_data[i]
             try:
-                remote_models[i] = model.copy().send(worker)
-                losses[worker.id] = train_locally(remote_models[i], x, y, config.lr, config.local_steps, loss_fn,
-                                                  config.batch_size, first_step)
+                remote_models[i] = model.copy().send(worker)  # type: ignore[operator]  # syft's hook adds Module.copy
+                losses[worker.id] = train_locally(
+                    remote_models[i], x, y, config.lr, config.local_steps, loss_fn, config.batch_size, first_step
+                )
             except Exception as err:  # an unreachable owner, a timeout, an error on the owner
                 first_error = first_error or err
                 remote_models.pop(i, None)
@@ -184,8 +206,9 @@ def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple],
             weights = [float(remote_data[i][0].shape[0]) if config.weighting == "samples" else 1.0 for i in alive]
             try:
                 aggregate = pairwise_average if config.aggregation == "pairwise" else secure_average
-                average = aggregate([remote_models[i] for i in alive], [workers[i] for i in alive],
-                                    config.precision_fractional, weights)
+                average = aggregate(
+                    [remote_models[i] for i in alive], [workers[i] for i in alive], config.precision_fractional, weights
+                )
                 break
             except (OwnerFailed, AggregationError) as err:  # before the reveal: drop it, redo with fresh shares
                 stage, cause = (err.stage, err.cause) if isinstance(err, OwnerFailed) else ("check", err)
@@ -202,9 +225,17 @@ def run_round(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple],
     return RoundOutcome(losses, [workers[i].id for i in alive], dropped)
 
 
-def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple], config: FLConfig,
-               loss_fn=sum_squared_error, history: History = None, evaluate=None, on_round=None,
-               reconnect=None) -> History:
+def run_rounds(
+    model: nn.Module,
+    workers: Sequence,
+    remote_data: Sequence[Tuple],
+    config: FLConfig,
+    loss_fn=sum_squared_error,
+    history: Optional[History] = None,
+    evaluate=None,
+    on_round=None,
+    reconnect=None,
+) -> History:
     """The round loop over already connected workers holding ``remote_data`` (any syft transport).
 
     ``remote_data`` holds one ``(data_ptr, target_ptr)`` pair per worker, in the order of ``workers``.
@@ -219,23 +250,32 @@ def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple]
     evaluate = evaluate or (lambda _model: {})
     workers, remote_data = list(workers), list(remote_data)
     if history is None:
-        history = History(config, snapshot(model), global_loss(model, remote_data, loss_fn, config.loss_reduction),
-                          initial_metrics=evaluate(model))
+        history = History(
+            config,
+            snapshot(model),
+            global_loss(model, remote_data, loss_fn, config.loss_reduction),
+            initial_metrics=evaluate(model),
+        )
     dropped: Dict[str, str] = {}
     for r in range(len(history.rounds) + 1, config.rounds + 1):
         if reconnect is not None:
             for i, worker in enumerate(workers):
                 if worker.id in dropped:
-                    try:
+                    with contextlib.suppress(Exception):  # still away: it will be dropped again this round
                         workers[i], remote_data[i] = reconnect(i)
-                    except Exception:  # still away: it will be dropped again this round
-                        pass
         try:
             outcome = run_round(model, workers, remote_data, config, loss_fn, r)
             dropped = outcome.dropped
             reachable = [d for w, d in zip(workers, remote_data) if w.id not in dropped]
-            result = RoundResult(r, outcome.worker_losses, global_loss(model, reachable, loss_fn, config.loss_reduction),
-                                 snapshot(model), evaluate(model), outcome.contributors, outcome.dropped)
+            result = RoundResult(
+                r,
+                outcome.worker_losses,
+                global_loss(model, reachable, loss_fn, config.loss_reduction),
+                snapshot(model),
+                evaluate(model),
+                outcome.contributors,
+                outcome.dropped,
+            )
         except BaseException as err:  # Ctrl-C too: the model may hold round r's average; put back r-1's
             model.load_state_dict(history.latest_state())
             if not isinstance(err, Exception):
@@ -247,8 +287,13 @@ def run_rounds(model: nn.Module, workers: Sequence, remote_data: Sequence[Tuple]
     return history
 
 
-def initial_model(config: FLConfig, features: int, model: nn.Module = None, history: History = None,
-                  outputs: int = 1) -> nn.Module:
+def initial_model(
+    config: FLConfig,
+    features: int,
+    model: Optional[nn.Module] = None,
+    history: Optional[History] = None,
+    outputs: int = 1,
+) -> nn.Module:
     """The global model a run starts from: ``nn.Linear(features, outputs)`` drawn from ``config.seed``
     unless ``model`` is given (then torch's generator is left alone), holding the checkpoint's last
     round when resuming from ``history``.
@@ -262,14 +307,23 @@ def initial_model(config: FLConfig, features: int, model: nn.Module = None, hist
         try:
             model.load_state_dict(history.latest_state())
         except RuntimeError as err:  # missing keys or shapes that do not fit the model
-            raise ConfigError(f"the checkpoint's model does not fit a model of {features} features: "
-                              f"{str(err).splitlines()[-1].strip()}") from None
+            raise ConfigError(
+                f"the checkpoint's model does not fit a model of {features} features: "
+                f"{str(err).splitlines()[-1].strip()}"
+            ) from None
     return model
 
 
-def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, target: torch.Tensor = None,
-                    model: nn.Module = None, loss_fn=sum_squared_error, evaluate=None, on_round=None,
-                    history: History = None) -> History:
+def train_federated(
+    config: FLConfig = FLConfig(),
+    data: Optional[torch.Tensor] = None,
+    target: Optional[torch.Tensor] = None,
+    model: Optional[nn.Module] = None,
+    loss_fn=sum_squared_error,
+    evaluate=None,
+    on_round=None,
+    history: Optional[History] = None,
+) -> History:
     """Run ``config.rounds`` rounds of federated learning with secure averaging on VirtualWorkers.
 
     ``data``/``target`` default to the seed's toy dataset (0/1 labels); given ones may hold any finite
@@ -285,12 +339,15 @@ def train_federated(config: FLConfig = FLConfig(), data: torch.Tensor = None, ta
     toy = data is None and target is None
     if toy:
         data, target = toy_dataset()
-    parts = split_dataset(data, target, len(config.workers), binary_labels=toy)
+    # split_dataset refuses a missing data or target with one line
+    parts = split_dataset(data, target, len(config.workers), binary_labels=toy)  # type: ignore[arg-type]
+    assert data is not None and target is not None
     outputs = target.shape[1] if target.dim() == 2 else 1
     model = initial_model(config, data.shape[1], model, history, outputs)
     check_model(model, *parts[0], loss_fn)
 
     with virtual_workers(config.workers, create_hook()) as workers:
         remote_data = send_partitions(parts, workers)
-        return run_rounds(model, workers, remote_data, config, loss_fn, history=history, evaluate=evaluate,
-                          on_round=on_round)
+        return run_rounds(
+            model, workers, remote_data, config, loss_fn, history=history, evaluate=evaluate, on_round=on_round
+        )

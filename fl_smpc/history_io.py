@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .config import FLConfig
 from .errors import CheckpointError, ConfigError
@@ -78,7 +78,7 @@ def _number(value, what: str) -> float:
     return float(value)
 
 
-def _state(lists, what: str, shapes: Dict[str, tuple] = None) -> dict:
+def _state(lists, what: str, shapes: Optional[Dict[str, tuple]] = None) -> dict:
     """A model state (name -> tensor) from JSON lists: finite numbers, and the same shapes as ``shapes``."""
     import torch
 
@@ -121,8 +121,12 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
         raise CheckpointError(f"{what}: config: {err}") from None
     initial = _state(doc["initial_model"], f"{what}: initial_model")
     shapes = {name: tuple(t.shape) for name, t in initial.items()}
-    history = History(config, initial, _number(doc.get("initial_global_loss"), f"{what}: initial_global_loss"),
-                      initial_metrics=_metrics(doc.get("initial_metrics", {}), f"{what}: initial_metrics"))
+    history = History(
+        config,
+        initial,
+        _number(doc.get("initial_global_loss"), f"{what}: initial_global_loss"),
+        initial_metrics=_metrics(doc.get("initial_metrics", {}), f"{what}: initial_metrics"),
+    )
     for i, item in enumerate(doc["rounds"], start=1):
         where = f"{what}: rounds[{i - 1}]"
         if not isinstance(item, dict) or item.get("round") != i:
@@ -131,15 +135,25 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
         if not isinstance(losses, dict) or set(losses) - set(config.workers):
             raise CheckpointError(f"{where}.worker_losses: expected an object of worker name -> loss")
         contributors, dropped = item.get("contributors", list(losses)), item.get("dropped", {})
-        if not (isinstance(contributors, list) and set(contributors) <= set(config.workers)
-                and isinstance(dropped, dict) and set(dropped) <= set(config.workers)
-                and all(isinstance(v, str) for v in dropped.values())):
+        if not (
+            isinstance(contributors, list)
+            and set(contributors) <= set(config.workers)
+            and isinstance(dropped, dict)
+            and set(dropped) <= set(config.workers)
+            and all(isinstance(v, str) for v in dropped.values())
+        ):
             raise CheckpointError(f"{where}: contributors must be a list and dropped an object of this run's owners")
-        history.rounds.append(RoundResult(
-            i, {w: _number(v, f"{where}.worker_losses.{w}") for w, v in losses.items()},
-            _number(item.get("global_loss"), f"{where}.global_loss"),
-            _state(item.get("model"), f"{where}.model", shapes), _metrics(item.get("metrics", {}), f"{where}.metrics"),
-            contributors, dropped))
+        history.rounds.append(
+            RoundResult(
+                i,
+                {w: _number(v, f"{where}.worker_losses.{w}") for w, v in losses.items()},
+                _number(item.get("global_loss"), f"{where}.global_loss"),
+                _state(item.get("model"), f"{where}.model", shapes),
+                _metrics(item.get("metrics", {}), f"{where}.metrics"),
+                contributors,
+                dropped,
+            )
+        )
     if len(history.rounds) > config.rounds:
         raise CheckpointError(f"{what}: {len(history.rounds)} rounds recorded but the config asks for {config.rounds}")
     return history
@@ -187,8 +201,13 @@ def history_rows(history) -> List[Dict]:
     if clash:
         raise ValueError(f"metrics {clash} clash with the history columns {CSV_FIELDS}; rename them")
     return [
-        {"round": r.round, "worker": worker, "local_loss": loss, "global_loss": r.global_loss,
-         **{name: r.metrics.get(name, "") for name in names}}
+        {
+            "round": r.round,
+            "worker": worker,
+            "local_loss": loss,
+            "global_loss": r.global_loss,
+            **{name: r.metrics.get(name, "") for name in names},
+        }
         for r in history.rounds
         for worker, loss in r.worker_losses.items()
     ]
@@ -209,8 +228,10 @@ def write_history_csv(history, path) -> Path:
 
 def format_history(history) -> str:
     """The seed's printout, one block per round: averaged weights and bias, each owner's loss."""
-    lines = [f"seed {history.config.seed}; workers {', '.join(history.config.workers)}; "
-             f"initial global loss {history.initial_loss:.4f}"]
+    lines = [
+        f"seed {history.config.seed}; workers {', '.join(history.config.workers)}; "
+        f"initial global loss {history.initial_loss:.4f}"
+    ]
     for r in history.rounds:
         lines.append(f"round {r.round}/{history.config.rounds}  global loss {r.global_loss:.4f}")
         for name, value in r.model.items():
@@ -222,21 +243,30 @@ def format_history(history) -> str:
 def format_sms_result(result) -> str:
     """Per-round test metrics of the global model, then federated-secure vs the two baselines."""
     h, d = result.history, result.dataset
-    shares = ", ".join(f"{w} {o['messages']} ({o['spam_rate']:.1%} spam)" for w, o in zip(h.config.workers, d["owners"]))
-    lines = [f"data: {d['source']}: {d['messages']} messages, {d['duplicates_removed']} duplicates removed; "
-             f"test {d['test']} ({d['test_spam']} spam); owners ({result.spec.partition}): {shares}",
-             f"seed {h.config.seed}; loss {result.spec.loss}; lr {h.config.lr}; {h.config.local_steps} local steps; "
-             f"{result.spec.features} hashed features",
-             f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}"]
+    shares = ", ".join(
+        f"{w} {o['messages']} ({o['spam_rate']:.1%} spam)" for w, o in zip(h.config.workers, d["owners"])
+    )
+    lines = [
+        f"data: {d['source']}: {d['messages']} messages, {d['duplicates_removed']} duplicates removed; "
+        f"test {d['test']} ({d['test_spam']} spam); owners ({result.spec.partition}): {shares}",
+        f"seed {h.config.seed}; loss {result.spec.loss}; lr {h.config.lr}; {h.config.local_steps} local steps; "
+        f"{result.spec.features} hashed features",
+        f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}",
+    ]
     rows = [(0, h.initial_loss, h.initial_metrics)] + [(r.round, r.global_loss, r.metrics) for r in h.rounds]
     for n, loss, m in rows:
-        lines.append(f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} "
-                     f"{m['f1']:>6.4f}")
+        lines.append(
+            f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+        )
     central = result.baseline["centralized"]
     lines.append(f"\n{'model':<28} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}")
-    for name, m, seconds in ((f"federated secure ({len(h.rounds)} rounds)", h.rounds[-1].metrics, result.seconds),
-                             (f"centralized ({central['steps']} steps)", central, central["seconds"]),
-                             ("always ham", result.baseline["always_ham"], 0.0)):
-        lines.append(f"{name:<28} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f} "
-                     f"{seconds:>8.1f}")
+    for name, m, seconds in (
+        (f"federated secure ({len(h.rounds)} rounds)", h.rounds[-1].metrics, result.seconds),
+        (f"centralized ({central['steps']} steps)", central, central["seconds"]),
+        ("always ham", result.baseline["always_ham"], 0.0),
+    ):
+        lines.append(
+            f"{name:<28} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f} "
+            f"{seconds:>8.1f}"
+        )
     return "\n".join(lines)

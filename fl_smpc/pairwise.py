@@ -11,6 +11,7 @@ If an owner cannot be reached before every masked vector of an attempt is in, th
 discards the attempt and redoes it among the remaining owners with a fresh nonce: masks only cancel
 when both owners of a pair take part, and one round never yields two sums over different owner sets.
 """
+
 import math
 import secrets
 import weakref
@@ -73,7 +74,7 @@ def session_for(workers: Sequence) -> Session:
 def decode(total: np.ndarray, precision: int) -> torch.Tensor:
     """The float32 values of an encoded sum, as syft's ``float_prec`` computes them (int64 -> float32, then
     / 10**p in float32; numpy gives the same bits without torch's thread pool)."""
-    return torch.from_numpy(total.astype(np.float32) / np.float32(10 ** precision))
+    return torch.from_numpy(total.astype(np.float32) / np.float32(10**precision))
 
 
 def tensor_id(ptr):
@@ -84,12 +85,17 @@ def tensor_id(ptr):
 def refusal(worker: str, problem: str, n_owners: int, precision: int) -> AggregationError:
     """The error for an owner whose values cannot be encoded, worded as the additive path words it."""
     if problem == NON_FINITE:
-        return AggregationError(f"worker {worker!r} holds non-finite parameters (NaN or Inf): its local training "
-                                "diverged; lower the learning rate", worker)
+        return AggregationError(
+            f"worker {worker!r} holds non-finite parameters (NaN or Inf): its local training "
+            "diverged; lower the learning rate",
+            worker,
+        )
     return AggregationError(
         f"worker {worker!r} holds parameters of magnitude >= {encodable_limit(n_owners, precision):.3g}: with "
         f"{n_owners} workers and precision {precision} their sum would overflow syft's int64 fixed-precision field "
-        "(|sum * 10**precision| must be < 2**63)", worker)
+        "(|sum * 10**precision| must be < 2**63)",
+        worker,
+    )
 
 
 class OwnersDropped(Exception):
@@ -108,10 +114,21 @@ def masked_sum(tensor_ptrs: Sequence, workers: Sequence, session: Session, attem
     """
     owners = [w.id for w in workers]
     with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-        futures = [pool.submit(command, worker, "pairwise_masked_vector", tensor_id(ptr), session.id,
-                               session.rounds, attempt, owners, precision)
-                   for worker, ptr in zip(workers, tensor_ptrs)]
-    failures = [(worker.id, f.exception()) for worker, f in zip(workers, futures) if f.exception() is not None]
+        futures = [
+            pool.submit(
+                command,
+                worker,
+                "pairwise_masked_vector",
+                tensor_id(ptr),
+                session.id,
+                session.rounds,
+                attempt,
+                owners,
+                precision,
+            )
+            for worker, ptr in zip(workers, tensor_ptrs)
+        ]
+    failures = [(worker.id, err) for worker, f in zip(workers, futures) for err in [f.exception()] if err is not None]
     dropped = [(worker, err) for worker, err in failures if isinstance(err, WorkerUnreachable)]
     if dropped:
         raise OwnersDropped([worker for worker, _ in dropped], dropped[0][1])
@@ -124,16 +141,18 @@ def masked_sum(tensor_ptrs: Sequence, workers: Sequence, session: Session, attem
             raise refusal(worker.id, payload, len(owners), precision)
         vectors.append(np.frombuffer(payload, dtype=RING))
         if vectors[-1].size != vectors[0].size:
-            raise AggregationError(f"worker {worker.id!r} sent {vectors[-1].size} values, "
-                                   f"{workers[0].id!r} {vectors[0].size}", worker.id)
+            raise AggregationError(
+                f"worker {worker.id!r} sent {vectors[-1].size} values, {workers[0].id!r} {vectors[0].size}", worker.id
+            )
     total = np.add(vectors[0], vectors[1])  # wraps modulo 2**64, as syft's shares do
     for vector in vectors[2:]:
         np.add(total, vector, out=total)
     return total
 
 
-def pairwise_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: int = 3,
-                 min_owners: int = MIN_OWNERS) -> PairwiseSum:
+def pairwise_sum(
+    tensor_ptrs: Sequence, workers: Sequence, precision_fractional: int = 3, min_owners: int = MIN_OWNERS
+) -> PairwiseSum:
     """Sum one remote float tensor per owner; the model owner only ever sees masked vectors and the sum.
 
     An owner that cannot be reached drops out: the round is redone among the others with a fresh nonce,
@@ -150,8 +169,9 @@ def pairwise_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional:
     with uncompressed_messages():
         while True:
             try:
-                total = masked_sum([p for _, p in present], [w for w, _ in present], session, attempt,
-                                   precision_fractional)
+                total = masked_sum(
+                    [p for _, p in present], [w for w, _ in present], session, attempt, precision_fractional
+                )
                 break
             except OwnersDropped as dropped:  # the other replies are discarded: their masks do not cancel
                 present = [(w, p) for w, p in present if w.id not in dropped.workers]
@@ -161,8 +181,9 @@ def pairwise_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional:
     return PairwiseSum(decode(total, precision_fractional), tuple(w.id for w, _ in present))
 
 
-def pairwise_average(remote_models: Sequence, workers: Sequence, precision_fractional: int = 3,
-                     weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+def pairwise_average(
+    remote_models: Sequence, workers: Sequence, precision_fractional: int = 3, weights: Optional[Sequence[float]] = None
+) -> torch.Tensor:
     """Weighted FedAvg of the owners' remote models as one flat vector (``parameters_to_vector`` order);
     the drop-in for :func:`fl_smpc.secure_aggregation.secure_average`, with the same errors.
 

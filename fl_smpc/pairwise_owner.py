@@ -16,9 +16,10 @@ so one code path serves both transports. Keys and masks never leave the owner:
   The nonce is (round, attempt); the owner refuses any nonce not above its last one, so no keystream
   is ever used twice, and a redo of a round must leave some owner out (owners only drop out).
 """
+
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from .secure_aggregation import encodable_limit
 KEY_BYTES = 32  # AES-256
 RING = np.dtype("<i8")  # syft's fixed-precision ring: int64, arithmetic wraps modulo 2**64
 KDF_LABEL = b"fl-smpc pairwise mask key v1"
-NONCE_LIMIT = 2 ** 32  # round and attempt each fill 4 bytes of the counter block
+NONCE_LIMIT = 2**32  # round and attempt each fill 4 bytes of the counter block
 CHUNK = 1 << 16  # elements masked at a time: the chunk and its keystreams stay in the CPU cache
 
 # what an owner answers instead of a masked vector when its values cannot be encoded
@@ -85,7 +86,7 @@ def encode(values: np.ndarray, precision: int, out: Optional[np.ndarray] = None)
     Written into ``out`` if given.
     """
     scaled = values.astype(np.float64)  # a copy: the caller's values are left as they were
-    scaled *= 10.0 ** precision
+    scaled *= 10.0**precision
     whole = np.empty(values.shape, dtype=RING) if out is None else out
     np.copyto(whole, scaled, casting="unsafe")  # toward zero
     scaled -= whole  # the fraction, in (-1, 1)
@@ -94,8 +95,9 @@ def encode(values: np.ndarray, precision: int, out: Optional[np.ndarray] = None)
     return whole
 
 
-def masked_encoding(values: np.ndarray, precision: int, keys: Dict[str, bytes], me: str, round_: int,
-                    attempt: int) -> np.ndarray:
+def masked_encoding(
+    values: np.ndarray, precision: int, keys: Dict[str, bytes], me: str, round_: int, attempt: int
+) -> np.ndarray:
     """:func:`encode` ``values``, then add (peer after ``me``) or subtract (peer before) each pair's keystream.
 
     The keystream is AES-CTR encryption of zeros under the pair key, counter block :func:`nonce`; both
@@ -104,17 +106,18 @@ def masked_encoding(values: np.ndarray, precision: int, keys: Dict[str, bytes], 
     its keystreams stay in the CPU cache.
     """
     start = nonce(round_, attempt)
-    encryptors = [(peer > me, Cipher(algorithms.AES(key), modes.CTR(start)).encryptor())
-                  for peer, key in sorted(keys.items())]
+    encryptors = [
+        (peer > me, Cipher(algorithms.AES(key), modes.CTR(start)).encryptor()) for peer, key in sorted(keys.items())
+    ]
     masked = np.empty(values.size, dtype=RING)
     zeros = memoryview(bytes(min(CHUNK, values.size) * RING.itemsize))
     buffer = bytearray(len(zeros) + 15)  # update_into wants room for one block more than it writes
     for begin in range(0, values.size, CHUNK):
-        part = masked[begin:begin + CHUNK]
-        encode(values[begin:begin + CHUNK], precision, out=part)
+        part = masked[begin : begin + CHUNK]
+        encode(values[begin : begin + CHUNK], precision, out=part)
         stream = np.frombuffer(buffer, dtype=RING, count=part.size)
         for add, encryptor in encryptors:
-            encryptor.update_into(zeros[:part.size * RING.itemsize], buffer)
+            encryptor.update_into(zeros[: part.size * RING.itemsize], buffer)
             (np.add if add else np.subtract)(part, stream, out=part)
     return masked
 
@@ -139,6 +142,18 @@ class PairwiseOwner:
     """
 
     _pairwise: Optional[OwnerSession] = None
+
+    if TYPE_CHECKING:  # what the syft worker this is mixed into provides (syft ships no type hints)
+        id: str
+        hook: Any
+        _known_workers: Dict[str, Any]
+
+        def get_obj(self, obj_id: Any) -> Any: ...
+
+        def send_msg(self, message: Any, location: Any) -> Any: ...
+
+        @staticmethod
+        def create_worker_command_message(command_name: str, return_ids: Any, *args: Any, **kwargs: Any) -> Any: ...
 
     def _refuse(self, problem: str):
         return AggregationError(f"worker {self.id!r} refuses: {problem}", self.id)
@@ -179,8 +194,9 @@ class PairwiseOwner:
             state.pair_keys[peer] = pair_key(state.private_key, public, session, self.id, peer)
         return len(state.pair_keys)
 
-    def pairwise_masked_vector(self, tensor_id, session: str, round_: int, attempt: int, owners: Sequence[str],
-                               precision: int) -> Tuple[str, object]:
+    def pairwise_masked_vector(
+        self, tensor_id, session: str, round_: int, attempt: int, owners: Sequence[str], precision: int
+    ) -> Tuple[str, object]:
         """``("masked", little-endian int64 bytes)``: the tensor ``tensor_id`` encoded and masked for this
         attempt's ``owners`` -- a memoryview of the array, which syft's msgpack sends as bytes without a copy.
 
@@ -197,8 +213,10 @@ class PairwiseOwner:
         if missing:
             raise self._refuse(f"it has no key shared with {missing}")
         if (round_, attempt) <= state.last_nonce:
-            raise self._refuse(f"round {round_} attempt {attempt} is not after round {state.last_nonce[0]} "
-                               f"attempt {state.last_nonce[1]}: a keystream is never used twice")
+            raise self._refuse(
+                f"round {round_} attempt {attempt} is not after round {state.last_nonce[0]} "
+                f"attempt {state.last_nonce[1]}: a keystream is never used twice"
+            )
         if round_ == state.last_nonce[0] and not set(owners) < set(state.last_owners):
             raise self._refuse(f"a redo of round {round_} must be among fewer of {list(state.last_owners)}")
         nonce(round_, attempt)  # range check before the state changes

@@ -7,6 +7,7 @@ their numbers of rows (FedAvg; ``weighting="equal"``: the plain mean).
 The batches are cut here with ``torch.split``, independently of :mod:`fl_smpc.training`, so a test
 comparing both also checks the batch schedule.
 """
+
 import copy
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -28,8 +29,16 @@ class ReferenceRound(NamedTuple):
     metrics: Dict[str, float]
 
 
-def local_train(model: nn.Module, data: torch.Tensor, target: torch.Tensor, lr: float, steps: int,
-                loss_fn=sum_squared_error, batch_size: Optional[int] = None, first_step: int = 0) -> float:
+def local_train(
+    model: nn.Module,
+    data: torch.Tensor,
+    target: torch.Tensor,
+    lr: float,
+    steps: int,
+    loss_fn=sum_squared_error,
+    batch_size: Optional[int] = None,
+    first_step: int = 0,
+) -> float:
     """``steps`` SGD steps (zero_grad, forward, loss, backward, step); return the last step's loss.
 
     Without ``batch_size`` every step uses all rows. With it, step ``s`` (counted over the whole
@@ -48,17 +57,27 @@ def local_train(model: nn.Module, data: torch.Tensor, target: torch.Tensor, lr: 
     return loss.item()
 
 
-def pooled_loss(model: nn.Module, parts: Sequence[Tuple[torch.Tensor, torch.Tensor]],
-                loss_fn=sum_squared_error) -> float:
+def pooled_loss(
+    model: nn.Module, parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], loss_fn=sum_squared_error
+) -> float:
     """``loss_fn`` on all owners' rows concatenated: the global loss by definition, for any reduction."""
     with torch.no_grad():
-        return loss_fn(model(torch.cat([x for x, _ in parts])), torch.cat([y for _, y in parts])).item()
+        loss = loss_fn(model(torch.cat([x for x, _ in parts])), torch.cat([y for _, y in parts]))
+    return loss.item()
 
 
-def plaintext_fedavg(model: nn.Module, parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], rounds: int, lr: float,
-                     steps: int, loss_fn=sum_squared_error, batch_size: Optional[int] = None,
-                     evaluate: Optional[Callable[[nn.Module], dict]] = None,
-                     rounds_done: int = 0, weighting: str = "samples") -> List[ReferenceRound]:
+def plaintext_fedavg(
+    model: nn.Module,
+    parts: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    rounds: int,
+    lr: float,
+    steps: int,
+    loss_fn=sum_squared_error,
+    batch_size: Optional[int] = None,
+    evaluate: Optional[Callable[[nn.Module], dict]] = None,
+    rounds_done: int = 0,
+    weighting: str = "samples",
+) -> List[ReferenceRound]:
     """Return one :class:`ReferenceRound` per round; ``model`` is updated in place.
 
     ``parts`` holds each owner's ``(data, target)``; ``evaluate(model) -> dict`` gives each round's metrics.

@@ -7,7 +7,7 @@ and never prints. Seeding and building the model happen in one place,
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from .config import RunSpec
 from .errors import CheckpointError
@@ -29,24 +29,34 @@ class RunResult:
         """The ``--json`` document: the history's keys, plus the SMS run's data set and baselines."""
         doc = self.history.to_dict()
         if self.spec.dataset == "sms":
-            doc.update(dataset=self.dataset, loss=self.spec.loss, partition=self.spec.partition,
-                       features=self.spec.features, federated_seconds=self.seconds, baseline=self.baseline)
+            doc.update(
+                dataset=self.dataset,
+                loss=self.spec.loss,
+                partition=self.spec.partition,
+                features=self.spec.features,
+                federated_seconds=self.seconds,
+                baseline=self.baseline,
+            )
         return doc
 
 
-def resumed_spec(spec: RunSpec) -> "tuple[RunSpec, Optional[History]]":
+def resumed_spec(spec: RunSpec) -> Tuple[RunSpec, Optional[History]]:
     """The spec with the checkpoint's config (it wins over the flags) and the loaded history, if resuming."""
     if not spec.resume:
         return spec, None
     history = load_checkpoint(spec.resume)
     if spec.addresses is not None and tuple(spec.addresses) != history.config.workers:
-        raise CheckpointError(f"{spec.resume}: the checkpoint's workers are {list(history.config.workers)}, "
-                              f"the addresses name {list(spec.addresses)}")
+        raise CheckpointError(
+            f"{spec.resume}: the checkpoint's workers are {list(history.config.workers)}, "
+            f"the addresses name {list(spec.addresses)}"
+        )
     if spec.dataset == "toy" and history.initial_model.get("weight") is not None:
         shape = tuple(history.initial_model["weight"].shape)
         if len(shape) != 2 or shape[0] != 1:
-            raise CheckpointError(f"{spec.resume}: initial_model.weight has shape {shape}; the toy run's model is "
-                                  "nn.Linear(features, 1), whose weight has shape (1, features)")
+            raise CheckpointError(
+                f"{spec.resume}: initial_model.weight has shape {shape}; the toy run's model is "
+                "nn.Linear(features, 1), whose weight has shape (1, features)"
+            )
     return replace(spec, config=history.config), history
 
 
@@ -70,13 +80,24 @@ def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunRe
     if spec.dataset == "sms":
         from .sms.experiment import run_sms
 
-        history, dataset, baseline, seconds = run_sms(spec, on_round=after_round)
-        return RunResult(spec, history, dataset, baseline, seconds)
+        sms_history, dataset, baseline, seconds = run_sms(spec, on_round=after_round)
+        return RunResult(spec, sms_history, dataset, baseline, seconds)
     if spec.transport == "websocket":
         from .network.client import train_network
 
-        return RunResult(spec, train_network(spec.config, spec.addresses, history=history, on_round=after_round,
-                                             timeout=spec.timeout, certs=spec.certs, party=spec.model_party))
+        assert spec.addresses is not None  # RunSpec checks that the websocket transport has addresses
+        return RunResult(
+            spec,
+            train_network(
+                spec.config,
+                spec.addresses,
+                history=history,
+                on_round=after_round,
+                timeout=spec.timeout,
+                certs=spec.certs,
+                party=spec.model_party,
+            ),
+        )
     from .federated import train_federated
 
     return RunResult(spec, train_federated(spec.config, history=history, on_round=after_round))

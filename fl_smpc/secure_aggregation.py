@@ -25,16 +25,17 @@ Around the tutorial's unchanged ``ptr.fix_prec().share(...)``:
   zero; each owner first turns its values into ones that ``fix_prec`` encodes as the nearest integer
   (:func:`rounded_for_encoding`, computed on the owner).
 """
+
 import math
 from contextlib import contextmanager
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 
 from .errors import AggregationError, OwnerFailed
 
 # syft's fixed-precision field is the int64 ring: encoded values must satisfy |x * 10**p| < 2**63.
-FIELD_HALF = 2 ** 63
+FIELD_HALF = 2**63
 
 
 @contextmanager
@@ -58,7 +59,7 @@ def uncompressed_messages():
 
 def encodable_limit(n_workers: int, precision_fractional: int) -> float:
     """Largest |x| each owner may hold so that the sum of n encoded values still fits in int64."""
-    return FIELD_HALF / (n_workers * 10 ** precision_fractional) * (1 - 1e-6)  # margin for float32 rounding
+    return FIELD_HALF / (n_workers * 10**precision_fractional) * (1 - 1e-6)  # margin for float32 rounding
 
 
 def check_encodable(flat_ptr, worker: str, n_workers: int, precision_fractional: int) -> None:
@@ -97,8 +98,8 @@ def rounded_for_encoding(ptr, precision_fractional: int):
     than the three roundings on the way (each within 2**-53) and below |z| + 1 while |z| < 2**53 / 11,
     so the truncation lands on z exactly. Four remote operations, one message each.
     """
-    nearest = (ptr.double() * 10 ** precision_fractional).round()
-    return nearest * ((1 + 2 ** -50) / 10 ** precision_fractional)
+    nearest = (ptr.double() * 10**precision_fractional).round()
+    return nearest * ((1 + 2**-50) / 10**precision_fractional)
 
 
 def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: int = 3) -> torch.Tensor:
@@ -114,7 +115,7 @@ def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: i
     """
     owners = [getattr(w, "id", w) for w in workers]
     with uncompressed_messages():
-        total = None
+        total: Any = None  # an AdditiveSharingTensor once the first owner's shares exist
         for ptr, owner in zip(tensor_ptrs, owners):
             try:
                 ptr = rounded_for_encoding(ptr, precision_fractional)
@@ -125,8 +126,9 @@ def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: i
         return total.get().float_prec()  # the reveal: all or nothing
 
 
-def secure_average(remote_models: Sequence, workers: Sequence, precision_fractional: int = 3,
-                   weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+def secure_average(
+    remote_models: Sequence, workers: Sequence, precision_fractional: int = 3, weights: Optional[Sequence[float]] = None
+) -> torch.Tensor:
     """Weighted FedAvg of the owners' remote models as one flat vector (``parameters_to_vector`` order).
 
     Each owner scales its own parameters by its weight (FedAvg: its number of examples) before

@@ -18,15 +18,16 @@ Everything else is syft's: the share layout (``mask0``, ``mask1 - mask0``, ..., 
 the rings (int64, int32, and the "custom" fields SecureNN uses, whose masks are drawn uniformly over
 the field by rejection), ``self.modulo``, and the call ``ptr.fix_prec().share(...)``.
 """
+
 import os
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 # syft's own generate_shares, recorded by install_csprng_shares() so tests and benchmarks can run it.
-SYFT_GENERATE_SHARES: Optional[object] = None
+SYFT_GENERATE_SHARES: Optional[Callable[..., Any]] = None
 
 _NUMPY_DTYPE = {torch.int64: np.int64, torch.int32: np.int32}
 _RING_BITS = {torch.int64: 64, torch.int32: 32}
@@ -66,7 +67,7 @@ def uniform_below(keystream: Keystream, count: int, field: int) -> torch.Tensor:
             draw &= (1 << bits) - 1
             kept = draw < field
         else:  # unsigned comparison draw < field: flipping the top bit maps unsigned order onto signed order
-            kept = (draw ^ -(2 ** 63)) < field - 2 ** 63
+            kept = (draw ^ -(2**63)) < field - 2**63
         out.index_copy_(0, todo.masked_select(kept), draw.masked_select(kept))
         todo = todo.masked_select(~kept)
     return out
@@ -79,7 +80,8 @@ def uniform_mask(keystream: Keystream, shape: torch.Size, field: int, min_value:
     count = int(np.prod(shape, dtype=np.int64))
     if field == 2 ** _RING_BITS[dtype]:  # the whole int64 / int32 ring: every bit pattern, equally likely
         return keystream.words(count, dtype).view(shape)
-    return uniform_below(keystream, count, field).add_(min_value).to(dtype).view(shape)
+    # torch 1.4's stubs lack Tensor.add_
+    return uniform_below(keystream, count, field).add_(min_value).to(dtype).view(shape)  # type: ignore[attr-defined]
 
 
 def generate_shares(self, secret, n_workers: int, random_type) -> List[torch.Tensor]:

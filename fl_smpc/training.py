@@ -6,6 +6,7 @@ one may be shorter) and local step ``s`` of the whole run uses batch ``s mod n_b
 continues where the previous one stopped and wraps around at the end, like iterating over a
 DataLoader without shuffling. The step count alone fixes the batch, so a resumed run continues too.
 """
+
 import copy
 import functools
 import math
@@ -50,8 +51,16 @@ def batch_slices(rows: int, batch_size: Optional[int], first_step: int, steps: i
     return [slice(start, min(start + batch_size, rows)) for start in starts]
 
 
-def train_locally(remote_model, data_ptr, target_ptr, lr: float, steps: int, loss_fn=sum_squared_error,
-                  batch_size: Optional[int] = None, first_step: int = 0) -> float:
+def train_locally(
+    remote_model,
+    data_ptr,
+    target_ptr,
+    lr: float,
+    steps: int,
+    loss_fn=sum_squared_error,
+    batch_size: Optional[int] = None,
+    first_step: int = 0,
+) -> float:
     """Run ``steps`` SGD steps of ``remote_model`` on the owner's data; return the last step's loss.
 
     ``batch_size``/``first_step`` pick each step's rows (see :func:`batch_slices`); a batch is a
@@ -91,15 +100,19 @@ def check_model(model, data: torch.Tensor, target: torch.Tensor, loss_fn=sum_squ
         try:
             output = probe(x)
         except Exception as err:
-            raise ValueError(f"model does not accept data rows of shape {tuple(data.shape[1:])}: its forward on "
-                             f"an input of shape {tuple(x.shape)} fails with: {_first_line(err)}") from None
+            raise ValueError(
+                f"model does not accept data rows of shape {tuple(data.shape[1:])}: its forward on "
+                f"an input of shape {tuple(x.shape)} fails with: {_first_line(err)}"
+            ) from None
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             try:
                 loss = loss_fn(output, y)
             except Exception as err:  # the warnings above land here too
-                raise ValueError(f"loss_fn cannot compare the model's output of shape {_shape(output)} with a target "
-                                 f"of shape {tuple(y.shape)}: {_first_line(err)}") from None
+                raise ValueError(
+                    f"loss_fn cannot compare the model's output of shape {_shape(output)} with a target "
+                    f"of shape {tuple(y.shape)}: {_first_line(err)}"
+                ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError(f"loss_fn must return a scalar tensor; for one row it returned {_shape(loss)}")
 

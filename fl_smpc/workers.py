@@ -6,6 +6,7 @@ Creating a worker whose id is already registered silently copies the *old* worke
 are created with ``auto_add=False``, introduced to each other explicitly (the seed's
 ``add_workers`` step, which real socket workers need), and always removed again afterwards.
 """
+
 from contextlib import contextmanager
 from typing import Iterator, List, Sequence
 

@@ -39,7 +39,7 @@ FLOWER_MODULUS_RANGE = 2**32
 
 def owner_vectors(n: int, p: int, seed: int) -> list[torch.Tensor]:
     """The N owners' float32 vectors; every process derives the same ones from the seed."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # type: ignore[attr-defined]  # torch 1.4's stubs lack it
     return [torch.randn(p, generator=generator, dtype=torch.float32) for _ in range(n)]
 
 
@@ -57,9 +57,9 @@ def import_crypten():
     `torchscript_exporter`; alias it so the package imports. The averaging path never touches ONNX.
     """
     try:
-        import torch.onnx._internal.registration  # noqa: F401
+        import torch.onnx._internal.registration  # type: ignore[import-not-found]  # noqa: F401  # newer torch only
     except ImportError:
-        from torch.onnx._internal.torchscript_exporter import registration
+        from torch.onnx._internal.torchscript_exporter import registration  # type: ignore[import-not-found]
 
         sys.modules["torch.onnx._internal.registration"] = registration
     import crypten
@@ -177,7 +177,7 @@ def flower_secaggplus_mean(xs: list[np.ndarray], threshold: int) -> np.ndarray:
     forward_ciphertexts: dict[int, list[bytes]] = {nid: [] for nid in owners}
     for nid, owner in owners.items():
         reply = owner.handle({Key.STAGE: Stage.SHARE_KEYS, **{str(k): v for k, v in public_keys.items()}})
-        for dst, ciphertext in zip(reply[Key.DESTINATION_LIST], reply[Key.CIPHERTEXT_LIST], strict=True):
+        for dst, ciphertext in zip(reply[Key.DESTINATION_LIST], reply[Key.CIPHERTEXT_LIST], strict=True):  # type: ignore[call-overload]  # 3.10+
             forward_srcs[dst].append(nid)
             forward_ciphertexts[dst].append(ciphertext)
 
@@ -198,7 +198,7 @@ def flower_secaggplus_mean(xs: list[np.ndarray], threshold: int) -> np.ndarray:
     active = list(owners)
     for owner in owners.values():
         reply = owner.handle({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: active, Key.DEAD_NODE_ID_LIST: []})
-        for owner_nid, share in zip(reply[Key.NODE_ID_LIST], reply[Key.SHARE_LIST], strict=True):
+        for owner_nid, share in zip(reply[Key.NODE_ID_LIST], reply[Key.SHARE_LIST], strict=True):  # type: ignore[call-overload]  # 3.10+
             shares[owner_nid].append(share)
 
     for share_list in shares.values():
@@ -260,7 +260,7 @@ def run(sizes, repeats: int, seed: int, crypten_threads: int, systems=SYSTEMS, o
     }
     tolerances = {"crypten": CRYPTEN_TOLERANCE, "flower": FLOWER_TOLERANCE, "plaintext": 0.0}
     times: dict = {}
-    worst: dict = {system: 0.0 for system in systems}
+    worst: dict = dict.fromkeys(systems, 0.0)
     if "flower" in systems:
         time_flower(3, 10, seed)  # warm-up: flwr's lazy imports and key-generation setup
     for round_index in range(repeats):

@@ -16,15 +16,22 @@ def build_parser() -> argparse.ArgumentParser:
         "certificate authority) and NAME.pem + NAME.key per party (EC P-256; the party id is the certificate's "
         "CN and DNS name). If DIR already holds ca.pem and ca.key, that CA issues the new parties' certificates.",
         epilog="Give each party ca.pem and its own NAME.pem and NAME.key (keys are written with mode 0600). "
-        "Keep ca.key off the workers: whoever holds it can make certificates for any party.")
+        "Keep ca.key off the workers: whoever holds it can make certificates for any party.",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the files (required)")
-    p.add_argument("--parties", default=",".join((MODEL_PARTY, *DEFAULT_WORKERS)),
-                   help="party ids, comma-separated: the model owner (its party id, 'model' unless workers and "
-                   "the run are told --model-party) and every data owner's --id (default: %(default)s)")
+    p.add_argument(
+        "--parties",
+        default=",".join((MODEL_PARTY, *DEFAULT_WORKERS)),
+        help="party ids, comma-separated: the model owner (its party id, 'model' unless workers and "
+        "the run are told --model-party) and every data owner's --id (default: %(default)s)",
+    )
     p.add_argument("--days", type=int, default=CERT_DAYS, help="validity in days (default: %(default)s)")
-    p.add_argument("--force", action="store_true",
-                   help="replace existing files, with a new CA: certificates of parties not listed stop working "
-                   "(default: refuse to overwrite anything)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing files, with a new CA: certificates of parties not listed stop working "
+        "(default: refuse to overwrite anything)",
+    )
     return p
 
 

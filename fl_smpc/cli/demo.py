@@ -45,8 +45,9 @@ def main(argv) -> int:
             if certs is None and not args.insecure:
                 certs = os.path.join(tmp, "certs")
                 create_federation(certs, [args.model_party, *names], days=1)
-            with local_workers(paths, timeout=min(PEER_TIMEOUT, args.timeout / 2), certs=certs,
-                               model_party=args.model_party) as addresses:
+            with local_workers(
+                paths, timeout=min(PEER_TIMEOUT, args.timeout / 2), certs=certs, model_party=args.model_party
+            ) as addresses:
                 workers = ",".join(f"{n}={h}:{p}" for n, (h, p) in addresses.items())
                 spec = spec_from_args(args, workers=workers, transport="websocket", certs=certs)
                 return run_and_report(spec, args.json, args.plot, args.history, PROG)

@@ -8,11 +8,13 @@ from ..errors import FlSmpcError
 
 
 def main(argv) -> int:
-    p = argparse.ArgumentParser(prog="fl-smpc split-data",
-                                description="Write one CSV per data owner, split like the in-process run.")
+    p = argparse.ArgumentParser(
+        prog="fl-smpc split-data", description="Write one CSV per data owner, split like the in-process run."
+    )
     p.add_argument("--out", required=True, help="directory for NAME.csv files (required)")
-    p.add_argument("--workers", default=",".join(DEFAULT_WORKERS),
-                   help="owner names, comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--workers", default=",".join(DEFAULT_WORKERS), help="owner names, comma-separated (default: %(default)s)"
+    )
     p.add_argument("--csv", help="a CSV (same format) to split instead of the seed's toy data (default: toy data)")
     args = p.parse_args(argv)
     from ..network.csvdata import read_csv, split_to_csv

@@ -15,6 +15,7 @@ certificate names the worker id it dials.
 """
 
 import binascii
+import contextlib
 import gc
 import http
 import select
@@ -26,7 +27,6 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import syft as sy
-import torch
 import websocket
 from syft.messaging.message import ForceObjectDeleteMessage
 from syft.serde.msgpack.serde import _deserialize_msgpack_binary, msgpack_global_state
@@ -42,8 +42,9 @@ from . import DATA_TAG, TARGET_TAG
 from .tls import client_context, wrap_client
 
 
-def open_websocket(url: str, worker: str, timeout: float, connect_timeout: float,
-                   tls: Optional[ssl.SSLContext] = None) -> websocket.WebSocket:
+def open_websocket(
+    url: str, worker: str, timeout: float, connect_timeout: float, tls: Optional[ssl.SSLContext] = None
+) -> websocket.WebSocket:
     """Connect, retrying refused connections with backoff until ``connect_timeout`` (upstream #2258).
 
     A server that is still starting refuses connections; a fixed sleep would be both slow and
@@ -78,7 +79,8 @@ def _connect(url: str, worker: str, timeout: float, tls: Optional[ssl.SSLContext
     sock = None
     if tls is not None:
         parts = urlsplit(url)
-        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        # the worker URLs we build always name a port
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)  # type: ignore[arg-type]
         try:
             for option in websocket.DEFAULT_SOCKET_OPTION:  # as websocket-client's own sockets: TCP_NODELAY
                 sock.setsockopt(*option)
@@ -96,14 +98,24 @@ def _connect(url: str, worker: str, timeout: float, tls: Optional[ssl.SSLContext
     except websocket.WebSocketBadStatusException as err:
         if err.status_code != http.HTTPStatus.FORBIDDEN:
             raise
-        raise HandshakeRefused(f"the worker does not accept our party ({err}): a worker accepts only the model "
-                               "owner's party (--model-party) and its --peers") from err
-    except (ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
-            websocket.WebSocketConnectionClosedException) as err:
+        raise HandshakeRefused(
+            f"the worker does not accept our party ({err}): a worker accepts only the model "
+            "owner's party (--model-party) and its --peers"
+        ) from err
+    except (
+        ssl.SSLError,
+        ConnectionResetError,
+        ConnectionAbortedError,
+        BrokenPipeError,
+        websocket.WebSocketConnectionClosedException,
+    ) as err:
         # TLS 1.3: a server that rejects our certificate can only say so after our side of the handshake
         # is done; a TLS server that is sent plain HTTP hangs up
-        why = ("the worker did not accept our certificate (it must be issued by the worker's CA)" if tls else
-               "the worker hung up during the websocket handshake (does it use TLS? then give --certs)")
+        why = (
+            "the worker did not accept our certificate (it must be issued by the worker's CA)"
+            if tls
+            else "the worker hung up during the websocket handshake (does it use TLS? then give --certs)"
+        )
         raise HandshakeRefused(f"{why}: {type(err).__name__}: {err}") from err
 
 
@@ -121,9 +133,17 @@ class NetworkClient(WebsocketClientWorker):
     server must hold the certificate of party ``id``.
     """
 
-    def __init__(self, hook, host: str, port: int, id: str, timeout: float = REPLY_TIMEOUT,
-                 connect_timeout: float = CONNECT_TIMEOUT, reconnect: bool = False,
-                 tls: Optional[ssl.SSLContext] = None):
+    def __init__(
+        self,
+        hook,
+        host: str,
+        port: int,
+        id: str,
+        timeout: float = REPLY_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        reconnect: bool = False,
+        tls: Optional[ssl.SSLContext] = None,
+    ):
         self.connect_timeout, self.reconnect, self.closed, self.tls = connect_timeout, reconnect, False, tls
         # the first failure and when: syft swallows some errors (``is_none``, ``__del__``), train_network reports them
         self.failure: Optional[WorkerUnreachable] = None
@@ -153,10 +173,8 @@ class NetworkClient(WebsocketClientWorker):
     def _drop(self):
         ws, self.ws = self.ws, None
         if ws is not None:
-            try:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
                 ws.close(timeout=1)
-            except (OSError, websocket.WebSocketException):
-                pass
 
     def _usable(self) -> bool:
         """Connected and idle: a server only ever speaks in reply, so readable now means closed or reset.
@@ -217,9 +235,14 @@ def is_delete_message(message: bytes) -> bool:
 
 
 @contextmanager
-def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = REPLY_TIMEOUT,
-                    connect_timeout: float = CONNECT_TIMEOUT, certs: Optional[str] = None,
-                    party: str = MODEL_PARTY) -> Iterator[List[NetworkClient]]:
+def network_workers(
+    addresses: Dict[str, Address],
+    hook=None,
+    timeout: float = REPLY_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    certs: Optional[str] = None,
+    party: str = MODEL_PARTY,
+) -> Iterator[List[NetworkClient]]:
     """Connect the model owner to every worker (retrying until ``connect_timeout``); close and forget them on exit.
 
     ``certs``: the federation directory; we present ``<party>.pem`` and each worker must present its own
@@ -236,8 +259,9 @@ def network_workers(addresses: Dict[str, Address], hook=None, timeout: float = R
     clients = []
     try:
         for name, (host, port) in addresses.items():
-            clients.append(NetworkClient(hook, host, port, id=name, timeout=timeout, connect_timeout=connect_timeout,
-                                         tls=tls))
+            clients.append(
+                NetworkClient(hook, host, port, id=name, timeout=timeout, connect_timeout=connect_timeout, tls=tls)
+            )
             clients[-1].open()
         with batched_deletes(hook.local_worker, clients):
             yield clients
@@ -294,8 +318,10 @@ def find_data(client: NetworkClient) -> Tuple:
             raise WorkerSetupError(f"worker {client.id!r} holds {len(hits)} tensors tagged {tag}, expected 1")
         location = hits[0].location  # resolved by id: only our client of that name if the ids agree
         if location is not client:
-            raise WorkerSetupError(f"the worker at {client.url} has id {getattr(location, 'id', location)!r}, "
-                             f"but it was given as {client.id!r}: use its --id")
+            raise WorkerSetupError(
+                f"the worker at {client.url} has id {getattr(location, 'id', location)!r}, "
+                f"but it was given as {client.id!r}: use its --id"
+            )
         found.append(hits[0])
     return tuple(found)
 
@@ -308,10 +334,20 @@ def feature_count(remote_data: List[Tuple], names: List[str]) -> int:
     return next(iter(counts.values()))
 
 
-def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Module = None,
-                  history: Optional[History] = None, loss_fn=sum_squared_error, evaluate=None, on_round=None,
-                  timeout: float = REPLY_TIMEOUT, connect_timeout: float = None, hook=None, certs: Optional[str] = None,
-                  party: str = MODEL_PARTY) -> History:
+def train_network(
+    config: FLConfig,
+    addresses: Dict[str, Address],
+    model: Optional[nn.Module] = None,
+    history: Optional[History] = None,
+    loss_fn=sum_squared_error,
+    evaluate=None,
+    on_round=None,
+    timeout: float = REPLY_TIMEOUT,
+    connect_timeout: Optional[float] = None,
+    hook=None,
+    certs: Optional[str] = None,
+    party: str = MODEL_PARTY,
+) -> History:
     """:func:`fl_smpc.federated.train_federated` over websocket workers that hold their own data.
 
     ``addresses`` maps each name of ``config.workers`` (same order) to its ``(host, port)``.
@@ -336,13 +372,23 @@ def train_network(config: FLConfig, addresses: Dict[str, Address], model: nn.Mod
             client.reopen()
             data = find_data(client)
             if data[0].shape[1] != features:
-                raise WorkerSetupError(f"worker {client.id!r} came back with {data[0].shape[1]} feature columns, "
-                                       f"expected {features}")
+                raise WorkerSetupError(
+                    f"worker {client.id!r} came back with {data[0].shape[1]} feature columns, expected {features}"
+                )
             return client, data
 
         try:
-            return run_rounds(model, clients, remote_data, config, loss_fn, history=history, evaluate=evaluate,
-                              on_round=on_round, reconnect=rejoin)
+            return run_rounds(
+                model,
+                clients,
+                remote_data,
+                config,
+                loss_fn,
+                history=history,
+                evaluate=evaluate,
+                on_round=on_round,
+                reconnect=rejoin,
+            )
         except RoundFailed as err:
             first = min(clients, key=lambda c: c.failed_at).failure
             if err.worker is None and first is not None:  # syft swallowed the real error and failed obscurely

@@ -9,10 +9,11 @@ last is a numeric feature, the last is the label, 0 or 1. Every row has the head
 
 A bad file must stop the worker *before* it serves, so every error names the file and the line.
 """
+
 import csv
 import math
 import os
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -83,8 +84,9 @@ def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(v)
 
 
-def split_to_csv(out_dir: str, names: Sequence[str], data: torch.Tensor = None,
-                 target: torch.Tensor = None) -> Dict[str, str]:
+def split_to_csv(
+    out_dir: str, names: Sequence[str], data: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None
+) -> Dict[str, str]:
     """Split a dataset (default: the seed's toy data) like the in-process run; one ``NAME.csv`` per owner.
 
     Returns ``{name: path}``. Uses :func:`fl_smpc.data.split_dataset`, so owner i gets the same
@@ -93,7 +95,8 @@ def split_to_csv(out_dir: str, names: Sequence[str], data: torch.Tensor = None,
     names = check_names(names)  # ids become file names: no path separators, no '..', no duplicates
     if data is None and target is None:
         data, target = toy_dataset()
-    parts = split_dataset(data, target, len(names))  # every check before the first file is written
+    # every check before the first file is written; a missing data or target is refused with one line
+    parts = split_dataset(data, target, len(names))  # type: ignore[arg-type]
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for name, (x, y) in zip(names, parts):

@@ -6,6 +6,8 @@ stopping a group also stops anything the worker started); on Linux a worker also
 the launcher itself dies. Readiness is the worker's "serving on" line, polled with a deadline --
 never a fixed sleep -- and a worker that exits instead is reported with the end of its log.
 """
+
+import contextlib
 import os
 import signal
 import socket
@@ -38,15 +40,34 @@ def _die_with_parent():  # runs in the child between fork and exec
         pass  # not Linux: the launcher's finally block is the only guarantee
 
 
-def worker_command(name: str, data_path: str, address: Address, peers: Dict[str, Address],
-                   timeout: float = None, certs: Optional[str] = None, model_party: str = MODEL_PARTY,
-                   extra: Sequence[str] = ()) -> List[str]:
+def worker_command(
+    name: str,
+    data_path: str,
+    address: Address,
+    peers: Dict[str, Address],
+    timeout: Optional[float] = None,
+    certs: Optional[str] = None,
+    model_party: str = MODEL_PARTY,
+    extra: Sequence[str] = (),
+) -> List[str]:
     """The ``fl-smpc worker`` command line for one owner (run with this interpreter), ``extra`` flags last.
 
     With ``certs`` the worker uses mutual TLS; without, ``--insecure`` (plain ws://, loopback only).
     """
-    cmd = [sys.executable, "-m", "fl_smpc", "worker", "--id", name, "--data", data_path,
-           "--host", address[0], "--port", str(address[1])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fl_smpc",
+        "worker",
+        "--id",
+        name,
+        "--data",
+        data_path,
+        "--host",
+        address[0],
+        "--port",
+        str(address[1]),
+    ]
     if peers:
         cmd += ["--peers", ",".join(f"{n}={h}:{p}" for n, (h, p) in peers.items())]
     if timeout is not None:
@@ -57,16 +78,28 @@ def worker_command(name: str, data_path: str, address: Address, peers: Dict[str,
     return cmd + list(extra)
 
 
-def start_worker(name: str, data_path: str, address: Address, peers: Dict[str, Address], log_path: str,
-                 timeout: float = None, certs: Optional[str] = None, model_party: str = MODEL_PARTY,
-                 extra: Sequence[str] = ()) -> subprocess.Popen:
+def start_worker(
+    name: str,
+    data_path: str,
+    address: Address,
+    peers: Dict[str, Address],
+    log_path: str,
+    timeout: Optional[float] = None,
+    certs: Optional[str] = None,
+    model_party: str = MODEL_PARTY,
+    extra: Sequence[str] = (),
+) -> subprocess.Popen:
     """Start one worker process in its own session, output to ``log_path``; see :func:`wait_ready`."""
     with open(log_path, "w") as log:
         return subprocess.Popen(
             worker_command(name, data_path, address, peers, timeout, certs, model_party, extra),
-            stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def stop_processes(procs: List[subprocess.Popen], grace: float = 5.0) -> None:
@@ -83,10 +116,8 @@ def stop_processes(procs: List[subprocess.Popen], grace: float = 5.0) -> None:
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone (its group is empty)
         os.killpg(proc.pid, sig)  # pid == pgid: started with start_new_session
-    except ProcessLookupError:
-        pass  # already gone (its group is empty)
 
 
 def wait_ready(proc: subprocess.Popen, log_path: str, name: str, deadline: float) -> None:
@@ -104,9 +135,16 @@ def wait_ready(proc: subprocess.Popen, log_path: str, name: str, deadline: float
 
 
 @contextmanager
-def local_workers(data_paths: Dict[str, str], host: str = "127.0.0.1", ready_timeout: float = 60.0,
-                  timeout: float = None, log_dir: str = None, certs: Optional[str] = None,
-                  model_party: str = MODEL_PARTY, worker_args: Sequence[str] = ()) -> Iterator[Dict[str, Address]]:
+def local_workers(
+    data_paths: Dict[str, str],
+    host: str = "127.0.0.1",
+    ready_timeout: float = 60.0,
+    timeout: Optional[float] = None,
+    log_dir: Optional[str] = None,
+    certs: Optional[str] = None,
+    model_party: str = MODEL_PARTY,
+    worker_args: Sequence[str] = (),
+) -> Iterator["WorkerAddresses"]:
     """Run one worker process per ``{name: csv_path}`` on free ports; yield ``{name: (host, port)}``.
 
     Every process is stopped on exit, whatever happened (error, Ctrl-C). ``timeout`` is passed to
@@ -122,8 +160,9 @@ def local_workers(data_paths: Dict[str, str], host: str = "127.0.0.1", ready_tim
             for name, path in data_paths.items():
                 peers = {n: a for n, a in addresses.items() if n != name}
                 addresses.logs[name] = os.path.join(log_dir, f"{name}.log")
-                addresses.processes[name] = start_worker(name, path, addresses[name], peers, addresses.logs[name],
-                                                         timeout, certs, model_party, worker_args)
+                addresses.processes[name] = start_worker(
+                    name, path, addresses[name], peers, addresses.logs[name], timeout, certs, model_party, worker_args
+                )
             deadline = time.monotonic() + ready_timeout
             for name, proc in addresses.processes.items():
                 wait_ready(proc, addresses.logs[name], name, deadline)

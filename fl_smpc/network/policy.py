@@ -15,8 +15,8 @@ message routing (:meth:`OwnerPolicy.receive`) and
 
 docs/policy.md gives the rules, the recorded protocol traffic and what a model owner can still learn.
 """
+
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
@@ -35,14 +35,37 @@ PROTECTED, PLAIN, SHARE, POINTERS = "protected", "plain", "share", "pointers"
 # The pairwise protocol's worker commands (fl_smpc.pairwise_owner), checked by OwnerPolicy._check_pairwise.
 PAIRWISE_COMMANDS = frozenset({"pairwise_public_key", "pairwise_agree_keys", "pairwise_masked_vector"})
 # The commands of a training round (recorded, see docs/policy.md). Everything else is refused.
-READS = frozenset({"__add__", "__sub__", "__mul__", "__pow__", "__lt__", "__bool__", "abs", "all", "sum", "long",
-                   "type", "view", "backward", "share", "double", "round"})
+READS = frozenset(
+    {
+        "__add__",
+        "__sub__",
+        "__mul__",
+        "__pow__",
+        "__lt__",
+        "__bool__",
+        "abs",
+        "all",
+        "sum",
+        "long",
+        "type",
+        "view",
+        "backward",
+        "share",
+        "double",
+        "round",
+    }
+)
 WRITES = frozenset({"add_", "zero_", "detach_"})  # in place on the caller's own tensors only
 FUNCTIONS = frozenset({"torch.nn.functional.linear", "torch.cat"})
 POINTER_ATTRS = frozenset({None, "data", "grad", "grad.data"})  # what optimizers reach through a pointer
 # share()'s options as the protocol sends them (dtype None means syft's default, the int64 ring, too)
-SHARE_OPTIONS = {"protocol": ("snn",), "field": (None,), "dtype": (None, "long"), "crypto_provider": (None,),
-                 "requires_grad": (False,)}
+SHARE_OPTIONS = {
+    "protocol": ("snn",),
+    "field": (None,),
+    "dtype": (None, "long"),
+    "crypto_provider": (None,),
+    "requires_grad": (False,),
+}
 
 
 @dataclass(frozen=True)
@@ -95,8 +118,13 @@ def refusal_error(worker_id: str, reason: str) -> GetNotPermittedError:
 class OwnerPolicy:
     """The policy of one data owner's worker; ``log(line)`` receives one line per refusal."""
 
-    def __init__(self, worker, peers: Sequence[str], settings: PolicySettings = DEFAULT_SETTINGS,
-                 log: Callable[[str], None] = None):
+    def __init__(
+        self,
+        worker,
+        peers: Sequence[str],
+        settings: PolicySettings = DEFAULT_SETTINGS,
+        log: Optional[Callable[[str], None]] = None,
+    ):
         self.worker, self.settings = worker, settings
         self.peers = frozenset(peers)
         self.log = log or (lambda line: None)
@@ -116,8 +144,9 @@ class OwnerPolicy:
     def protect(self, *tensors: torch.Tensor) -> None:
         """Register the owner's data and labels (already stored in the worker) as read-only and private."""
         for tensor in tensors:
-            self.protected[tensor.id] = tensor
-            self.records[tensor.id] = Record(frozenset({self.worker.id}), PROTECTED, self.worker.id, 0)
+            tensor_id = tensor.id  # type: ignore[attr-defined]  # syft's hook adds Tensor.id
+            self.protected[tensor_id] = tensor
+            self.records[tensor_id] = Record(frozenset({self.worker.id}), PROTECTED, self.worker.id, 0)
         if self.max_release is None and tensors and tensors[0].dim() == 2:
             self.max_release = tensors[0].shape[1] + 1
 
@@ -167,10 +196,15 @@ class OwnerPolicy:
             raise Refusal(f"unknown requester {who!r}")
         if nested and contents.kind != "ObjectMessage":
             raise Refusal(f"{contents.kind} from the worker itself")
-        if who in self.peers and contents.kind not in ("ObjectMessage", "ForceObjectDeleteMessage",
-                                                       "WorkerCommandMessage"):
-            raise Refusal(f"a peer owner only sends shares, asks for a pairwise public key and deletes its own "
-                          f"objects, not {contents.kind}")
+        if who in self.peers and contents.kind not in (
+            "ObjectMessage",
+            "ForceObjectDeleteMessage",
+            "WorkerCommandMessage",
+        ):
+            raise Refusal(
+                f"a peer owner only sends shares, asks for a pairwise public key and deletes its own "
+                f"objects, not {contents.kind}"
+            )
         refs = [(obj_id, attr, self._visible(session, obj_id)) for obj_id, attr in self._pointers(contents)]
         try:
             msg = sy.serde.deserialize(message, worker=self.worker)
@@ -197,9 +231,12 @@ class OwnerPolicy:
         terms = [msg.query] if isinstance(msg.query, str) else list(msg.query)
         if len(terms) != 1 or terms[0] not in (DATA_TAG, TARGET_TAG):
             raise Refusal(f"search answers only {DATA_TAG} or {TARGET_TAG}, not {terms}")
-        found = [t for t in self.protected.values() if terms[0] in (t.tags or ())]
-        pointers = [t.create_pointer(garbage_collect_data=False, owner=sy.local_worker, tags=t.tags).wrap()
-                    for t in found]
+        # syft's hook adds Tensor.tags and Tensor.create_pointer
+        found = [t for t in self.protected.values() if terms[0] in (t.tags or ())]  # type: ignore[attr-defined]
+        pointers = [
+            t.create_pointer(garbage_collect_data=False, owner=sy.local_worker, tags=t.tags).wrap()  # type: ignore[attr-defined]
+            for t in found
+        ]
         return pointers, terms[0]
 
     def _IsNoneMessage(self, msg, session, contents, refs):
@@ -215,8 +252,9 @@ class OwnerPolicy:
         if name in PAIRWISE_COMMANDS:
             self._check_pairwise(name, msg.message[0], session)
         elif name not in self.settings.worker_commands or session.requester in self.peers:
-            raise Refusal(f"worker command {name!r} is not allowed (none is, unless the owner allows it with "
-                          "--allow-command)")
+            raise Refusal(
+                f"worker command {name!r} is not allowed (none is, unless the owner allows it with --allow-command)"
+            )
         return self._route(msg), name
 
     def _check_pairwise(self, name: str, args, session: Session) -> None:
@@ -232,8 +270,10 @@ class OwnerPolicy:
         if name != "pairwise_masked_vector":
             return
         if len(set(owners)) < self.settings.min_owners:
-            raise Refusal(f"a masked vector among {len(set(owners))} owner(s): a sum must cover at least "
-                          f"{self.settings.min_owners} owners (--min-owners)")
+            raise Refusal(
+                f"a masked vector among {len(set(owners))} owner(s): a sum must cover at least "
+                f"{self.settings.min_owners} owners (--min-owners)"
+            )
         rec = self._visible(session, args[0])
         if rec.kind != PLAIN:
             raise Refusal("only a plain tensor of this connection is masked")
@@ -257,21 +297,22 @@ class OwnerPolicy:
         obj = msg.object
         if not isinstance(obj, torch.Tensor):
             raise Refusal("only tensors may be sent to a data owner")
-        if obj.id in self.worker.object_store._objects or obj.id in self.records:
-            raise Refusal(f"object id {obj.id} is already in use")
+        obj_id = obj.id  # type: ignore[attr-defined]  # syft's hook adds Tensor.id
+        if obj_id in self.worker.object_store._objects or obj_id in self.records:
+            raise Refusal(f"object id {obj_id} is already in use")
         if self._depth > 1:  # the owner's own share, sent to itself by ``share``
             if session is None:
                 raise Refusal("the worker sends objects to itself only while sharing")
-            rec = Record(self._share_owners, SHARE, self.worker.id, session.serial, frozenset({obj.id}))
+            rec = Record(self._share_owners, SHARE, self.worker.id, session.serial, frozenset({obj_id}))
         elif session.requester in self.peers:
             who = session.requester
             if type(obj) is not torch.Tensor or obj.dtype != torch.int64 or obj.requires_grad:
                 raise Refusal("a peer owner only sends shares (int64 tensors)")
-            rec = Record(frozenset({who}), SHARE, who, session.serial, frozenset({obj.id}))
+            rec = Record(frozenset({who}), SHARE, who, session.serial, frozenset({obj_id}))
         else:
             rec = Record(frozenset(), PLAIN, session.requester, session.serial)
         response = self._route(msg)
-        self.records[obj.id] = rec
+        self.records[obj_id] = rec
         return response, None
 
     def _ObjectRequestMessage(self, msg, session, contents, refs):
@@ -351,6 +392,7 @@ class OwnerPolicy:
         if any(getattr(t, "is_wrapper", False) or not isinstance(t, torch.Tensor) for t in tensors):
             raise Refusal("commands run on plain tensors only")
         if name == "share":
+            assert target_rec is not None  # share is a method: its target was checked above
             self._check_share(action, target_rec)
         elif action.kwargs:
             raise Refusal(f"keyword arguments to {name!r} are not part of the protocol")
@@ -359,6 +401,7 @@ class OwnerPolicy:
         if name == "backward" and action.args:
             raise Refusal("backward() takes no arguments")
         if name in WRITES:
+            assert target_rec is not None  # writes are methods: their target was checked above
             if target_rec.session != session.serial:
                 raise Refusal(f"{name!r} on an object this connection did not create")
             if self._aliases_protected(action.target):
@@ -368,8 +411,12 @@ class OwnerPolicy:
 
     def _check_share_sum(self, action, refs) -> None:
         """Shares only ever get added to shares: anything else could isolate one owner's share."""
-        if not (action.name == "__add__" and len(refs) == 2 and len(action.args) == 1
-                and all(rec.kind == SHARE for _, _, rec in refs)):
+        if not (
+            action.name == "__add__"
+            and len(refs) == 2
+            and len(action.args) == 1
+            and all(rec.kind == SHARE for _, _, rec in refs)
+        ):
             raise Refusal("shares may only be added to other shares")
         if refs[0][2].parts & refs[1][2].parts:
             raise Refusal("a share cannot be added to a sum it is already part of")
@@ -379,11 +426,15 @@ class OwnerPolicy:
         if any(k not in SHARE_OPTIONS or v not in SHARE_OPTIONS[k] for k, v in action.kwargs.items()):
             raise Refusal(f"share() takes only the protocol's options {SHARE_OPTIONS}, not {action.kwargs}")
         if len(set(owners)) != len(owners) or not set(owners) <= self.peers | {self.worker.id}:
-            raise Refusal(f"shares go only to distinct owners of this federation ({sorted(self.peers)} and "
-                          f"{self.worker.id!r}), not {owners}")
+            raise Refusal(
+                f"shares go only to distinct owners of this federation ({sorted(self.peers)} and "
+                f"{self.worker.id!r}), not {owners}"
+            )
         if target_rec.owners and len(owners) < self.settings.min_owners:
-            raise Refusal(f"a private value is shared among at least {self.settings.min_owners} owners "
-                          f"(--min-owners), not {len(owners)}")
+            raise Refusal(
+                f"a private value is shared among at least {self.settings.min_owners} owners "
+                f"(--min-owners), not {len(owners)}"
+            )
         if action.target.dtype != torch.int64:
             raise Refusal("only fixed-precision (int64) values are shared")
 
@@ -403,14 +454,18 @@ class OwnerPolicy:
         elif obj.numel() == 1:
             self._charge_scalar(session, "a scalar")
         else:
-            raise Refusal(f"a value computed from the private data of {sorted(rec.owners)} leaves only as a "
-                          f"scalar ({self.settings.scalars_per_round} per round) or as this owner's share of a "
-                          f"sum over at least {self.settings.min_owners} owners")
+            raise Refusal(
+                f"a value computed from the private data of {sorted(rec.owners)} leaves only as a "
+                f"scalar ({self.settings.scalars_per_round} per round) or as this owner's share of a "
+                f"sum over at least {self.settings.min_owners} owners"
+            )
 
     def _release_sum(self, session: Session, rec: Record, obj) -> None:
         if len(rec.owners) < self.settings.min_owners:
-            raise Refusal(f"this owner's share of a sum over {len(rec.owners)} owner(s) {sorted(rec.owners)}: "
-                          f"a sum must cover at least {self.settings.min_owners} owners (--min-owners)")
+            raise Refusal(
+                f"this owner's share of a sum over {len(rec.owners)} owner(s) {sorted(rec.owners)}: "
+                f"a sum must cover at least {self.settings.min_owners} owners (--min-owners)"
+            )
         if rec.parts & self.spent:
             raise Refusal("a share already released as part of a sum is not released again")
         if self.max_release is not None and obj.numel() > self.max_release:
@@ -420,8 +475,10 @@ class OwnerPolicy:
 
     def _charge_scalar(self, session: Session, what: str) -> None:
         if session.scalars >= self.settings.scalars_per_round:
-            raise Refusal(f"{what} computed from private data: this round's {self.settings.scalars_per_round} "
-                          "scalars are used up (a round ends when this owner releases its share of a sum)")
+            raise Refusal(
+                f"{what} computed from private data: this round's {self.settings.scalars_per_round} "
+                "scalars are used up (a round ends when this owner releases its share of a sum)"
+            )
         session.scalars += 1
 
     def _aliases_protected(self, tensor) -> bool:
@@ -468,7 +525,7 @@ class OwnerPolicy:
         store = self.worker.object_store._objects
         store.pop(result_id, None)
         for obj_id, tensor in self.protected.items():
-            tensor.id = obj_id
+            tensor.id = obj_id  # type: ignore[attr-defined]  # syft's hook adds Tensor.id
             store[obj_id] = tensor
 
 
@@ -476,7 +533,7 @@ def _storage(obj) -> Optional[int]:
     """The address of a plain tensor's memory (views and aliases share it); None for anything else."""
     if not isinstance(obj, torch.Tensor) or getattr(obj, "is_wrapper", False):
         return None
-    return obj.storage().data_ptr() or None
+    return obj.storage().data_ptr() or None  # type: ignore[attr-defined]  # not in torch 1.4's Storage stub
 
 
 def _flatten(args) -> List:

@@ -73,8 +73,17 @@ class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
     policy: Optional[OwnerPolicy] = None
     _connections = itertools.count(1)
 
-    def __init__(self, hook, host: str, port: int, id: str, data=None, tls: Optional[ssl.SSLContext] = None,
-                 allowed: Iterable[str] = (), model_party: str = MODEL_PARTY):
+    def __init__(
+        self,
+        hook,
+        host: str,
+        port: int,
+        id: str,
+        data=None,
+        tls: Optional[ssl.SSLContext] = None,
+        allowed: Iterable[str] = (),
+        model_party: str = MODEL_PARTY,
+    ):
         self.tls, self.allowed, self.model_party = tls, frozenset(allowed), model_party
         self.current_requester: Optional[str] = None
         self.current_connection = 0
@@ -88,7 +97,7 @@ class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
         """The policy's requester: None for the model owner, else the peer owner's id."""
         if self.tls is not None:
             return None if party == self.model_party else party
-        claimed = path[len(PEER_PATH):] if path.startswith(PEER_PATH) else None
+        claimed = path[len(PEER_PATH) :] if path.startswith(PEER_PATH) else None
         return claimed if self.policy is not None and claimed in self.policy.peers else None
 
     async def _handler(self, connection, path: str = "/", *unused_args):
@@ -121,8 +130,12 @@ class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
             return super().recv_msg(bin_message)
         return self.policy.receive(bin_message, self.current_requester, self.current_connection)
 
-    def enable_policy(self, peers: Sequence[str], settings: PolicySettings = DEFAULT_SETTINGS,
-                      log: Callable[[str], None] = None) -> OwnerPolicy:
+    def enable_policy(
+        self,
+        peers: Sequence[str],
+        settings: PolicySettings = DEFAULT_SETTINGS,
+        log: Optional[Callable[[str], None]] = None,
+    ) -> OwnerPolicy:
         """Put the owner's release policy in front of syft's message routing; the tagged data and
         labels become read-only and private. Received tensors are loaded without pickle globals."""
         install_safe_tensor_loading()
@@ -142,13 +155,23 @@ class DataOwnerServer(PairwiseOwner, WebsocketServerWorker):
         """SHA-256 of the stored data and labels: equal at start and stop if nobody changed them."""
         return fingerprint(*self.owner_tensors())
 
-    def serve(self, on_ready: Callable[[int], None] = None) -> None:
+    def serve(self, on_ready: Optional[Callable[[int], None]] = None) -> None:
         """Serve until SIGINT or SIGTERM; ``on_ready(port)`` once listening (port 0 picks a free one)."""
         loop = self.loop
         asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(websockets.serve(
-            self._handler, self.host, self.port, max_size=None, ping_interval=None, close_timeout=1, ssl=self.tls,
-            create_protocol=functools.partial(PartyCheckingProtocol, owner=self)))
+        # websockets documents None (no limit, no pings) and any protocol factory; its annotations allow neither
+        server = loop.run_until_complete(
+            websockets.serve(
+                self._handler,
+                self.host,
+                self.port,
+                max_size=None,  # type: ignore[arg-type]
+                ping_interval=None,  # type: ignore[arg-type]
+                close_timeout=1,
+                ssl=self.tls,
+                create_protocol=functools.partial(PartyCheckingProtocol, owner=self),  # type: ignore[arg-type]
+            )
+        )
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -176,8 +199,9 @@ def authenticate(ssl_object: Optional[ssl.SSLObject], allowed: FrozenSet[str], w
     except ssl.SSLError as err:
         raise PermissionError(f"worker {worker_id!r} refuses the client: {err}") from None
     if party not in allowed:
-        raise PermissionError(f"worker {worker_id!r} does not accept party {party!r}; it accepts "
-                              f"{', '.join(sorted(allowed))}")
+        raise PermissionError(
+            f"worker {worker_id!r} does not accept party {party!r}; it accepts {', '.join(sorted(allowed))}"
+        )
     return party
 
 
@@ -207,7 +231,7 @@ def refuse_get(tensor: torch.Tensor) -> torch.Tensor:
     ``data_ptr.get()`` only; computing on the data and fetching the result is stopped by the
     owner's release policy (:mod:`fl_smpc.network.policy`), of which this is a second layer.
     """
-    tensor.allow = lambda user=None: False
+    tensor.allow = lambda user=None: False  # type: ignore[attr-defined]  # syft's hook adds Tensor.allow
     return tensor
 
 
@@ -236,20 +260,38 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def data_owner_server(hook, worker_id: str, data: torch.Tensor, target: torch.Tensor, host: str = "127.0.0.1",
-                      port: int = 8777, tls: Optional[ssl.SSLContext] = None, allowed: Iterable[str] = (),
-                      model_party: str = MODEL_PARTY) -> DataOwnerServer:
+def data_owner_server(
+    hook,
+    worker_id: str,
+    data: torch.Tensor,
+    target: torch.Tensor,
+    host: str = "127.0.0.1",
+    port: int = 8777,
+    tls: Optional[ssl.SSLContext] = None,
+    allowed: Iterable[str] = (),
+    model_party: str = MODEL_PARTY,
+) -> DataOwnerServer:
     """The server holding an owner's data and labels, tagged for search and refusing a plain get."""
-    data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))
-    target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))
-    return DataOwnerServer(hook, host=host, port=port, id=worker_id, data=[data, target], tls=tls, allowed=allowed,
-                           model_party=model_party)
+    # syft's hook adds Tensor.tag and Tensor.describe
+    data = refuse_get(data.tag(DATA_TAG).describe(f"{worker_id}'s features"))  # type: ignore[attr-defined]
+    target = refuse_get(target.tag(TARGET_TAG).describe(f"{worker_id}'s labels"))  # type: ignore[attr-defined]
+    return DataOwnerServer(
+        hook, host=host, port=port, id=worker_id, data=[data, target], tls=tls, allowed=allowed, model_party=model_party
+    )
 
 
-def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", port: int = 8777,
-                      peers: Dict[str, Address] = None, timeout: float = CONNECT_TIMEOUT, certs: Optional[str] = None,
-                      model_party: str = MODEL_PARTY, policy: Optional[PolicySettings] = DEFAULT_SETTINGS,
-                      log: Callable[[str], None] = None) -> DataOwnerServer:
+def create_data_owner(
+    worker_id: str,
+    data_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8777,
+    peers: Optional[Dict[str, Address]] = None,
+    timeout: float = CONNECT_TIMEOUT,
+    certs: Optional[str] = None,
+    model_party: str = MODEL_PARTY,
+    policy: Optional[PolicySettings] = DEFAULT_SETTINGS,
+    log: Optional[Callable[[str], None]] = None,
+) -> DataOwnerServer:
     """Load and validate the owner's CSV (before anything else), then build its server and peer clients.
 
     Peers are connected lazily on first use with retries until ``timeout``: they may start later.
@@ -264,8 +306,9 @@ def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", p
     data, target = read_csv(data_path)
     peers = dict(peers or {})
     if not peers:
-        raise ConfigError("peers: a worker sends shares to the other owners, so it needs at least one "
-                         "peer NAME=HOST:PORT (--peers)")
+        raise ConfigError(
+            "peers: a worker sends shares to the other owners, so it needs at least one peer NAME=HOST:PORT (--peers)"
+        )
     check_names((worker_id, *peers))  # same id rules as the in-process run (unique, safe, not "me")
     check_party(model_party)
     if model_party in (worker_id, *peers):
@@ -276,17 +319,26 @@ def create_data_owner(worker_id: str, data_path: str, host: str = "127.0.0.1", p
     else:
         tls, peer_tls = server_context(certs, worker_id), client_context(certs, worker_id)
     if policy is not None and not 2 <= policy.min_owners <= len(peers) + 1:
-        raise ConfigError(f"min-owners: a released sum must cover 2 to {len(peers) + 1} owners (this worker and "
-                          f"its {len(peers)} peer(s)), got {policy.min_owners}")
+        raise ConfigError(
+            f"min-owners: a released sum must cover 2 to {len(peers) + 1} owners (this worker and "
+            f"its {len(peers)} peer(s)), got {policy.min_owners}"
+        )
     hook = create_hook()  # also makes this worker's share masks cryptographic (fl_smpc.share_masks)
     server = data_owner_server(hook, worker_id, data, target, host, port, tls, (model_party, *peers), model_party)
     for peer_id, (peer_host, peer_port) in peers.items():
-        client = PeerClient(hook, peer_host, peer_port, id=peer_id, timeout=timeout,
-                            connect_timeout=timeout, reconnect=True, tls=peer_tls, caller=worker_id)
+        client = PeerClient(
+            hook,
+            peer_host,
+            peer_port,
+            id=peer_id,
+            timeout=timeout,
+            connect_timeout=timeout,
+            reconnect=True,
+            tls=peer_tls,
+            caller=worker_id,
+        )
         if peer_id not in server._known_workers:
             server.add_worker(client)
     if policy is not None:
         server.enable_policy(list(peers), policy, log)
     return server
-
-

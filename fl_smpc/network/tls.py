@@ -15,10 +15,11 @@ Directory layout (``fl-smpc certs``): ``ca.pem``, ``ca.key`` (only needed to add
 and ``<party>.pem`` / ``<party>.key`` for each party. Keys are written readable by the owner only.
 """
 
+import contextlib
 import datetime
 import os
 import ssl
-from typing import Dict, Iterable, List, Tuple, Union
+from typing import Any, Dict, Iterable, List, Tuple, Union
 
 from ..config import CERT_DAYS, NAME_PATTERN
 from ..errors import TLSConfigError
@@ -29,6 +30,7 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)  # certificates are valid a little be
 
 
 # --- creating a federation -------------------------------------------------------------------------------
+
 
 def check_parties(parties: Iterable[str]) -> List[str]:
     """Party ids as a list: valid worker names, unique even ignoring case (TLS name checks ignore case), not 'ca'."""
@@ -47,8 +49,9 @@ def check_parties(parties: Iterable[str]) -> List[str]:
     return parties
 
 
-def create_federation(out_dir: str, parties: Iterable[str], days: int = CERT_DAYS,
-                      overwrite: bool = False) -> Dict[str, str]:
+def create_federation(
+    out_dir: str, parties: Iterable[str], days: int = CERT_DAYS, overwrite: bool = False
+) -> Dict[str, str]:
     """Write a CA and one EC P-256 key and certificate per party into ``out_dir``; return ``{name: path}``.
 
     If ``out_dir`` already holds ``ca.pem`` and ``ca.key`` (and not ``overwrite``), that CA issues the
@@ -78,8 +81,10 @@ def create_federation(out_dir: str, parties: Iterable[str], days: int = CERT_DAY
         taken = sorted(name for name in files if os.path.lexists(os.path.join(out_dir, name)))
         if taken:
             verb = "exists" if len(taken) == 1 else "exist"
-            raise TLSConfigError(f"{out_dir}: {', '.join(taken)} already {verb}; choose another directory or "
-                                 "overwrite them (fl-smpc certs --force)")
+            raise TLSConfigError(
+                f"{out_dir}: {', '.join(taken)} already {verb}; choose another directory or "
+                "overwrite them (fl-smpc certs --force)"
+            )
     os.makedirs(out_dir, exist_ok=True)
     return _write_all(out_dir, files, overwrite)
 
@@ -90,15 +95,32 @@ def _ca_certificate(key, now: datetime.datetime, days: int):
     from cryptography.x509.oid import NameOID
 
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fl-smpc federation CA")])
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def _party_certificate(party: str, key, ca_cert, ca_key, now: datetime.datetime, days: int):
@@ -108,21 +130,37 @@ def _party_certificate(party: str, key, ca_cert, ca_key, now: datetime.datetime,
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)  # never outlive the CA
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(party)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(party)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
 
 
 def _load_ca(cert_path: str, key_path: str):
@@ -136,7 +174,8 @@ def _load_ca(cert_path: str, key_path: str):
             key = load_pem_private_key(f.read(), password=None)
     except (OSError, ValueError, TypeError) as err:
         raise TLSConfigError(f"cannot use the existing CA {cert_path} / {key_path}: {err}") from None
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    # our CA keys are EC (RSA and DSA keys have public_numbers too)
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
         raise TLSConfigError(f"{key_path} is not the key of {cert_path}")
     return cert, key
 
@@ -159,8 +198,9 @@ def _write_all(out_dir: str, files: Dict[str, bytes], overwrite: bool) -> Dict[s
     placed: List[str] = []
     try:
         for name, data in files.items():
-            temps[name] = _write_new(os.path.join(out_dir, f".{name}.tmp-{os.getpid()}"), data,
-                                     0o600 if name.endswith(KEY_SUFFIX) else 0o644)
+            temps[name] = _write_new(
+                os.path.join(out_dir, f".{name}.tmp-{os.getpid()}"), data, 0o600 if name.endswith(KEY_SUFFIX) else 0o644
+            )
         for name, temp in temps.items():
             final = os.path.join(out_dir, name)
             if overwrite:
@@ -194,24 +234,28 @@ def _write_new(path: str, data: bytes, mode: int) -> str:
 
 def _remove(paths: List[str]) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 # --- using a federation: SSL contexts and party ids ------------------------------------------------------
 
+
 def party_files(certs_dir: str, party: str) -> Tuple[str, str, str]:
     """``(ca.pem, <party>.pem, <party>.key)`` in ``certs_dir``; TLSConfigError naming what is missing."""
-    paths = (os.path.join(certs_dir, CA_CERT), os.path.join(certs_dir, party + CERT_SUFFIX),
-             os.path.join(certs_dir, party + KEY_SUFFIX))
+    paths = (
+        os.path.join(certs_dir, CA_CERT),
+        os.path.join(certs_dir, party + CERT_SUFFIX),
+        os.path.join(certs_dir, party + KEY_SUFFIX),
+    )
     if not os.path.isdir(certs_dir):
         raise TLSConfigError(f"--certs {certs_dir}: no such directory (make one with `fl-smpc certs`)")
     missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
     if missing:
-        raise TLSConfigError(f"--certs {certs_dir}: missing {', '.join(missing)} (party {party!r} needs ca.pem, "
-                             f"{party}.pem and {party}.key)")
+        raise TLSConfigError(
+            f"--certs {certs_dir}: missing {', '.join(missing)} (party {party!r} needs ca.pem, "
+            f"{party}.pem and {party}.key)"
+        )
     return paths
 
 
@@ -224,8 +268,10 @@ def _context(protocol: int, certs_dir: str, party: str) -> ssl.SSLContext:
         context.load_verify_locations(ca)
         context.load_cert_chain(cert, key)
     except OSError as err:  # ssl.SSLError (not PEM, key does not match) or e.g. a key we may not read
-        raise TLSConfigError(f"--certs {certs_dir}: cannot load {os.path.basename(cert)}, {os.path.basename(key)} "
-                             f"or {CA_CERT}: {getattr(err, 'reason', None) or err.strerror or err}") from None
+        raise TLSConfigError(
+            f"--certs {certs_dir}: cannot load {os.path.basename(cert)}, {os.path.basename(key)} "
+            f"or {CA_CERT}: {getattr(err, 'reason', None) or err.strerror or err}"
+        ) from None
     check_own_certificate(cert, party)
     return context
 
@@ -265,7 +311,8 @@ def peer_party(peer: Union[ssl.SSLObject, ssl.SSLSocket, dict, None]) -> str:
     ``peer`` is an SSL object/socket after the handshake or its ``getpeercert()`` dict. Raises
     ``ssl.SSLError`` when there is no certificate or it does not name one party consistently.
     """
-    cert = peer.getpeercert() if hasattr(peer, "getpeercert") else peer
+    getpeercert = getattr(peer, "getpeercert", None)
+    cert: Any = getpeercert() if getpeercert is not None else peer
     if not cert:
         raise ssl.SSLError("the peer presented no certificate")
     names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
@@ -283,11 +330,15 @@ def check_own_certificate(path: str, party: str) -> None:
         raise TLSConfigError(f"{path}: this certificate is for party {own!r}, not {party!r}")
     cert, now = _load_certificate(path), datetime.datetime.now(datetime.timezone.utc)
     if now > cert.not_valid_after_utc:
-        raise TLSConfigError(f"{path}: the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
-                             "make a new one (fl-smpc certs)")
+        raise TLSConfigError(
+            f"{path}: the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            "make a new one (fl-smpc certs)"
+        )
     if now < cert.not_valid_before_utc:
-        raise TLSConfigError(f"{path}: the certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
-                             " UTC (is this machine's clock right?)")
+        raise TLSConfigError(
+            f"{path}: the certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
+            " UTC (is this machine's clock right?)"
+        )
 
 
 def certificate_party(path: str) -> str:
@@ -299,12 +350,15 @@ def certificate_party(path: str) -> str:
     names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     try:
         dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.DNSName)
+            x509.DNSName
+        )
     except x509.ExtensionNotFound:
         dns = []
     if len(names) != 1 or names[0] not in dns:
-        raise TLSConfigError(f"{path}: the certificate must name its party as CN and as a DNS subjectAltName "
-                             f"(found CN {names}, DNS names {dns})")
+        raise TLSConfigError(
+            f"{path}: the certificate must name its party as CN and as a DNS subjectAltName "
+            f"(found CN {names}, DNS names {dns})"
+        )
     return names[0]
 
 

@@ -7,6 +7,7 @@ classes by name or create workers. A data owner therefore first walks the raw ms
 accepts only the types the training protocol uses, and loads tensors with an unpickler that knows
 only tensor storages (:func:`install_safe_tensor_loading`).
 """
+
 import io
 import pickle
 from dataclasses import dataclass, field
@@ -14,13 +15,23 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 # Types the protocol's messages contain (found by recording a run); anything else is refused unread.
-MESSAGE_TYPES = ("TensorCommandMessage", "ObjectMessage", "ObjectRequestMessage", "IsNoneMessage",
-                 "GetShapeMessage", "ForceObjectDeleteMessage", "SearchMessage", "WorkerCommandMessage")
+MESSAGE_TYPES = (
+    "TensorCommandMessage",
+    "ObjectMessage",
+    "ObjectRequestMessage",
+    "IsNoneMessage",
+    "GetShapeMessage",
+    "ForceObjectDeleteMessage",
+    "SearchMessage",
+    "WorkerCommandMessage",
+)
 
 # The only globals a pickled CPU tensor refers to.
 _STORAGES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
-SAFE_GLOBALS = frozenset({("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict")}
-                         | {("torch", f"{name}Storage") for name in _STORAGES})
+SAFE_GLOBALS = frozenset(
+    {("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict")}
+    | {("torch", f"{name}Storage") for name in _STORAGES}
+)
 
 
 class WireError(ValueError):
@@ -98,10 +109,21 @@ def _text(node) -> str:
 
 
 # The handler (a _Reader method) of each type the protocol sends, by class name.
-_HANDLERS = {"dict": "_dict", "list": "_items", "tuple": "_items", "set": "_items", "str": "_text", "dtype": "_dtype",
-             "Size": "_ints", "Tensor": "_tensor", "Parameter": "_parameter", "PointerTensor": "_pointer",
-             "ComputationAction": "_action", **dict.fromkeys(MESSAGE_TYPES, "_items"),
-             "ForceObjectDeleteMessage": "value"}  # its payload is the simplified list of ids itself
+_HANDLERS = {
+    "dict": "_dict",
+    "list": "_items",
+    "tuple": "_items",
+    "set": "_items",
+    "str": "_text",
+    "dtype": "_dtype",
+    "Size": "_ints",
+    "Tensor": "_tensor",
+    "Parameter": "_parameter",
+    "PointerTensor": "_pointer",
+    "ComputationAction": "_action",
+    **dict.fromkeys(MESSAGE_TYPES, "_items"),
+    "ForceObjectDeleteMessage": "value",
+}  # its payload is the simplified list of ids itself
 
 
 @lru_cache(maxsize=None)

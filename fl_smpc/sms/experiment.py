@@ -6,9 +6,10 @@ in a deployment each owner would build them on its own machine with the same cal
 
 Returns an :class:`SmsResult`; printing is left to the CLI.
 """
+
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +17,20 @@ from torch import nn, optim
 
 from ..config import SMS_FEATURES, SMS_SPLIT_SEED, SMS_TEST_FRACTION, FLConfig, RunSpec
 from ..data import send_partitions
-from ..federated import History, initial_model, run_rounds
+from ..federated import initial_model, run_rounds
 from ..training import sum_squared_error
 from ..workers import create_hook, virtual_workers
-from .corpus import (Messages, deduplicate, featurize, labels_tensor, load_data_file, load_packaged_corpus, partition,
-                     spam_metrics, train_test_split)
+from .corpus import (
+    Messages,
+    deduplicate,
+    featurize,
+    labels_tensor,
+    load_data_file,
+    load_packaged_corpus,
+    partition,
+    spam_metrics,
+    train_test_split,
+)
 
 
 def mean_bce_with_logits(logits, target):
@@ -47,15 +57,24 @@ class PreparedData:
     info: dict = field(default_factory=dict)
 
 
-def prepare_data(messages: Messages, n_owners: int, scheme: str = "iid", test_fraction: float = SMS_TEST_FRACTION,
-                 seed: int = SMS_SPLIT_SEED) -> PreparedData:
+def prepare_data(
+    messages: Messages,
+    n_owners: int,
+    scheme: str = "iid",
+    test_fraction: float = SMS_TEST_FRACTION,
+    seed: int = SMS_SPLIT_SEED,
+) -> PreparedData:
     """De-duplicate, hold out a stratified test set, and partition the rest across the owners."""
     unique, removed = deduplicate(messages)
     train, test = train_test_split(unique, test_fraction, seed)
     owners = [train.subset(ids) for ids in partition(train.labels, n_owners, scheme, seed)]
     info = {
-        "source": messages.source, "messages": len(messages), "duplicates_removed": removed,
-        "train": len(train), "test": len(test), "test_spam": sum(test.labels),
+        "source": messages.source,
+        "messages": len(messages),
+        "duplicates_removed": removed,
+        "train": len(train),
+        "test": len(test),
+        "test_spam": sum(test.labels),
         "owners": [{"messages": len(o), "spam": sum(o.labels), "spam_rate": round(o.spam_rate, 4)} for o in owners],
     }
     return PreparedData(owners, train, test, info)
@@ -73,15 +92,18 @@ def evaluator(test: Messages, n_features: int, threshold: float):
     return evaluate
 
 
-def train_centralized(model: nn.Linear, data: torch.Tensor, target: torch.Tensor, lr: float, steps: int,
-                      loss_fn) -> nn.Linear:
+def train_centralized(
+    model: nn.Linear, data: torch.Tensor, target: torch.Tensor, lr: float, steps: int, loss_fn
+) -> nn.Linear:
     """Plain full-batch SGD on the pooled data (no workers, no sharing): the baseline to match.
 
     ``data`` may be a sparse tensor: hashed rows are > 99 % zeros, and the same linear map computed
     with ``torch.sparse.mm`` is ~10x faster than the dense product (same maths, other rounding).
     """
+
     def forward():
-        return torch.sparse.mm(data, model.weight.t()) + model.bias if data.is_sparse else model(data)
+        # torch 1.4's stubs lack torch.sparse and Tensor.is_sparse
+        return torch.sparse.mm(data, model.weight.t()) + model.bias if data.is_sparse else model(data)  # type: ignore[attr-defined]
 
     optimizer = optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):
@@ -123,8 +145,9 @@ def run_sms(spec: RunSpec, on_round=None):
     central = nn.Linear(n_features, 1)
     central.load_state_dict(start_state)
     pooled = prepared.train
-    train_centralized(central, featurize(pooled.texts, n_features).to_sparse(), labels_tensor(pooled), config.lr,
-                      steps, loss_fn)
+    train_centralized(
+        central, featurize(pooled.texts, n_features).to_sparse(), labels_tensor(pooled), config.lr, steps, loss_fn
+    )
     baseline = {
         "centralized": {**evaluate(central), "steps": steps, "seconds": time.perf_counter() - started},
         "always_ham": spam_metrics(list(prepared.test.labels), [0] * len(prepared.test)),
@@ -132,8 +155,14 @@ def run_sms(spec: RunSpec, on_round=None):
     return history, prepared.info, baseline, seconds
 
 
-def run_sms_experiment(config: FLConfig, data_file: str = None, n_features: int = SMS_FEATURES,
-                       scheme: str = "iid", loss: str = "bce", on_round=None):
+def run_sms_experiment(
+    config: FLConfig,
+    data_file: Optional[str] = None,
+    n_features: int = SMS_FEATURES,
+    scheme: str = "iid",
+    loss: str = "bce",
+    on_round=None,
+):
     """The SMS run from Python (the notebook's call): :func:`fl_smpc.run.run` with ``dataset="sms"``."""
     from ..run import run
 
