@@ -14,7 +14,8 @@ ARGS   ?=
 run: $(STAMP)
 	$(PY) federated_learning_smpc.py $(ARGS)
 
-# Three `fl-smpc worker` processes on free loopback ports, five rounds over websockets, workers stopped.
+# Three `fl-smpc worker` processes on free loopback ports, a throw-away federation (CA + certificates),
+# five rounds over mutual TLS, workers stopped.
 demo-network: $(STAMP)
 	$(PY) -m fl_smpc demo-network $(ARGS)
 
