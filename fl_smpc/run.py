@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Tuple
 
-from .config import RunSpec
+from .config import SMS_FEATURES, FLConfig, RunSpec
 from .errors import CheckpointError
 from .federated import History
 from .history_io import checkpoint_writer, load_checkpoint
@@ -101,3 +101,16 @@ def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunRe
     from .federated import train_federated
 
     return RunResult(spec, train_federated(spec.config, history=history, on_round=after_round))
+
+
+def run_sms_experiment(
+    config: FLConfig,
+    data_file: Optional[str] = None,
+    n_features: int = SMS_FEATURES,
+    scheme: str = "iid",
+    loss: str = "bce",
+    on_round: Optional[Callable] = None,
+) -> RunResult:
+    """The SMS run from Python (the notebook's call): :func:`run` with ``dataset="sms"``."""
+    spec = RunSpec(config=config, dataset="sms", data_file=data_file, features=n_features, partition=scheme, loss=loss)
+    return run(spec, on_round=on_round)

@@ -9,13 +9,13 @@ Returns an :class:`SmsResult`; printing is left to the CLI.
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from ..config import SMS_FEATURES, SMS_SPLIT_SEED, SMS_TEST_FRACTION, FLConfig, RunSpec
+from ..config import SMS_SPLIT_SEED, SMS_TEST_FRACTION, RunSpec
 from ..data import send_partitions
 from ..federated import initial_model, run_rounds
 from ..training import sum_squared_error
@@ -153,18 +153,3 @@ def run_sms(spec: RunSpec, on_round=None):
         "always_ham": spam_metrics(list(prepared.test.labels), [0] * len(prepared.test)),
     }
     return history, prepared.info, baseline, seconds
-
-
-def run_sms_experiment(
-    config: FLConfig,
-    data_file: Optional[str] = None,
-    n_features: int = SMS_FEATURES,
-    scheme: str = "iid",
-    loss: str = "bce",
-    on_round=None,
-):
-    """The SMS run from Python (the notebook's call): :func:`fl_smpc.run.run` with ``dataset="sms"``."""
-    from ..run import run
-
-    spec = RunSpec(config=config, dataset="sms", data_file=data_file, features=n_features, partition=scheme, loss=loss)
-    return run(spec, on_round=on_round)
