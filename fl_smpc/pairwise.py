@@ -71,6 +71,12 @@ def session_for(workers: Sequence) -> Session:
     return session
 
 
+def forget_session(workers: Sequence) -> None:
+    """Agree on fresh keys at the next sum among ``workers`` (a restarted owner has lost its keys)."""
+    for worker in workers:
+        _sessions.pop(worker, None)
+
+
 def decode(total: np.ndarray, precision: int) -> torch.Tensor:
     """The float32 values of an encoded sum, as syft's ``float_prec`` computes them (int64 -> float32, then
     / 10**p in float32; numpy gives the same bits without torch's thread pool)."""

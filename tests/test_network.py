@@ -312,13 +312,14 @@ def test_worker_process_refuses_missing_data_file(tmp_path):
     assert f"{missing}: data file not found" in done.stderr
 
 
-def test_lost_owner_is_dropped_and_rejoins_after_restart(tmp_path):
+@pytest.mark.parametrize("aggregation", ["additive", "pairwise"])
+def test_lost_owner_is_dropped_and_rejoins_after_restart(tmp_path, aggregation):
     """Four worker processes; jane is SIGKILLed after round 2 and restarted after round 4.
 
     Rounds 3 and 4 go on over bob, alice and dave (min_owners 3) and name jane as dropped; before
     round 5 the model owner reconnects, finds jane's data by tag, and she contributes again.
     """
-    config = FLConfig(workers=("bob", "alice", "jane", "dave"), rounds=6, seed=0)
+    config = FLConfig(workers=("bob", "alice", "jane", "dave"), rounds=6, seed=0, aggregation=aggregation)
     paths = split_to_csv(str(tmp_path / "data"), config.workers)
     certs = str(tmp_path / "certs")
     create_federation(certs, ["model", *config.workers], days=1)

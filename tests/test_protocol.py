@@ -2,6 +2,7 @@
 rounds that survive a lost owner, and owners drawn per round."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from fl_smpc import federated
 from fl_smpc.cli import main
 from fl_smpc.errors import ConfigError, WorkerUnreachable
 from fl_smpc.federated import owners_of_round
+from fl_smpc.pairwise_owner import PairwiseOwner
 from fl_smpc.reference import local_train, plaintext_fedavg, seed_model
 from fl_smpc.secure_aggregation import secure_average
 
@@ -126,7 +128,9 @@ class InRound:
         self.round = result.round + 1
 
 
-def test_owner_failing_during_training_is_dropped_and_the_round_completes(monkeypatch):
+@pytest.mark.parametrize("aggregation", ["additive", "pairwise"])
+def test_owner_failing_during_training_is_dropped_and_the_round_completes(monkeypatch, aggregation):
+    config = replace(FOUR, aggregation=aggregation)
     original = federated.train_locally
 
     def failing(remote_model, *args, **kwargs):
@@ -135,8 +139,8 @@ def test_owner_failing_during_training_is_dropped_and_the_round_completes(monkey
         return original(remote_model, *args, **kwargs)
 
     monkeypatch.setattr(federated, "train_locally", failing)
-    history = train_federated(FOUR)
-    assert_round_2_went_on_without_w2(history, FOUR, "training")
+    history = train_federated(config)
+    assert_round_2_went_on_without_w2(history, config, "training")
 
 
 def test_owner_failing_while_sharing_is_dropped_and_the_sum_redone(monkeypatch, hook):
@@ -156,6 +160,27 @@ def test_owner_failing_while_sharing_is_dropped_and_the_sum_redone(monkeypatch, 
     assert_round_2_went_on_without_w2(history, FOUR, "sharing")
     # attempt 1 among all four, stopped at w2; attempt 2 among the three, every one of them sharing again
     assert shared_by == [("w0", 4), ("w1", 4), ("w2", 4), ("w0", 3), ("w1", 3), ("w3", 3)]
+
+
+def test_owner_failing_while_masking_is_dropped_and_the_sum_redone_with_fresh_masks(monkeypatch):
+    """Pairwise: w2 fails while the owners mask their vectors; the others' vectors of that attempt cannot be
+    summed (w2's masks do not cancel), and the round is redone among the three with a fresh nonce."""
+    config, now = replace(FOUR, aggregation="pairwise"), InRound()
+    original, nonces = PairwiseOwner.pairwise_masked_vector, []
+
+    def masked_vector(self, tensor_id, session, round_, attempt, owners, precision):
+        if now.round == 2:
+            nonces.append((self.id, round_, attempt, len(owners)))
+            if self.id == "w2":
+                raise WorkerUnreachable("w2", "injected while masking")
+        return original(self, tensor_id, session, round_, attempt, owners, precision)
+
+    monkeypatch.setattr(PairwiseOwner, "pairwise_masked_vector", masked_vector)
+    history = train_federated(config, on_round=now)
+    assert_round_2_went_on_without_w2(history, config, "masking")
+    attempts = {(r, a, n) for who, r, a, n in nonces if who != "w2"}
+    assert len(attempts) == 2 and len({(r, a) for r, a, _ in attempts}) == 2  # a fresh nonce for the redo
+    assert sorted(n for _, _, n in attempts) == [3, 4]
 
 
 def test_with_three_owners_and_min_owners_three_a_lost_owner_fails_the_round(monkeypatch):

@@ -36,6 +36,7 @@ from torch import nn
 from ..config import CONNECT_TIMEOUT, GC_DELAY, MODEL_PARTY, REPLY_TIMEOUT, Address, FLConfig, check_plaintext_hosts
 from ..errors import ConfigError, RoundFailed, WorkerSetupError, WorkerUnreachable
 from ..federated import History, initial_model, run_rounds
+from ..pairwise import forget_session
 from ..training import sum_squared_error
 from ..workers import create_hook, remove_workers
 from . import DATA_TAG, TARGET_TAG
@@ -371,6 +372,7 @@ def train_network(
             client = clients[index]
             client.reopen()
             data = find_data(client)
+            forget_session(clients)  # pairwise masks: the restarted owner has lost its keys, so all agree anew
             if data[0].shape[1] != features:
                 raise WorkerSetupError(
                     f"worker {client.id!r} came back with {data[0].shape[1]} feature columns, expected {features}"
