@@ -38,10 +38,11 @@ def attacks(client):
 def main(argv) -> int:
     addresses, stop_file = parse_addresses(argv[0]), argv[1]
     pause = float(argv[2]) if len(argv) > 2 else 0.0
+    certs = argv[3] if len(argv) > 3 else None  # the model owner's certificate (a valid one): mutual TLS
     outcomes, finished = Counter(), []
     while not os.path.exists(stop_file):
         try:
-            with network_workers(addresses, timeout=20) as clients:
+            with network_workers(addresses, timeout=20, certs=certs) as clients:
                 while not os.path.exists(stop_file):
                     for client in clients:
                         for name, attack in attacks(client):

@@ -37,6 +37,7 @@ from fl_smpc.network.client import network_workers, train_network
 from fl_smpc.network.csvdata import read_csv, split_to_csv
 from fl_smpc.network.launcher import local_workers
 from fl_smpc.network.server import data_owner_server, fingerprint
+from fl_smpc.network.tls import create_federation
 from fl_smpc.training import remote_loss, sum_squared_error
 from fl_smpc.workers import create_hook, introduce, remove_workers
 
@@ -68,10 +69,21 @@ def logged_hashes(log: str):
 
 
 @pytest.fixture(scope="module")
-def guarded(data_files, owners, tmp_path_factory):
-    """Three workers with the policy; afterwards each must have logged its CSV's hash and unchanged data."""
+def certs(tmp_path_factory):
+    """The federation: the model owner and the three owners. Every attack below holds the model owner's
+    own, valid certificate: TLS lets it in, and only the owners' release policy stands in its way."""
+    directory = str(tmp_path_factory.mktemp("certs"))
+    create_federation(directory, ["model", *CONFIG.workers], days=1)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def guarded(data_files, owners, certs, tmp_path_factory):
+    """Three workers with the policy, over mutual TLS; afterwards each must have logged its CSV's hash and
+    unchanged data."""
     logs = str(tmp_path_factory.mktemp("logs"))
-    with local_workers(data_files, timeout=PEER_TIMEOUT, log_dir=logs) as addresses:
+    with local_workers(data_files, timeout=PEER_TIMEOUT, log_dir=logs, certs=certs) as addresses:
+        addresses.certs = certs
         yield addresses
     for name, path in addresses.logs.items():
         with open(path) as f:
@@ -82,7 +94,7 @@ def guarded(data_files, owners, tmp_path_factory):
 @contextmanager
 def connected(addresses):
     """A fresh model-owner connection to every worker (a new session with its own round budget)."""
-    with network_workers(addresses, timeout=REPLY_TIMEOUT) as clients:
+    with network_workers(addresses, timeout=REPLY_TIMEOUT, certs=addresses.certs) as clients:
         yield SimpleNamespace(**{c.id: c for c in clients})
 
 
@@ -313,13 +325,14 @@ def test_a_rogue_client_during_a_20_round_run_changes_nothing(guarded, tmp_path)
     config = FLConfig(seed=0, rounds=20)
     stop = tmp_path / "stop"
     workers = ",".join(f"{n}={h}:{p}" for n, (h, p) in guarded.items())
-    rogue = subprocess.Popen([sys.executable, ROGUE, workers, str(stop), str(ROGUE_PAUSE)], stdout=subprocess.PIPE,
+    rogue = subprocess.Popen([sys.executable, ROGUE, workers, str(stop), str(ROGUE_PAUSE), guarded.certs],
+                             stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         reference = train_federated(config)  # while the rogue starts
         assert read_line(rogue.stdout, time.monotonic() + 120).strip() == "ready", rogue.stderr.read()[-3000:]
         started = time.time()
-        history = train_network(config, guarded, timeout=REPLY_TIMEOUT)
+        history = train_network(config, guarded, timeout=REPLY_TIMEOUT, certs=guarded.certs)
         ended = time.time()
         stop.touch()
         out, err = rogue.communicate(timeout=60)
