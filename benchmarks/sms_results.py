@@ -14,7 +14,7 @@ import torch
 
 from fl_smpc.config import FLConfig
 from fl_smpc.data import send_partitions
-from fl_smpc.run import run_sms_experiment
+from fl_smpc.runner import run_sms_experiment
 from fl_smpc.secure_aggregation import secure_average
 from fl_smpc.sms.corpus import SMS_DEFAULTS, deduplicate, featurize, labels_tensor, load_packaged_corpus
 from fl_smpc.sms.experiment import LOSSES, prepare_data

@@ -36,8 +36,9 @@ _LAZY = {
     # the plain-PyTorch FedAvg reference, to check your own runs
     "plaintext_fedavg": "reference",
     # one run from a RunSpec, its outputs
-    "run": "run",
-    "RunResult": "run",
+    "run": "runner",
+    "RunResult": "runner",
+    "run_sms_experiment": "runner",
     "load_checkpoint": "history_io",
     "save_checkpoint": "history_io",
     "write_history_csv": "history_io",

@@ -71,3 +71,17 @@ def test_no_import_cycle_among_the_package_modules():
 def test_the_cycle_check_finds_a_cycle():
     assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": ["b"], "b": []}) is None
+
+
+def test_every_public_name_is_what_it_says_not_a_submodule():
+    """A public name equal to a submodule's name would be shadowed by the submodule once it is imported."""
+    import subprocess
+    import sys
+
+    import fl_smpc
+
+    probe = ("import types, fl_smpc; from fl_smpc import *; import fl_smpc.runner, fl_smpc.reference; "
+             "print([n for n in fl_smpc.__all__ if isinstance(getattr(fl_smpc, n), types.ModuleType)])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert "run" in fl_smpc.__all__

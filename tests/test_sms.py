@@ -12,7 +12,7 @@ from fl_smpc.cli import main
 from fl_smpc.errors import FlSmpcError
 from fl_smpc.config import FLConfig
 from fl_smpc.data import send_partitions
-from fl_smpc.run import run_sms_experiment
+from fl_smpc.runner import run_sms_experiment
 from fl_smpc.sms.experiment import mean_bce_with_logits, prepare_data, train_centralized
 from fl_smpc.secure_aggregation import secure_average
 from fl_smpc.sms.corpus import (Messages, deduplicate, featurize, labels_tensor, load_data_file, load_packaged_corpus,

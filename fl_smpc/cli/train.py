@@ -1,4 +1,4 @@
-"""``fl-smpc [flags]``: the training run. Parse flags, build a RunSpec, call :func:`fl_smpc.run.run`, print."""
+"""``fl-smpc [flags]``: the training run. Parse flags, build a RunSpec, call :func:`fl_smpc.runner.run`, print."""
 
 import argparse
 import math
@@ -291,7 +291,7 @@ def run_and_report(
 ) -> int:
     """Run ``spec``, print the result (text or JSON) and write the optional files; return the exit status."""
     from ..history_io import format_history, format_sms_result, to_json
-    from ..run import run
+    from ..runner import run
 
     bar = progress_bar(spec.config.rounds, enabled=not as_json)
     try:

@@ -117,7 +117,7 @@ def run_sms(spec: RunSpec, on_round=None):
     """Secure federated training on SMS messages, then the centralized and always-ham baselines.
 
     Returns ``(history, dataset description, baselines, seconds of federated training)``; called by
-    :func:`fl_smpc.run.run`, which handles seeds, checkpoints and printing.
+    :func:`fl_smpc.runner.run`, which handles seeds, checkpoints and printing.
     The centralized model starts from the same initial parameters and takes ``rounds * local_steps``
     full-batch steps on the pooled training data: per step it computes gradients on as many messages
     as all owners together do in one of their local steps, so both see the same total gradient work.
