@@ -19,6 +19,7 @@ from fl_smpc.data import send_partitions, split_dataset, toy_dataset
 from fl_smpc.errors import AggregationError, WorkerUnreachable
 from fl_smpc.federated import run_round, train_federated
 from fl_smpc.pairwise import command, pairwise_average, pairwise_sum, session_for
+from fl_smpc.network.tls import create_federation
 from fl_smpc.pairwise_owner import PairwiseOwner, encode, masked_encoding
 from fl_smpc.secure_aggregation import secure_sum
 from fl_smpc.workers import virtual_workers
@@ -319,9 +320,11 @@ def test_network_run_with_real_workers_equals_in_process_run(tmp_path):
         return reply
 
     paths = split_to_csv(str(tmp_path), config.workers)
-    with local_workers(paths, timeout=5.0) as addresses, pytest.MonkeyPatch.context() as mp:
+    certs = str(tmp_path / "certs")
+    create_federation(certs, ["model", *config.workers], days=1)
+    with local_workers(paths, timeout=5.0, certs=certs) as addresses, pytest.MonkeyPatch.context() as mp:
         mp.setattr(NetworkClient, "_forward_to_websocket_server_worker", recording)
-        network = train_network(config, addresses, timeout=20.0)
+        network = train_network(config, addresses, timeout=20.0, certs=certs)
     assert all(p.poll() is not None for p in addresses.processes.values())
     in_process = train_federated(config)
     assert [r.round for r in network.rounds] == [1, 2, 3, 4, 5]
