@@ -12,7 +12,6 @@ discards the attempt and redoes it among the remaining owners with a fresh nonce
 when both owners of a pair take part, and one round never yields two sums over different owner sets.
 """
 
-import math
 import secrets
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ import torch
 
 from .errors import AggregationError, OwnerFailed, WorkerUnreachable
 from .pairwise_owner import NON_FINITE, RING
-from .secure_aggregation import encodable_limit, flatten_on_worker, uncompressed_messages
+from .secure_aggregation import encodable_limit, scaled_flat_parameters, uncompressed_messages
 
 MIN_OWNERS = 2  # a "sum" of one owner would be its own model
 
@@ -197,20 +196,7 @@ def pairwise_average(
     reached raises :class:`~fl_smpc.errors.OwnerFailed` (no sum over this set exists then: its masks do
     not cancel), and the round loop redoes the average among the others with a fresh nonce.
     """
-    if len(remote_models) != len(workers):
-        raise ValueError(f"{len(remote_models)} models for {len(workers)} workers")
-    weights = [1.0] * len(workers) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(workers) or not all(math.isfinite(w) and w > 0 for w in weights):
-        raise ValueError(f"weights must be one positive finite number per worker, got {weights}")
-    if len(set(weights)) == 1:  # equal weights: the plain mean, without scaling
-        weights = [1.0] * len(workers)
-    flat = []
-    for model, worker, weight in zip(remote_models, workers, weights):
-        try:
-            ptr = flatten_on_worker(model)
-            flat.append(ptr if weight == 1.0 else ptr * weight)
-        except Exception as err:  # unreachable, timed out, failed on the owner
-            raise OwnerFailed(getattr(err, "worker", None) or worker.id, "check", err) from err
+    flat, weights = scaled_flat_parameters(remote_models, workers, weights)  # encodability is checked on the owner
     try:
         result = pairwise_sum(flat, workers, precision_fractional, min_owners=len(workers))
     except WorkerUnreachable as err:

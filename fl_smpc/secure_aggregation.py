@@ -28,7 +28,7 @@ Around the tutorial's unchanged ``ptr.fix_prec().share(...)``:
 
 import math
 from contextlib import contextmanager
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -126,6 +126,41 @@ def secure_sum(tensor_ptrs: Sequence, workers: Sequence, precision_fractional: i
         return total.get().float_prec()  # the reveal: all or nothing
 
 
+def scaled_flat_parameters(
+    remote_models: Sequence,
+    workers: Sequence,
+    weights: Optional[Sequence[float]] = None,
+    check_precision: Optional[int] = None,
+) -> Tuple[List, List[float]]:
+    """Each owner's parameters flattened and scaled by its weight, on the owner; both protocols start here.
+
+    Returns the pointers and the weights used: equal weights become 1 each (no scaling, so equal
+    owners give exactly the plain mean). With ``check_precision`` each owner also checks that its
+    scaled values are finite and encodable (:func:`check_encodable`; raises AggregationError). An owner
+    that fails otherwise (unreachable, timed out, an error on it) raises OwnerFailed naming it.
+    """
+    if len(remote_models) != len(workers):
+        raise ValueError(f"{len(remote_models)} models for {len(workers)} workers")
+    weights = [1.0] * len(workers) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(workers) or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"weights must be one positive finite number per worker, got {weights}")
+    if len(set(weights)) == 1:
+        weights = [1.0] * len(workers)
+    flat = []
+    for model, worker, weight in zip(remote_models, workers, weights):
+        try:
+            ptr = flatten_on_worker(model)
+            ptr = ptr if weight == 1.0 else ptr * weight
+            if check_precision is not None:
+                check_encodable(ptr, worker.id, len(workers), check_precision)
+        except AggregationError:
+            raise
+        except Exception as err:
+            raise OwnerFailed(getattr(err, "worker", None) or worker.id, "check", err) from err
+        flat.append(ptr)
+    return flat, weights
+
+
 def secure_average(
     remote_models: Sequence, workers: Sequence, precision_fractional: int = 3, weights: Optional[Sequence[float]] = None
 ) -> torch.Tensor:
@@ -139,24 +174,7 @@ def secure_average(
     encode, and OwnerFailed if an owner fails before the reveal; nothing has been revealed then and the
     caller's global model is untouched.
     """
-    if len(remote_models) != len(workers):
-        raise ValueError(f"{len(remote_models)} models for {len(workers)} workers")
-    weights = [1.0] * len(workers) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(workers) or not all(math.isfinite(w) and w > 0 for w in weights):
-        raise ValueError(f"weights must be one positive finite number per worker, got {weights}")
-    if len(set(weights)) == 1:  # equal weights: the plain mean, without scaling (exactly the seed's ``/ N``)
-        weights = [1.0] * len(workers)
-    flat = []
-    for model, worker, weight in zip(remote_models, workers, weights):
-        try:
-            ptr = flatten_on_worker(model)
-            ptr = ptr if weight == 1.0 else ptr * weight
-            check_encodable(ptr, worker.id, len(workers), precision_fractional)  # on the scaled values
-        except AggregationError:
-            raise
-        except Exception as err:  # unreachable, timed out, failed on the owner
-            raise OwnerFailed(getattr(err, "worker", None) or worker.id, "check", err) from err
-        flat.append(ptr)
+    flat, weights = scaled_flat_parameters(remote_models, workers, weights, check_precision=precision_fractional)
     return secure_sum(flat, workers, precision_fractional) / sum(weights)
 
 
