@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 import torch
-from torch import nn, optim
+from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 from fl_smpc import secure_aggregation
@@ -33,8 +33,9 @@ from fl_smpc.config import SMS_DEFAULTS, SMS_FEATURES as DEFAULT_FEATURES, FLCon
 from fl_smpc.data import send_partitions, split_dataset, toy_dataset
 from fl_smpc.federated import run_round, run_rounds
 from fl_smpc.pairwise import pairwise_sum, session_for
+from fl_smpc.reference import local_train
 from fl_smpc.secure_aggregation import flatten_on_worker, secure_average, secure_average_per_tensor, secure_sum
-from fl_smpc.training import sum_squared_error, train_locally
+from fl_smpc.training import train_locally
 from fl_smpc.workers import create_hook, virtual_workers
 
 DEFAULTS = {
@@ -354,11 +355,7 @@ def pytorch_fedavg_round(model: nn.Module, parts, config: FLConfig) -> None:
     vectors = []
     for x, y in parts:
         local = copy.deepcopy(model)
-        opt = optim.SGD(local.parameters(), lr=config.lr)
-        for _ in range(config.local_steps):
-            opt.zero_grad()
-            sum_squared_error(local(x), y).backward()
-            opt.step()
+        local_train(local, x, y, config.lr, config.local_steps)  # the reference's local SGD
         vectors.append(parameters_to_vector(local.parameters()).detach())
     with torch.no_grad():
         torch.nn.utils.vector_to_parameters(torch.stack(vectors).mean(0), model.parameters())

@@ -27,6 +27,7 @@ from fl_smpc.errors import OwnerFailed
 from fl_smpc.secure_aggregation import flatten_on_worker, secure_sum
 from fl_smpc.training import sum_squared_error
 from fl_smpc.workers import virtual_workers
+from helpers import received_tensors
 from reference import local_train
 
 CONFIG = FLConfig(seed=0)
@@ -96,31 +97,6 @@ def test_websocket_run_matches_in_process_run(network_run, in_process):
         assert net.worker_losses == pytest.approx(ref.worker_losses, abs=1e-5)
     losses = [history.initial_loss] + [r.global_loss for r in history.rounds]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
-
-
-def received_tensors(replies):
-    """Every tensor inside the raw replies, decoded without syft's detailers (no side effects)."""
-    import io
-
-    from syft.serde.msgpack.serde import _deserialize_msgpack_binary
-
-    found = []
-
-    def walk(obj):
-        if isinstance(obj, (tuple, list)):
-            for item in obj:
-                walk(item)
-        elif isinstance(obj, bytes) and len(obj) > 16:
-            try:
-                tensor = torch.load(io.BytesIO(obj))
-            except Exception:
-                return
-            if isinstance(tensor, torch.Tensor):
-                found.append(tensor)
-
-    for reply in replies:
-        walk(_deserialize_msgpack_binary(reply))
-    return found
 
 
 def plain_local_models(history, config):

@@ -23,6 +23,7 @@ from fl_smpc.network.tls import create_federation
 from fl_smpc.pairwise_owner import PairwiseOwner, encode, masked_encoding
 from fl_smpc.secure_aggregation import secure_sum
 from fl_smpc.workers import virtual_workers
+from helpers import raw_bytes, remote_vectors
 from reference import local_train, plaintext_fedavg, seed_model
 
 PRECISION = 3
@@ -257,22 +258,12 @@ def test_owner_refuses_a_used_nonce_a_redo_over_the_same_owners_and_unknown_sess
         ask(3, 0, session_id=session.id + "x")
 
 
-def remote_rows(rows, workers):
-    remote = []
-    for row, w in zip(rows, workers):
-        m = nn.Linear(len(row), 1, bias=False)
-        with torch.no_grad():
-            m.weight.set_(torch.tensor([row]))
-        remote.append(m.send(w))
-    return remote
-
-
 @pytest.mark.parametrize("bad, message", [(float("nan"), "'jane' holds non-finite"),
                                           (float("inf"), "'jane' holds non-finite"),
                                           (4.0e15, "'jane' holds parameters of magnitude >= 3.07e\\+15")])
 def test_unencodable_parameters_are_refused_naming_the_worker(workers, bad, message):
     with pytest.raises(AggregationError, match=message) as err:
-        pairwise_average(remote_rows([[0.0, 1.0], [0.0, 1.0], [bad, 1.0]], workers), workers, PRECISION)
+        pairwise_average(remote_vectors([[0.0, 1.0], [0.0, 1.0], [bad, 1.0]], workers), workers, PRECISION)
     assert err.value.worker == "jane"
 
 
@@ -285,24 +276,6 @@ def test_aggregation_setting_is_checked_and_reaches_the_cli(capsys):
         FLConfig(aggregation="shamir")
     assert main(["--json", "--seed", "0", "--rounds", "1", "--aggregation", "pairwise"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["aggregation"] == "pairwise"
-
-
-def raw_bytes(replies):
-    """Every bytes object inside raw syft replies, decoded without syft's detailers (no side effects)."""
-    from syft.serde.msgpack.serde import _deserialize_msgpack_binary
-
-    found = []
-
-    def walk(obj):
-        if isinstance(obj, (tuple, list)):
-            for item in obj:
-                walk(item)
-        elif isinstance(obj, bytes):
-            found.append(obj)
-
-    for reply in replies:
-        walk(_deserialize_msgpack_binary(reply))
-    return found
 
 
 def test_network_run_with_real_workers_equals_in_process_run(tmp_path):

@@ -12,6 +12,7 @@ from fl_smpc.workers import virtual_workers
 from fl_smpc.secure_aggregation import (
     AggregationError, secure_average, secure_average_per_tensor, secure_sum, uncompressed_messages,
 )
+from helpers import remote_vectors
 from reference import local_train, seed_model
 
 PRECISION = 3
@@ -143,17 +144,6 @@ def test_model_owner_never_receives_an_individual_model(hook, workers):
     with TrafficRecorder(hook.local_worker) as traffic:
         bob_model.get()
     assert len(leaks(traffic.received, secrets_[:2])) == 2  # bob's weight and bias
-
-
-def remote_vectors(rows, workers):
-    """One bias-free nn.Linear per worker whose weight is the given row, sent to that worker."""
-    remote = []
-    for row, w in zip(rows, workers):
-        m = nn.Linear(len(row), 1, bias=False)
-        with torch.no_grad():
-            m.weight.set_(torch.tensor([row]))
-        remote.append(m.send(w))
-    return remote
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
