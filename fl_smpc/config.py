@@ -29,6 +29,10 @@ WEIGHTINGS = ("samples", "equal")
 MIN_OWNERS = 3
 
 AGGREGATIONS = ("additive", "pairwise")  # syft's shares (the tutorial's) or pairwise masks (fl_smpc.pairwise)
+# tutorial: the seed's loop, the model owner drives training through syft pointers (in-process only);
+# owner: each data owner trains with its own task code and releases only its contribution (fl_smpc.data_owner)
+TRAININGS = ("tutorial", "owner")
+DEFAULT_TASK = "toy"
 
 # --- data sets ---
 TOY_ROWS = 6  # the seed's six messages
@@ -50,6 +54,30 @@ CONNECT_TIMEOUT = 10.0  # seconds to keep retrying a refused connection (a serve
 PEER_TIMEOUT = 10.0  # a worker's connect/reply timeout towards its peers; below REPLY_TIMEOUT, so a dead peer is named
 GC_DELAY = 0.5  # seconds the model owner collects remote deletes before sending them in one message
 WORKER_HOST, WORKER_PORT = "127.0.0.1", 8777
+
+# --- a data owner's own limits (fl-smpc worker flags; checked on the owner, whatever the model owner asks) ---
+@dataclass(frozen=True)
+class OwnerBounds:
+    """What a data owner agrees to do for a model owner: every request outside these is refused.
+
+    The model owner chooses each round's settings; the owner checks them against its own bounds, set at
+    start (``fl-smpc worker`` flags, these defaults). Sizes bound memory and work per request.
+    """
+
+    min_owners: int = MIN_OWNERS  # never contribute to a sum over fewer owners
+    max_owners: int = 1000  # nor over more (bounds the work of one sharing)
+    max_lr: float = 1e4
+    max_local_steps: int = 1000
+    max_rounds: int = 10_000  # contributions (train + evaluate) over the worker's lifetime
+    max_precision: int = 6  # fixed-point digits (higher makes the clip bound small: see contribution.py)
+    aggregations: Tuple[str, ...] = AGGREGATIONS
+    max_message: int = 64 * 2**20  # bytes of one websocket message (the params of a 16M-parameter model)
+    max_connections: int = 16  # open connections at once (model owner + peers + spares)
+    peer_timeout: float = PEER_TIMEOUT  # seconds to reach a peer, and to wait for the shares of a round
+    max_pending_rounds: int = 2  # rounds of peers' shares held before this owner has joined them
+
+
+DEFAULT_BOUNDS = OwnerBounds()
 
 # --- mutual TLS (network mode) ---
 MODEL_PARTY = "model"  # the model owner's party id: its certificate is model.pem in the --certs directory
@@ -121,6 +149,9 @@ class FLConfig:
     owners_per_round: a random subset of this many owners trains each round (FedAvg's client fraction),
         drawn from ``seed`` and the round number; ``None`` = every owner.
     aggregation: "additive" (the tutorial's ``fix_prec().share()``) or "pairwise" (pairwise masks).
+    training: "tutorial" (the seed's loop: the model owner drives training through syft pointers; in-process
+        only) or "owner" (each owner trains with its own code and releases only its contribution; the only
+        way over the network).
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -135,6 +166,7 @@ class FLConfig:
     min_owners: int = MIN_OWNERS
     owners_per_round: Optional[int] = None
     aggregation: str = "additive"
+    training: str = "tutorial"
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -178,6 +210,8 @@ class FLConfig:
             )
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.training not in TRAININGS:
+            raise ConfigError(f"training: must be one of {', '.join(TRAININGS)}, got {self.training!r}")
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run
@@ -252,6 +286,8 @@ class RunSpec:
     certs, insecure: websocket only, exactly one: the federation directory for mutual TLS (ca.pem and
         ``<model_party>.pem``/``.key``), or plain ws:// (loopback addresses only).
     model_party: our party id with ``certs`` (the certificate the model owner presents).
+    task: owner-side training: what the owners train (a built-in task name or a task module; every worker
+        must serve the same one). The toy data set's task is ``toy``.
     """
 
     config: FLConfig = field(default_factory=FLConfig)
@@ -268,6 +304,7 @@ class RunSpec:
     certs: Optional[str] = None
     insecure: bool = False
     model_party: str = MODEL_PARTY
+    task: str = DEFAULT_TASK
 
     def __post_init__(self):
         for name, value, allowed in (
@@ -296,6 +333,12 @@ class RunSpec:
                 f"(one row each), got {len(self.config.workers)}"
             )
         if self.transport == "websocket":
+            if self.config.training != "owner":
+                raise ConfigError(
+                    "training: over the network each owner trains with its own code (training='owner', "
+                    "--training owner): the tutorial's loop has the model owner run computations on the owners' "
+                    "data, and no allow-list of such computations can stop one that copies the data out"
+                )
             if not self.addresses:
                 raise ConfigError("the websocket transport needs the workers' addresses (NAME=HOST:PORT)")
             if tuple(self.addresses) != self.config.workers:
@@ -303,6 +346,8 @@ class RunSpec:
                     f"addresses are given for {list(self.addresses)} but the config names {list(self.config.workers)}"
                 )
             self._check_security()
+        elif self.task != DEFAULT_TASK:
+            raise ConfigError("--task names what remote workers train: it needs --transport websocket")
         elif self.addresses:
             raise ConfigError("worker addresses (NAME=HOST:PORT) need the websocket transport")
         elif self.certs is not None or self.insecure:

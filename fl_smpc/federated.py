@@ -32,6 +32,8 @@ class RoundResult:
     metrics: Dict[str, float] = field(default_factory=dict)  # from ``evaluate``, e.g. test accuracy
     contributors: List[str] = field(default_factory=list)  # owners whose models are in the average
     dropped: Dict[str, str] = field(default_factory=dict)  # owner -> why it was left out of this round
+    # owner-side training: no single owner's loss leaves it; this is the owners' weighted mean last local loss
+    local_loss: Optional[float] = None
 
 
 @dataclass
@@ -67,6 +69,8 @@ class History:
                 "contributors": list(r.contributors),
                 "dropped": dict(r.dropped),
             }
+            if r.local_loss is not None:
+                item["local_loss"] = r.local_loss
             if r.metrics:
                 item["metrics"] = dict(r.metrics)
             doc["rounds"].append(item)
@@ -333,8 +337,14 @@ def train_federated(
     run once on one row, so a model that does not fit the data is refused with one line.
     If a round fails, :class:`RoundFailed` is raised and the model keeps the last completed round's
     parameters. ``history`` resumes a checkpointed run from its last round's parameters.
+    With ``config.training == "owner"`` each owner trains with its own code in this process and releases
+    only its contribution (:func:`fl_smpc.model_owner.connect.train_in_process`, the network's code path).
     See docs/api.md for every parameter.
     """
+    if config.training == "owner":
+        from .model_owner.connect import train_in_process
+
+        return train_in_process(config, data, target, model, None if model is None else loss_fn, evaluate, on_round, history)
     config = config.with_seed()
     toy = data is None and target is None
     if toy:

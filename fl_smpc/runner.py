@@ -83,14 +83,15 @@ def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunRe
         sms_history, dataset, baseline, seconds = run_sms(spec, on_round=after_round)
         return RunResult(spec, sms_history, dataset, baseline, seconds)
     if spec.transport == "websocket":
-        from .network.client import train_network
+        from .model_owner.connect import train_with_owners
 
         assert spec.addresses is not None  # RunSpec checks that the websocket transport has addresses
         return RunResult(
             spec,
-            train_network(
+            train_with_owners(
                 spec.config,
                 spec.addresses,
+                spec.task,
                 history=history,
                 on_round=after_round,
                 timeout=spec.timeout,

@@ -9,6 +9,7 @@ from typing import Optional
 from ..config import (
     AGGREGATIONS,
     DATASETS,
+    DEFAULT_TASK,
     DEFAULT_WORKERS,
     LOSSES,
     MODEL_PARTY,
@@ -16,6 +17,7 @@ from ..config import (
     SMS_DEFAULTS,
     SMS_FEATURES,
     SMS_PARTITIONS,
+    TRAININGS,
     TRANSPORTS,
     WEIGHTINGS,
     FLConfig,
@@ -128,6 +130,19 @@ def build_parser(prog: str = "fl-smpc") -> argparse.ArgumentParser:
         default=DEFAULTS.aggregation,
         help="additive: the tutorial's fix_prec().share(), shares sent owner to owner every round; "
         "pairwise: pairwise masks, one masked vector per owner per round (default: %(default)s)",
+    )
+    p.add_argument(
+        "--training",
+        choices=TRAININGS,
+        help="tutorial: the seed's loop, the model owner drives each owner's training through syft pointers "
+        "(in-process only); owner: each owner trains with its own code and releases only its contribution "
+        "(default: tutorial in-process, owner with --transport websocket, the only choice there)",
+    )
+    p.add_argument(
+        "--task",
+        default=DEFAULT_TASK,
+        help="websocket: what the owners train, as their workers' --task (toy, sms, mlp-regression, "
+        "mlp-classification, or a task module) (default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text (default: off)")
     p.add_argument(
@@ -253,6 +268,7 @@ def spec_from_args(
         min_owners=args.min_owners,
         owners_per_round=args.owners_per_round,
         aggregation=args.aggregation,
+        training=args.training or ("owner" if transport == "websocket" else "tutorial"),
     )
     return RunSpec(
         config=config,
@@ -269,6 +285,7 @@ def spec_from_args(
         certs=certs,
         insecure=args.insecure,
         model_party=args.model_party,
+        task=args.task,
     )
 
 

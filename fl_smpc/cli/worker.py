@@ -1,15 +1,16 @@
-"""``fl-smpc worker``: serve one data owner's CSV over syft's websockets until SIGINT/SIGTERM."""
+"""``fl-smpc worker``: serve one data owner -- its data, its task, its bounds -- until SIGINT/SIGTERM."""
 
 import argparse
 import sys
 
 from ..config import (
-    MIN_OWNERS,
+    DEFAULT_BOUNDS,
+    DEFAULT_TASK,
     MODEL_PARTY,
-    PEER_TIMEOUT,
     SECURITY_CHOICE,
     WORKER_HOST,
     WORKER_PORT,
+    OwnerBounds,
     check_party,
     check_port,
     check_positive_float,
@@ -17,32 +18,39 @@ from ..config import (
 )
 from ..errors import FlSmpcError
 
+B = DEFAULT_BOUNDS
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fl-smpc worker",
-        description="Serve one data owner: load its CSV (header row; numeric features; last column a 0/1 "
-        "label), tag it for the model owner's search, and answer syft websocket requests until SIGINT/SIGTERM.",
+        description="Serve one data owner: load its data with its task, and for each round the model owner asks "
+        "for, check the settings against this owner's bounds, train on the owner's own rows with the task's code, "
+        "and release only its contribution to the secure sum. Until SIGINT/SIGTERM.",
     )
-    p.add_argument("--id", required=True, help="this owner's worker id, e.g. bob (required)")
-    p.add_argument("--data", required=True, help="this owner's CSV file (required)")
+    p.add_argument("--id", required=True, help="this owner's id, e.g. bob (required)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="this owner's data file (required): a CSV with a header row, numeric features, the target last "
+        "(0/1 for classification tasks); the sms task reads label<TAB>text or label,text",
+    )
+    p.add_argument(
+        "--task",
+        default=DEFAULT_TASK,
+        help="what this owner trains: toy, sms, mlp-regression, mlp-classification, or your own module "
+        "(path/to/task.py or package.module defining build_model and loss_fn) (default: %(default)s)",
+    )
     p.add_argument("--host", default=WORKER_HOST, help="address to bind (default: %(default)s)")
     p.add_argument(
         "--port", type=int, default=WORKER_PORT, help="port to bind, 1-65535; 0 picks a free one (default: %(default)s)"
     )
     p.add_argument("--peers", default="", help="the other owners, NAME=HOST:PORT,... (required: at least one)")
     p.add_argument(
-        "--timeout",
-        type=float,
-        default=PEER_TIMEOUT,
-        help="seconds to keep trying to reach a peer, and to wait for its reply; keep it below the "
-        "model owner's --timeout so a dead peer is named (default: %(default)s)",
-    )
-    p.add_argument(
         "--certs",
         metavar="DIR",
-        help="mutual TLS: DIR holds ca.pem, ID.pem and ID.key; only the model "
-        "owner and the --peers may connect (one of --certs / --insecure is required)",
+        help="mutual TLS: DIR holds ca.pem, ID.pem and ID.key; only the model owner and the --peers may connect "
+        "(one of --certs / --insecure is required)",
     )
     p.add_argument(
         "--insecure",
@@ -55,29 +63,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the model owner's party id (its certificate's name) (default: %(default)s)",
     )
-    p.add_argument(
-        "--min-owners",
+    bounds = p.add_argument_group("this owner's bounds (a request outside them is refused)")
+    bounds.add_argument(
+        "--min-owners", type=int, default=B.min_owners, help="contribute only to sums over at least this many owners"
+    )
+    bounds.add_argument("--max-lr", type=float, default=B.max_lr, help="largest learning rate (default: %(default)g)")
+    bounds.add_argument(
+        "--max-local-steps", type=int, default=B.max_local_steps, help="most local steps per round (default: %(default)s)"
+    )
+    bounds.add_argument(
+        "--max-rounds",
         type=int,
-        default=MIN_OWNERS,
-        help="release this owner's share of a sum only if the sum covers at least this many owners, "
-        "and share private values among at least this many (default: %(default)s; see docs/policy.md)",
+        default=B.max_rounds,
+        help="most contributions (train + evaluate) over this worker's life (default: %(default)s)",
     )
-    p.add_argument(
-        "--max-release",
+    bounds.add_argument(
+        "--max-message",
         type=int,
-        metavar="N",
-        help="release at most N values in one sum (the model's parameter count) (default: a linear "
-        "model's, features + 1)",
+        default=B.max_message,
+        metavar="BYTES",
+        help="largest message accepted (default: %(default)s)",
     )
-    p.add_argument(
-        "--allow-command",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="allow the syft worker command NAME (e.g. objects_count for diagnostics); repeatable; "
-        "none is allowed by default",
+    bounds.add_argument(
+        "--timeout",
+        type=float,
+        default=B.peer_timeout,
+        help="seconds to reach a peer and to wait for its shares; keep it below the model owner's --timeout "
+        "(default: %(default)s)",
     )
-    p.add_argument("--unsafe-no-policy", action="store_true", help=argparse.SUPPRESS)  # tests: syft's behaviour
     return p
 
 
@@ -93,46 +106,33 @@ def main(argv) -> int:
         check_port(args.port)
         check_party(args.model_party)
         check_positive_float("timeout", args.timeout, maximum=24 * 3600.0)
+        check_positive_float("max-lr", args.max_lr)
+        for name in ("min_owners", "max_local_steps", "max_rounds", "max_message"):
+            if getattr(args, name) < 1:
+                raise FlSmpcError(f"--{name.replace('_', '-')}: must be a positive integer, got {getattr(args, name)}")
         peers = parse_addresses(args.peers) if args.peers.strip() else {}
+        bounds = OwnerBounds(
+            min_owners=args.min_owners,
+            max_lr=args.max_lr,
+            max_local_steps=args.max_local_steps,
+            max_rounds=args.max_rounds,
+            max_message=args.max_message,
+            peer_timeout=args.timeout,
+        )
     except FlSmpcError as err:
         parser.error(str(err))
+    log = lambda line: print(f"fl-smpc worker {args.id}: {line}", flush=True)  # noqa: E731
     try:
-        from ..network.policy import PolicySettings
-        from ..network.server import create_data_owner
+        from ..data_owner.server import create_owner_server
 
-        if args.max_release is not None and args.max_release < 1:
-            parser.error(f"--max-release: must be a positive integer, got {args.max_release}")
-        policy = (
-            None
-            if args.unsafe_no_policy
-            else PolicySettings(
-                min_owners=args.min_owners,
-                max_release=args.max_release,
-                worker_commands=frozenset(args.allow_command),
-            )
-        )
-        server = create_data_owner(
-            args.id,
-            args.data,
-            args.host,
-            args.port,
-            peers,
-            args.timeout,
-            args.certs,
-            args.model_party,
-            policy,
-            log=lambda line: print(f"fl-smpc worker {args.id}: {line}", flush=True),
+        server = create_owner_server(
+            args.id, args.data, args.task, args.host, args.port, peers, args.certs, args.model_party, bounds, log
         )
     except FlSmpcError as err:
         print(f"fl-smpc worker: error: {err}", file=sys.stderr)
         return 2
-    rows, features = server.owner_tensors()[0].shape
-    started = server.fingerprint()
-    rules = (
-        "NO release policy (syft's behaviour)"
-        if policy is None
-        else (f"release policy: sums over >= {policy.min_owners} owners, {policy.scalars_per_round} scalars per round")
-    )
+    owner = server.owner
+    rows, features = owner.data.shape[0], owner.data.shape[1]
     if args.certs:
         scheme, security = "wss", f"mutual TLS; accepts {', '.join(sorted(server.allowed))}"
     else:
@@ -140,8 +140,9 @@ def main(argv) -> int:
 
     def ready(port):
         print(
-            f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data} (sha256 {started}); "
-            f"{rules}; serving on {scheme}://{args.host}:{port} ({security}; Ctrl-C to stop)",
+            f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data}; task {owner.task.name} "
+            f"({owner.parameters} parameters); sums over >= {bounds.min_owners} owners; serving on "
+            f"{scheme}://{args.host}:{port} ({security}; Ctrl-C to stop)",
             flush=True,
         )
 
@@ -150,8 +151,9 @@ def main(argv) -> int:
     except OSError as err:  # e.g. the port is taken
         print(f"fl-smpc worker {args.id}: error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 1
-    now = server.fingerprint()
-    state = "unchanged" if now == started else f"CHANGED (sha256 {now})"
-    refused = "" if server.policy is None else f"; {server.policy.refused} request(s) refused"
-    print(f"fl-smpc worker {args.id}: stopped; data {state}{refused}", flush=True)
+    print(
+        f"fl-smpc worker {args.id}: stopped; {owner.contributions} contribution(s) released, "
+        f"{owner.refused} request(s) refused",
+        flush=True,
+    )
     return 0

@@ -26,8 +26,12 @@ class DataFileError(DataError):
     """The data file is missing or malformed; the message names the file and the line."""
 
 
-def read_csv(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(data, target)`` float tensors of shapes (rows, features) and (rows, 1)."""
+def read_csv(path: str, binary_labels: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(data, target)`` float tensors of shapes (rows, features) and (rows, 1).
+
+    ``binary_labels`` (the classification tasks): the last column must be 0 or 1; otherwise any
+    finite number (a regression target).
+    """
     if not os.path.isfile(path):
         raise DataFileError(f"{path}: data file not found")
     try:
@@ -55,7 +59,7 @@ def read_csv(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
             raise DataFileError(f"{path}: line {n}: non-numeric value in {row}") from None
         if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in numbers):
             raise DataFileError(f"{path}: line {n}: NaN, infinite or beyond-float32 value in {row}")
-        if numbers[-1] not in (0.0, 1.0):
+        if binary_labels and numbers[-1] not in (0.0, 1.0):
             raise DataFileError(f"{path}: line {n}: label (last column) must be 0 or 1, got {row[-1]!r}")
         values.append(numbers)
     table = torch.tensor(values)

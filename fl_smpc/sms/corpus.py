@@ -252,3 +252,10 @@ def spam_metrics(labels: Sequence[int], predicted: Sequence[int]) -> dict:
         "recall": float(recall),
         "f1": float(f1),
     }
+
+
+def owner_messages(path: str, n_features: int = DEFAULT_FEATURES):
+    """An owner's own messages file (UCI ``label<TAB>text`` or CSV ``label,text``) as the ``sms`` task's
+    (hashed features, 0/1 labels): the owner featurises its messages itself, with no shared state."""
+    messages = load_data_file(path)
+    return featurize(messages.texts, n_features), labels_tensor(messages)

@@ -1,0 +1,397 @@
+"""A data owner: checks each request against its own bounds, trains with its own code, releases one contribution.
+
+:class:`DataOwner` is transport-free: ``handle(requester, message, connection)`` takes a decoded
+:class:`~fl_smpc.network.wire.Message` and returns the reply. The network worker (:mod:`.server`) and the
+in-process link (:mod:`fl_smpc.model_owner.links`) both call it, so one code path serves both transports.
+
+What the model owner may ask (requester ``"model"``): ``hello`` (start a run), ``train`` and ``evaluate``
+(one contribution each per round number), ``sum`` (additive: this owner's share of the round's sum, once).
+What a peer owner may ask: ``share`` (it hands over this owner's share of its vector) and ``public_key``
+(pairwise). Everything else is refused and logged. A reply never carries text computed from the data:
+refusals name the request's fault; a failure inside training is logged here and answered generically.
+
+The rules that make a round's sum the only thing the model owner can learn:
+
+* each round number is used once per kind (``train``, ``evaluate``), increasing: one contribution per
+  round, always freshly computed from the parameters of that request;
+* a contribution is made only towards a sum over the round's owners (at least this owner's ``min_owners``),
+  and for the additive protocol every share of it is accepted only from an owner that names the same
+  owner set, so each owner's vector is in exactly one released sum, over the full set, or in none;
+* this owner's share of a sum is released once, only when it holds a share from every owner of the set.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..config import DEFAULT_BOUNDS, WEIGHTINGS, OwnerBounds
+from ..data import check_dataset
+from ..errors import DataError
+from ..network.wire import Message, WireError, field_float, field_int, field_names, field_str
+from ..pairwise_owner import masked_encoding, pair_key, raw_public_key
+from . import contribution
+from .local_training import evaluate_rows, load_parameters, train_steps
+from .task import Task, fingerprint, parameter_count
+
+MODEL = "model"  # the requester id of the model owner (its TLS party, whatever its certificate name)
+KINDS = ("train", "evaluate")
+NONCE_ATTEMPT = {"train": 0, "evaluate": 1}  # pairwise keystreams: (round, kind) never repeats in a run
+MAX_ROUND = 2**31 - 1
+
+
+class Refusal(Exception):
+    """A request this owner does not serve; the text (about the request, never the data) goes back."""
+
+
+class Link:
+    """Something that carries a request to another party and brings its reply (a peer owner, here)."""
+
+    def request(self, message: Message) -> Message:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class PendingRound:
+    """One additive round this owner joined: the set, its own share, its peers' shares, released or not."""
+
+    owners: Tuple[str, ...]
+    own_share: Optional[np.ndarray] = None
+    received: Dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """One model owner's run (a session) on this owner."""
+
+    id: str
+    connection: object  # the connection that started it; None once that connection closed
+    last_round: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    pending: Dict[Tuple[str, int], PendingRound] = field(default_factory=dict)
+    early: Dict[Tuple[str, int], Dict[str, Tuple[Tuple[str, ...], np.ndarray]]] = field(default_factory=dict)
+    private_key: object = None  # X25519, made at hello (pairwise)
+    pair_keys: Dict[str, bytes] = field(default_factory=dict)
+
+
+class DataOwner:
+    """One owner's data, task and bounds, and the state of the run it serves; see the module docstring."""
+
+    def __init__(
+        self,
+        owner_id: str,
+        data: torch.Tensor,
+        target: torch.Tensor,
+        task: Task,
+        bounds: OwnerBounds = DEFAULT_BOUNDS,
+        peers: Optional[Mapping[str, Link]] = None,
+        log: Optional[Callable[[str], None]] = None,
+    ):
+        try:
+            check_dataset(data, target, binary_labels=task.binary_labels)
+        except ValueError as err:
+            raise DataError(f"owner {owner_id!r}: {err}") from None
+        self.id, self.data, self.target, self.task, self.bounds = owner_id, data, target, task, bounds
+        self.model = task.build_model(data.shape[1])
+        self.fingerprint = fingerprint(task.name, self.model)
+        self.parameters = parameter_count(self.model)
+        self.peers: Dict[str, Link] = dict(peers or {})
+        self.log = log or logging.getLogger(f"fl_smpc.owner.{owner_id}").info
+        self.contributions = 0  # over this owner's lifetime (bounded by bounds.max_rounds)
+        self.refused = 0
+        self.run: Optional[Run] = None
+        self._state = threading.Condition()
+        self._training = threading.Lock()  # one training at a time: the owner's model object is shared
+
+    # --- dispatch -------------------------------------------------------------------------------------
+
+    def handle(self, requester: str, message: Message, connection: object = None) -> Message:
+        """The reply to one request. Never raises: a refusal or a failure is a ``refused`` message."""
+        handlers = MODEL_REQUESTS if requester == MODEL else PEER_REQUESTS if requester in self.peers else {}
+        try:
+            handler = handlers.get(message.kind)
+            if handler is None:
+                raise Refusal(f"{message.kind!r} is not a request this owner serves for {requester!r}")
+            return handler(self, requester, message, connection)
+        except (Refusal, WireError) as err:
+            self.refused += 1
+            self.log(f"refused {message.kind} from {requester}: {err}")
+            return Message("refused", {"reason": str(err)})
+        except Exception as err:  # the task's code or ours failed on this owner's data: the detail stays here
+            self.refused += 1
+            self.log(f"{message.kind} from {requester} failed: {type(err).__name__}: {err}")
+            return Message("refused", {"reason": f"{message.kind} failed on owner {self.id!r} (see its log)"})
+
+    def connection_closed(self, connection: object) -> None:
+        """The transport's notice that a connection closed: a run it started may now be replaced."""
+        with self._state:
+            if self.run is not None and self.run.connection is connection:
+                self.run.connection = None
+
+    # --- model owner's requests -----------------------------------------------------------------------
+
+    def _hello(self, requester, message: Message, connection) -> Message:
+        session = field_str(message.fields, "session", 64)
+        with self._state:
+            run = self.run
+            if run is not None and run.id != session and run.connection not in (None, connection):
+                raise Refusal("another connection's run is in progress; it ends when that connection closes")
+            if run is None or run.id != session:
+                from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+                self.run = Run(session, connection, private_key=X25519PrivateKey.generate())
+                self.log(f"run {session} started")
+            elif run.connection is None:
+                run.connection = connection
+        return Message(
+            "welcome",
+            {
+                "owner": self.id,
+                "task": self.task.name,
+                "fingerprint": self.fingerprint,
+                "parameters": self.parameters,
+                "features": int(self.data.shape[1]),
+                "metrics": list(self.task.metric_names),
+                "min_owners": self.bounds.min_owners,
+            },
+        )
+
+    def _contribute(self, requester, message: Message, connection) -> Message:
+        kind = message.kind
+        fields = message.fields
+        run = self._run_of(fields, connection)
+        round_ = field_int(fields, "round", 1, MAX_ROUND)
+        owners = self._owners_of(fields)
+        if field_str(fields, "task") != self.task.name or field_str(fields, "fingerprint", 64) != self.fingerprint:
+            raise Refusal(f"this owner trains task {self.task.name!r} with architecture {self.fingerprint}")
+        settings = self._settings(fields.get("settings"), kind)
+        params = message.arrays.get("params")
+        if params is None or params.dtype != np.float32 or params.shape != (self.parameters,):
+            raise Refusal(f"params must be {self.parameters} float32 values")
+        if not np.isfinite(params).all():
+            raise Refusal("params must be finite")
+        if set(message.arrays) != {"params"}:
+            raise Refusal("a contribution request carries the params array only")
+        with self._state:  # reserve the round number before any work: a second request for it is refused
+            if round_ <= run.last_round[kind]:
+                raise Refusal(f"{kind} round {round_} is not after round {run.last_round[kind]}: one contribution each")
+            if self.contributions >= self.bounds.max_rounds:
+                raise Refusal(f"this owner's limit of {self.bounds.max_rounds} contributions is reached")
+            run.last_round[kind] = round_
+            self.contributions += 1
+            if settings["aggregation"] == "additive":  # peers' shares may arrive while this owner trains
+                self._join(run, kind, round_, owners)
+        vector = self._vector(kind, settings, torch.from_numpy(params))
+        vector = contribution.clipped(vector, len(owners), settings["precision"])
+        if settings["aggregation"] == "pairwise":
+            reply = self._masked(run, kind, round_, owners, vector, settings["precision"])
+        else:
+            reply = self._share(run, kind, round_, owners, vector, settings["precision"])
+        self.log(f"released {kind} round {round_}: {reply.kind} of {vector.size} values towards a sum over {', '.join(owners)}")
+        return reply
+
+    def _vector(self, kind: str, settings: dict, params: torch.Tensor) -> np.ndarray:
+        """This owner's contribution vector (float64): trained on its own rows, or evaluated on them."""
+        rows = self.data.shape[0]
+        with self._training:
+            model = load_parameters(self.model, params)
+            if kind == "evaluate":
+                loss, metrics = evaluate_rows(model, self.data, self.target, self.task)
+                extra = [float(rows), contribution.loss_part(loss, rows, self.task.reduction)]
+                return np.array(extra + [rows * metrics[m] for m in self.task.metric_names], dtype=np.float64)
+            first_step = (settings["fl_round"] - 1) * settings["local_steps"]
+            trained, local_loss = train_steps(
+                model, self.data, self.target, self.task, settings["lr"], settings["local_steps"],
+                settings["batch_size"], first_step,
+            )  # fmt: skip
+            weight = float(rows) if settings["weighting"] == "samples" else 1.0
+            tail = np.array([weight, float(rows), weight * local_loss], dtype=np.float64)
+            return np.concatenate([trained.double().numpy() * weight, tail])
+
+    def _sum(self, requester, message: Message, connection) -> Message:
+        run = self._run_of(message.fields, connection)
+        kind = field_str(message.fields, "kind", 16, KINDS)
+        round_ = field_int(message.fields, "round", 1, MAX_ROUND)
+        deadline = time.monotonic() + self.bounds.peer_timeout
+        with self._state:
+            pending = run.pending.get((kind, round_))
+            if pending is None:
+                raise Refusal(f"this owner holds no unreleased share of {kind} round {round_}")
+            while True:
+                missing = [o for o in pending.owners if o != self.id and o not in pending.received]
+                if (pending.own_share is not None and not missing) or not self._state.wait(
+                    max(0.0, deadline - time.monotonic())
+                ):
+                    break
+            if pending.own_share is None or run.pending.get((kind, round_)) is not pending:
+                raise Refusal(f"this owner holds no unreleased share of {kind} round {round_}")
+            missing = [o for o in pending.owners if o != self.id and o not in pending.received]
+            if missing:
+                raise Refusal(f"no share of {kind} round {round_} arrived from {', '.join(missing)}")
+            del run.pending[(kind, round_)]  # released once: a second request finds nothing
+            total = pending.own_share.copy()
+            for share in pending.received.values():
+                np.add(total, share, out=total)  # wraps modulo 2**64, as syft's ring does
+        self.log(f"released its share of the {kind} round {round_} sum over {', '.join(pending.owners)}")
+        return Message("sum_share", {}, {"share": total})
+
+    # --- peers' requests ------------------------------------------------------------------------------
+
+    def _receive_share(self, requester, message: Message, connection) -> Message:
+        fields = message.fields
+        kind = field_str(fields, "kind", 16, KINDS)
+        round_ = field_int(fields, "round", 1, MAX_ROUND)
+        owners = self._owners_of(fields)
+        share = message.arrays.get("share")
+        length = self._length(kind)
+        if share is None or share.dtype != np.int64 or share.shape != (length,) or set(message.arrays) != {"share"}:
+            raise Refusal(f"a {kind} share is {length} int64 values")
+        if requester not in owners:
+            raise Refusal("a share must come from an owner of the round")
+        with self._state:
+            run = self.run
+            if run is None or field_str(fields, "session", 64) != run.id:
+                raise Refusal("no such run on this owner")
+            pending = run.pending.get((kind, round_))
+            if pending is not None:
+                if pending.owners != owners:
+                    raise Refusal(f"{kind} round {round_} is among other owners on this owner")
+                if requester in pending.received:
+                    raise Refusal(f"a share of {kind} round {round_} from {requester!r} is already here")
+                pending.received[requester] = share
+                self._state.notify_all()
+            elif round_ <= run.last_round[kind]:
+                raise Refusal(f"{kind} round {round_} is over on this owner")
+            else:  # the peer was faster than our own request: hold it, within bounds
+                key = (kind, round_)
+                if key not in run.early and len(run.early) >= self.bounds.max_pending_rounds * len(KINDS):
+                    raise Refusal("too many rounds of shares ahead of this owner's own")
+                early = run.early.setdefault(key, {})
+                if requester in early:
+                    raise Refusal(f"a share of {kind} round {round_} from {requester!r} is already here")
+                early[requester] = (owners, share)
+        return Message("ok")
+
+    def _public_key(self, requester, message: Message, connection) -> Message:
+        with self._state:
+            run = self.run
+            if run is None or field_str(message.fields, "session", 64) != run.id:
+                raise Refusal("no such run on this owner")
+            key = raw_public_key(run.private_key)  # type: ignore[arg-type]
+        return Message("public_key", {}, {"key": np.frombuffer(key, dtype=np.uint8)})
+
+    # --- the two protocols ----------------------------------------------------------------------------
+
+    def _share(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
+        """Additive: ``fix_prec().share()`` among the round's owners; each peer's share goes to it directly."""
+        shares = contribution.additive_shares(vector, owners, precision)
+        with self._state:
+            pending = run.pending.get((kind, round_))
+            if pending is None:  # a newer round replaced it meanwhile
+                raise Refusal(f"{kind} round {round_} was overtaken by a later round")
+            pending.own_share = shares[self.id]
+            self._state.notify_all()
+        unreached = []
+        for peer in owners:
+            if peer == self.id:
+                continue
+            fields = {"session": run.id, "kind": kind, "round": round_, "owners": list(owners)}
+            try:
+                reply = self.peers[peer].request(Message("share", fields, {"share": shares[peer]}))
+            except Exception as err:  # a peer that cannot be reached is named; the round cannot complete
+                self.log(f"could not give {peer!r} its share of {kind} round {round_}: {err}")
+                reply = None
+            if reply is None or reply.kind != "ok":
+                unreached.append(peer)
+        return Message("shared", {"unreached": unreached})
+
+    def _join(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...]) -> None:
+        """Open this owner's side of an additive round (lock held): shares that came early move in, older
+        rounds of this kind are dropped (their sums were never asked for)."""
+        pending = run.pending[(kind, round_)] = PendingRound(owners)
+        for sender, (their_owners, share) in run.early.pop((kind, round_), {}).items():
+            if their_owners == owners:
+                pending.received[sender] = share
+        for key in [key for key in run.early if key[0] == kind and key[1] <= round_]:
+            del run.early[key]
+        for key in [key for key in run.pending if key[0] == kind and key[1] < round_]:
+            del run.pending[key]
+
+    def _masked(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
+        """Pairwise: the vector encoded and masked with the keystream of each pair key of the round."""
+        for peer in owners:
+            if peer != self.id and peer not in run.pair_keys:
+                run.pair_keys[peer] = self._agree_key(run, peer)
+        keys = {peer: run.pair_keys[peer] for peer in owners if peer != self.id}
+        masked = masked_encoding(vector, precision, keys, self.id, round_, NONCE_ATTEMPT[kind])
+        return Message("masked", {}, {"masked": masked})
+
+    def _agree_key(self, run: Run, peer: str) -> bytes:
+        """The pair key with ``peer``: its public key pulled over this owner's own link to it (never via the
+        model owner, who could substitute one), then X25519 + HKDF bound to the run and the pair."""
+        reply = self.peers[peer].request(Message("public_key", {"session": run.id}))
+        key = reply.arrays.get("key")
+        if reply.kind != "public_key" or key is None or key.dtype != np.uint8 or key.shape != (32,):
+            raise Refusal(f"peer {peer!r} gave no public key for this run")
+        return pair_key(run.private_key, key.tobytes(), run.id, self.id, peer)  # type: ignore[arg-type]
+
+    # --- checks ---------------------------------------------------------------------------------------
+
+    def _run_of(self, fields, connection) -> Run:
+        session = field_str(fields, "session", 64)
+        with self._state:
+            run = self.run
+            if run is None or run.id != session:
+                raise Refusal("no such run on this owner: say hello first")
+            if run.connection is not connection:
+                raise Refusal("this run belongs to another connection")
+            return run
+
+    def _owners_of(self, fields) -> Tuple[str, ...]:
+        owners = field_names(fields, "owners", self.bounds.max_owners)
+        if self.id not in owners:
+            raise Refusal("the round's owners must include this owner")
+        if len(owners) < max(2, self.bounds.min_owners):
+            raise Refusal(f"this owner contributes only to sums over at least {self.bounds.min_owners} owners")
+        strangers = [o for o in owners if o != self.id and o not in self.peers]
+        if strangers:
+            raise Refusal(f"owners {strangers} are not peers of this owner")
+        return owners
+
+    def _settings(self, settings, kind: str) -> dict:
+        if not isinstance(settings, dict):
+            raise Refusal("settings must be an object")
+        b = self.bounds
+        out = {
+            "precision": field_int(settings, "precision", 0, b.max_precision),
+            "aggregation": field_str(settings, "aggregation", 16, b.aggregations),
+        }
+        if kind == "train":
+            out.update(
+                lr=field_float(settings, "lr", 1e-12, b.max_lr),
+                local_steps=field_int(settings, "local_steps", 1, b.max_local_steps),
+                fl_round=field_int(settings, "fl_round", 1, MAX_ROUND),
+                weighting=field_str(settings, "weighting", 16, WEIGHTINGS),
+                batch_size=None if settings.get("batch_size") is None else field_int(settings, "batch_size", 1, 2**31),
+            )
+        unknown = set(settings) - set(out) - ({"batch_size"} if kind == "train" else set())
+        if unknown:
+            raise Refusal(f"unknown settings {sorted(unknown)}")
+        return out
+
+    def _length(self, kind: str) -> int:
+        metrics = len(self.task.metric_names)
+        return contribution.train_length(self.parameters) if kind == "train" else contribution.evaluate_length(metrics)
+
+
+MODEL_REQUESTS = {
+    "hello": DataOwner._hello,
+    "train": DataOwner._contribute,
+    "evaluate": DataOwner._contribute,
+    "sum": DataOwner._sum,
+}
+PEER_REQUESTS = {"share": DataOwner._receive_share, "public_key": DataOwner._public_key}
+

@@ -1,0 +1,284 @@
+"""The model owner's round loop for owner-side training: send parameters and settings, sum, decode, update.
+
+Each round the model owner asks every owner of the round to ``train`` from the global parameters with the
+round's settings; each owner answers with its contribution hidden (additive shares sent owner to owner, or a
+pairwise-masked vector). The model owner adds them in the int64 ring and decodes **only the sum**:
+``[sum of w * parameters, sum of w, sum of n, sum of w * local loss]``, so it learns the weighted averages.
+Then it asks the owners to ``evaluate`` the new global model the same way (the global loss and the task's
+metrics, averaged over the owners). The round's history matches the tutorial loop's
+(:func:`fl_smpc.federated.run_rounds`), except that no single owner's loss is known: ``local_loss`` is the
+owners' weighted mean.
+
+An owner that fails during an attempt (unreachable, timed out, or refusing) voids it -- its share or its
+masks are missing, so no sum exists -- and the attempt is made again, from the same global parameters,
+among the others under a new round number (owners never reuse one), as long as ``min_owners`` remain.
+"""
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from ..config import FLConfig
+from ..data_owner.contribution import decode_sum, encodable_limit
+from ..data_owner.task import Task, fingerprint, parameter_count
+from ..errors import FlSmpcError, RoundFailed, WorkerSetupError, WorkerUnreachable
+from ..federated import History, RoundResult, owners_of_round, snapshot
+from ..network.wire import Message
+
+
+class OwnersDropped(Exception):
+    """Owners failed during an attempt: ``reasons`` maps each to why. No sum of the attempt exists."""
+
+    def __init__(self, reasons: Dict[str, str]):
+        super().__init__("; ".join(f"{owner}: {why}" for owner, why in reasons.items()))
+        self.reasons = reasons
+
+
+@dataclass
+class Federation:
+    """The model owner's links to the owners (in config order), the task, the run's session and round counter.
+
+    :meth:`start` learns the owners' feature count and checks that every owner trains the same task with
+    the same architecture (its fingerprint: parameter names and shapes).
+    """
+
+    links: Dict[str, object]  # owner id -> link with request(Message) -> Message
+    task: Task
+    features: int = 0
+    fingerprint: str = ""
+    parameters: int = 0
+    metric_names: Tuple[str, ...] = ()
+    session: str = ""
+    next_round: int = 1
+
+    def request(self, owner: str, message: Message) -> Message:
+        reply = self.links[owner].request(message)  # type: ignore[attr-defined]
+        if reply.kind == "refused":
+            raise OwnerRefused(owner, str(reply.fields.get("reason", "no reason given"))[:300])
+        return reply
+
+    def start(self) -> None:
+        """A new run on every owner (fresh pairwise keys, round numbers from 1)."""
+        self.session, self.next_round = secrets.token_hex(16), 1
+        welcomes = {owner: self.request(owner, Message("hello", {"session": self.session})) for owner in self.links}
+        for owner, welcome in welcomes.items():
+            if welcome.kind != "welcome" or welcome.fields.get("owner") != owner:
+                raise WorkerSetupError(
+                    f"the worker given as {owner!r} introduced itself as {welcome.fields.get('owner')!r}: use its --id"
+                )
+        features = {owner: welcome.fields.get("features") for owner, welcome in welcomes.items()}
+        if len(set(features.values())) != 1:
+            raise WorkerSetupError(f"owners disagree on the number of feature columns: {features}")
+        if not self.fingerprint:
+            self.features = int(next(iter(features.values())))
+            model = self.task.build_model(self.features)
+            self.fingerprint, self.parameters = fingerprint(self.task.name, model), parameter_count(model)
+        for owner, welcome in welcomes.items():
+            fields = welcome.fields
+            if fields.get("task") != self.task.name or fields.get("fingerprint") != self.fingerprint:
+                raise WorkerSetupError(
+                    f"owner {owner!r} trains task {fields.get('task')!r} (architecture {fields.get('fingerprint')}); "
+                    f"this run is task {self.task.name!r} ({self.fingerprint}): both sides must name the same --task"
+                )
+            self.metric_names = tuple(fields.get("metrics") or ())
+
+    def take_round(self) -> int:
+        number, self.next_round = self.next_round, self.next_round + 1
+        return number
+
+
+class OwnerRefused(FlSmpcError, RuntimeError):
+    def __init__(self, owner: str, reason: str):
+        super().__init__(f"owner {owner!r} refused: {reason}")
+        self.worker = owner
+
+
+def secure_round(
+    federation: Federation, owners: Sequence[str], kind: str, params: torch.Tensor, settings: dict
+) -> np.ndarray:
+    """One attempt: every owner's contribution, summed in the int64 ring; only the sum is decoded.
+
+    Raises OwnersDropped naming every owner that failed (the attempt is void then).
+    """
+    round_ = federation.take_round()
+    fields = {
+        "session": federation.session,
+        "round": round_,
+        "owners": list(owners),
+        "task": federation.task.name,
+        "fingerprint": federation.fingerprint,
+        "settings": settings,
+    }
+    request = Message(kind, fields, {"params": params.detach().to(torch.float32).numpy()})
+    replies = _ask_all(federation, owners, lambda owner: request)
+    dropped = {owner: why for owner, (reply, why) in replies.items() if why}
+    if settings["aggregation"] == "pairwise":
+        _raise_if(dropped)
+        vectors = [_array(reply, "masked", "masked", owner) for owner, (reply, _) in replies.items()]
+    else:
+        for owner, (reply, _) in replies.items():
+            if reply is not None:
+                for peer in reply.fields.get("unreached") or []:
+                    if peer in owners and peer not in dropped:
+                        dropped[peer] = f"{owner!r} could not give it its share"
+        _raise_if(dropped)
+        ask_sum = Message("sum", {"session": federation.session, "round": round_, "kind": kind})
+        sums = _ask_all(federation, owners, lambda owner: ask_sum)
+        _raise_if({owner: why for owner, (_, why) in sums.items() if why})
+        vectors = [_array(reply, "sum_share", "share", owner) for owner, (reply, _) in sums.items()]
+    lengths = {v.size for v in vectors}
+    if len(lengths) != 1:
+        raise OwnersDropped({owner: "sent a vector of another length" for owner in owners})
+    total = vectors[0].copy()
+    for vector in vectors[1:]:
+        np.add(total, vector, out=total)  # wraps modulo 2**64
+    return decode_sum(total, settings["precision"])
+
+
+def _ask_all(federation: Federation, owners, request_for) -> Dict[str, Tuple[Optional[Message], str]]:
+    """Ask every owner at once (one thread each, as separate machines work): {owner: (reply, why it failed)}."""
+
+    def ask(owner):
+        try:
+            return federation.request(owner, request_for(owner)), ""
+        except (WorkerUnreachable, OwnerRefused) as err:
+            return None, str(err)
+
+    with ThreadPoolExecutor(max_workers=len(owners)) as pool:
+        return dict(zip(owners, pool.map(ask, owners)))
+
+
+def _array(reply: Optional[Message], kind: str, name: str, owner: str) -> np.ndarray:
+    array = None if reply is None else reply.arrays.get(name)
+    if reply is None or reply.kind != kind or array is None or array.dtype != np.int64 or array.ndim != 1:
+        raise OwnersDropped({owner: f"sent no {kind}"})
+    return array
+
+
+def _raise_if(dropped: Dict[str, str]) -> None:
+    if dropped:
+        raise OwnersDropped(dropped)
+
+
+def gather(
+    federation: Federation, owners: List[str], kind: str, params: torch.Tensor, settings: dict, min_owners: int
+) -> Tuple[np.ndarray, List[str], Dict[str, str]]:
+    """The decoded sum over ``owners``, redone among the rest while owners fail; (sum, contributors, dropped)."""
+    dropped: Dict[str, str] = {}
+    alive = list(owners)
+    while True:
+        if len(alive) < min_owners:
+            raise RoundFailedEarly(
+                f"{'; '.join(f'{o}: {why}' for o, why in dropped.items())}; {len(alive)} owners left "
+                f"({', '.join(alive) or 'none'}), fewer than min_owners {min_owners}",
+                next(iter(dropped), None),
+            )
+        try:
+            return secure_round(federation, alive, kind, params, settings), alive, dropped
+        except OwnersDropped as failed:
+            dropped.update({owner: f"{why} (during {kind})" for owner, why in failed.reasons.items()})
+            alive = [o for o in alive if o not in failed.reasons]
+
+
+class RoundFailedEarly(RuntimeError):
+    def __init__(self, message: str, worker: Optional[str]):
+        super().__init__(message)
+        self.worker = worker
+
+
+def evaluation(federation: Federation, owners: List[str], params, config: FLConfig, reduction: str):
+    """The global loss of ``params`` over the owners' rows and the task's metrics (weighted means)."""
+    settings = {"precision": config.precision_fractional, "aggregation": config.aggregation}
+    total, contributors, dropped = gather(federation, owners, "evaluate", params, settings, config.min_owners)
+    rows = max(total[0], 1.0)
+    loss = total[1] if reduction == "sum" else total[1] / rows
+    metrics = {name: float(total[2 + i] / rows) for i, name in enumerate(federation.metric_names)}
+    return float(loss), metrics, contributors, dropped
+
+
+def run_owner_rounds(
+    model: nn.Module,
+    federation: Federation,
+    config: FLConfig,
+    history: Optional[History] = None,
+    evaluate: Optional[Callable[[nn.Module], dict]] = None,
+    on_round: Optional[Callable] = None,
+    reconnect: Optional[Callable[[str], None]] = None,
+) -> History:
+    """``config.rounds`` rounds of owner-side training over ``federation`` (in place on ``model``).
+
+    ``evaluate(model) -> dict`` adds the model owner's own metrics (e.g. on its held-out test set);
+    ``reconnect(owner)`` is called before a round for each owner dropped in the previous one (a restarted
+    worker rejoins; every owner then starts a new run, so pairwise keys are agreed afresh).
+    """
+    evaluate = evaluate or (lambda _model: {})
+    names = list(federation.links)
+    reduction = federation.task.reduction
+    if not federation.session:
+        federation.start()
+    if history is None:
+        loss, metrics, _, _ = evaluation(federation, names, parameters_to_vector(model.parameters()), config, reduction)
+        history = History(config, snapshot(model), loss, initial_metrics={**metrics, **evaluate(model)})
+    dropped: Dict[str, str] = {}
+    for r in range(len(history.rounds) + 1, config.rounds + 1):
+        if reconnect is not None and dropped:
+            for owner in list(dropped):
+                try:
+                    reconnect(owner)
+                except Exception:  # still away: it is asked again, and dropped again, this round
+                    continue
+            federation.start()
+        try:
+            result = owner_round(model, federation, config, r, reduction, evaluate)
+        except BaseException as err:  # Ctrl-C too: put back the last completed round's model
+            model.load_state_dict(history.latest_state())
+            if not isinstance(err, Exception):
+                raise
+            raise RoundFailed(r, err, history, getattr(err, "worker", None)) from err
+        dropped = result.dropped
+        history.rounds.append(result)
+        if on_round is not None:
+            on_round(result, history)
+    return history
+
+
+def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: int, reduction: str, evaluate):
+    """One round: train among the round's owners, update the global model, evaluate it among all owners."""
+    names = list(federation.links)
+    chosen = [names[i] for i in owners_of_round(config, r)]
+    settings = {
+        "lr": config.lr,
+        "local_steps": config.local_steps,
+        "batch_size": config.batch_size,
+        "weighting": config.weighting,
+        "fl_round": r,
+        "precision": config.precision_fractional,
+        "aggregation": config.aggregation,
+    }
+    params = parameters_to_vector(model.parameters()).detach()
+    total, contributors, dropped = gather(federation, chosen, "train", params, settings, config.min_owners)
+    size = federation.parameters
+    # every owner clips to this bound: a sum this large means some owner's values were clipped (diverged)
+    limit = encodable_limit(len(contributors), config.precision_fractional)
+    average = total[:size] / total[size]
+    if not np.isfinite(average).all() or np.abs(total[:size]).max() >= limit / 2:
+        raise DivergedError(
+            "the averaged parameters reach the encodable bound: local training diverged; lower the learning rate"
+        )
+    with torch.no_grad():
+        vector_to_parameters(torch.from_numpy(average.astype(np.float32)), model.parameters())
+    local_loss = float(total[size + 2] / total[size])
+    new_params = parameters_to_vector(model.parameters()).detach()
+    reachable = [n for n in names if n not in dropped]
+    loss, metrics, _, _ = evaluation(federation, reachable, new_params, config, reduction)
+    return RoundResult(r, {}, loss, snapshot(model), {**metrics, **evaluate(model)}, contributors, dropped, local_loss)
+
+
+class DivergedError(FlSmpcError, ArithmeticError):
+    """The secure average is non-finite or at the encoding's bound: the owners' training diverged."""
