@@ -48,6 +48,14 @@ class Refusal(Exception):
     """A request this owner does not serve; the text (about the request, never the data) goes back."""
 
 
+class PeerUnreachable(Refusal):
+    """A request needed peers this owner could not reach; they, not this owner, are at fault."""
+
+    def __init__(self, peers):
+        super().__init__(f"could not reach peer(s) {', '.join(peers)}")
+        self.peers = list(peers)
+
+
 class Link:
     """Something that carries a request to another party and brings its reply (a peer owner, here)."""
 
@@ -119,7 +127,8 @@ class DataOwner:
         except (Refusal, WireError) as err:
             self.refused += 1
             self.log(f"refused {message.kind} from {requester}: {err}")
-            return Message("refused", {"reason": str(err)})
+            unreached = {"unreached": err.peers} if isinstance(err, PeerUnreachable) else {}
+            return Message("refused", {"reason": str(err), **unreached})
         except Exception as err:  # the task's code or ours failed on this owner's data: the detail stays here
             self.refused += 1
             self.log(f"{message.kind} from {requester} failed: {type(err).__name__}: {err}")
@@ -322,9 +331,16 @@ class DataOwner:
 
     def _masked(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
         """Pairwise: the vector encoded and masked with the keystream of each pair key of the round."""
+        unreached = []
         for peer in owners:
             if peer != self.id and peer not in run.pair_keys:
-                run.pair_keys[peer] = self._agree_key(run, peer)
+                try:
+                    run.pair_keys[peer] = self._agree_key(run, peer)
+                except Exception as err:
+                    self.log(f"no pair key with {peer!r}: {err}")
+                    unreached.append(peer)
+        if unreached:
+            raise PeerUnreachable(unreached)
         keys = {peer: run.pair_keys[peer] for peer in owners if peer != self.id}
         masked = masked_encoding(vector, precision, keys, self.id, round_, NONCE_ATTEMPT[kind])
         return Message("masked", {}, {"masked": masked})

@@ -16,7 +16,7 @@ among the others under a new round number (owners never reuse one), as long as `
 
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -56,17 +56,29 @@ class Federation:
     metric_names: Tuple[str, ...] = ()
     session: str = ""
     next_round: int = 1
+    available: List[str] = field(default_factory=list)  # the owners that joined the current run
 
     def request(self, owner: str, message: Message) -> Message:
         reply = self.links[owner].request(message)  # type: ignore[attr-defined]
         if reply.kind == "refused":
-            raise OwnerRefused(owner, str(reply.fields.get("reason", "no reason given"))[:300])
+            unreached = [p for p in reply.fields.get("unreached") or [] if p in self.links and p != owner]
+            raise OwnerRefused(owner, str(reply.fields.get("reason", "no reason given"))[:300], unreached)
         return reply
 
-    def start(self) -> None:
-        """A new run on every owner (fresh pairwise keys, round numbers from 1)."""
+    def start(self, skip_unreachable: bool = False) -> None:
+        """A new run on every owner (fresh pairwise keys, round numbers from 1).
+
+        ``skip_unreachable``: an owner that cannot be reached is left out (it will be dropped from the
+        round and asked again before the next), instead of failing the run.
+        """
         self.session, self.next_round = secrets.token_hex(16), 1
-        welcomes = {owner: self.request(owner, Message("hello", {"session": self.session})) for owner in self.links}
+        welcomes: Dict[str, Message] = {}
+        for owner in self.links:
+            try:
+                welcomes[owner] = self.request(owner, Message("hello", {"session": self.session}))
+            except WorkerUnreachable:
+                if not skip_unreachable:
+                    raise
         for owner, welcome in welcomes.items():
             if welcome.kind != "welcome" or welcome.fields.get("owner") != owner:
                 raise WorkerSetupError(
@@ -87,6 +99,7 @@ class Federation:
                     f"this run is task {self.task.name!r} ({self.fingerprint}): both sides must name the same --task"
                 )
             self.metric_names = tuple(fields.get("metrics") or ())
+        self.available = list(welcomes)
 
     def take_round(self) -> int:
         number, self.next_round = self.next_round, self.next_round + 1
@@ -94,9 +107,11 @@ class Federation:
 
 
 class OwnerRefused(FlSmpcError, RuntimeError):
-    def __init__(self, owner: str, reason: str):
+    """An owner refused a request; ``unreached`` names the peers it blames (they are dropped, not it)."""
+
+    def __init__(self, owner: str, reason: str, unreached: Sequence[str] = ()):
         super().__init__(f"owner {owner!r} refused: {reason}")
-        self.worker = owner
+        self.worker, self.unreached = owner, list(unreached)
 
 
 def secure_round(
@@ -118,6 +133,8 @@ def secure_round(
     request = Message(kind, fields, {"params": params.detach().to(torch.float32).numpy()})
     replies = _ask_all(federation, owners, lambda owner: request)
     dropped = {owner: why for owner, (reply, why) in replies.items() if why}
+    if not dropped and any(reply is None for reply, _ in replies.values()):
+        dropped = {owner: "refused" for owner, (reply, _) in replies.items() if reply is None}
     if settings["aggregation"] == "pairwise":
         _raise_if(dropped)
         vectors = [_array(reply, "masked", "masked", owner) for owner, (reply, _) in replies.items()]
@@ -144,14 +161,25 @@ def secure_round(
 def _ask_all(federation: Federation, owners, request_for) -> Dict[str, Tuple[Optional[Message], str]]:
     """Ask every owner at once (one thread each, as separate machines work): {owner: (reply, why it failed)}."""
 
+    blamed: Dict[str, str] = {}
+
     def ask(owner):
         try:
             return federation.request(owner, request_for(owner)), ""
-        except (WorkerUnreachable, OwnerRefused) as err:
+        except OwnerRefused as err:
+            if err.unreached:
+                blamed.update({peer: f"{owner!r} could not reach it" for peer in err.unreached})
+                return None, ""
+            return None, str(err)
+        except WorkerUnreachable as err:
             return None, str(err)
 
     with ThreadPoolExecutor(max_workers=len(owners)) as pool:
-        return dict(zip(owners, pool.map(ask, owners)))
+        replies = dict(zip(owners, pool.map(ask, owners)))
+    for peer, why in blamed.items():
+        if peer in replies and not replies[peer][1]:
+            replies[peer] = (None, why)
+    return replies
 
 
 def _array(reply: Optional[Message], kind: str, name: str, owner: str) -> np.ndarray:
@@ -233,7 +261,7 @@ def run_owner_rounds(
                     reconnect(owner)
                 except Exception:  # still away: it is asked again, and dropped again, this round
                     continue
-            federation.start()
+            federation.start(skip_unreachable=True)
         try:
             result = owner_round(model, federation, config, r, reduction, evaluate)
         except BaseException as err:  # Ctrl-C too: put back the last completed round's model
@@ -251,7 +279,8 @@ def run_owner_rounds(
 def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: int, reduction: str, evaluate):
     """One round: train among the round's owners, update the global model, evaluate it among all owners."""
     names = list(federation.links)
-    chosen = [names[i] for i in owners_of_round(config, r)]
+    chosen = [names[i] for i in owners_of_round(config, r) if names[i] in federation.available]
+    away = {n: "not reachable when the run (re)started" for n in names if n not in federation.available}
     settings = {
         "lr": config.lr,
         "local_steps": config.local_steps,
@@ -263,6 +292,7 @@ def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: i
     }
     params = parameters_to_vector(model.parameters()).detach()
     total, contributors, dropped = gather(federation, chosen, "train", params, settings, config.min_owners)
+    dropped = {**away, **dropped}
     size = federation.parameters
     # every owner clips to this bound: a sum this large means some owner's values were clipped (diverged)
     limit = encodable_limit(len(contributors), config.precision_fractional)
@@ -275,7 +305,7 @@ def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: i
         vector_to_parameters(torch.from_numpy(average.astype(np.float32)), model.parameters())
     local_loss = float(total[size + 2] / total[size])
     new_params = parameters_to_vector(model.parameters()).detach()
-    reachable = [n for n in names if n not in dropped]
+    reachable = [n for n in federation.available if n not in dropped]
     loss, metrics, _, _ = evaluation(federation, reachable, new_params, config, reduction)
     return RoundResult(r, {}, loss, snapshot(model), {**metrics, **evaluate(model)}, contributors, dropped, local_loss)
 

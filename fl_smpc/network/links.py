@@ -11,6 +11,7 @@ Frames are binary, uncompressed (no permessage-deflate is offered), at most ``ma
 """
 
 import http
+import select
 import socket
 import ssl
 import threading
@@ -160,10 +161,21 @@ class WebsocketLink:
             except (OSError, websocket.WebSocketException):
                 pass
 
+    def _usable(self) -> bool:
+        """Connected and idle: a server only speaks in reply, so a socket readable now is closed or reset
+        (bytes TLS already decrypted and buffered count as readable too)."""
+        if self.ws is None or not self.ws.connected:
+            return False
+        if isinstance(self.ws.sock, ssl.SSLSocket) and self.ws.sock.pending():
+            return False
+        readable, _, _ = select.select([self.ws.sock], [], [], 0)
+        return not readable
+
     def request(self, message: Message) -> Message:
         frame = encode(message)
         with self._lock:
-            if self.ws is None:
+            if not self._usable():
+                self.close()
                 if not self.reconnect:
                     raise WorkerUnreachable(self.id, "connection closed")
                 self.open()
