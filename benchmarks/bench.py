@@ -34,7 +34,7 @@ from fl_smpc.data import send_partitions, split_dataset, toy_dataset
 from fl_smpc.federated import run_round, run_rounds
 from fl_smpc.pairwise import pairwise_sum, session_for
 from fl_smpc.reference import local_train
-from fl_smpc.secure_aggregation import flatten_on_worker, secure_average, secure_average_per_tensor, secure_sum
+from fl_smpc.secure_aggregation import secure_average, secure_average_per_tensor, secure_sum
 from fl_smpc.training import train_locally
 from fl_smpc.workers import create_hook, virtual_workers
 
@@ -253,55 +253,77 @@ def protocol_comparison(hook, workers=(3, 10), params=(10**4, 10**6), repeats=7,
 
 
 def network_protocol_cost(hook, params=(10**4, 10**6), repeats=3) -> List[dict]:
-    """Over websockets, 3 ``fl-smpc worker`` processes on loopback: a toy round (``run_round``: send,
-    5 local steps, secure average) and a secure sum of P random values per owner, for each protocol."""
+    """Over mutual TLS, 3 ``fl-smpc worker`` processes on loopback, owner-side training: one round (each owner
+    trains, the secure sum of the contributions, then the secure evaluation of the new model) of the toy task,
+    of the SMS task (each owner's own messages, 4,096 hashed features) and of a wide model of P parameters
+    (benchmarks/wide_task.py), for each protocol. Medians after one warm-up round."""
     import tempfile
 
-    from fl_smpc.network.client import find_data, network_workers
+    from fl_smpc.config import OwnerBounds
+    from fl_smpc.data_owner.task import load_task
+    from fl_smpc.model_owner.connect import owner_links, start_model
+    from fl_smpc.model_owner.rounds import Federation, owner_round
     from fl_smpc.network.csvdata import split_to_csv
     from fl_smpc.network.launcher import local_workers
+    from fl_smpc.network.tls import create_federation
 
-    rows = []
     names = ("bob", "alice", "jane")
-    # these random vectors are public to the owners' release policy (not computed from their data), so
-    # a sum holds private values of the 2 peers only: the workers accept sums over 2 owners, of P values
-    worker_args = ("--min-owners", "2", "--max-release", str(max(params)))
-    with tempfile.TemporaryDirectory(prefix="fl-smpc-bench-") as tmp, local_workers(
-        split_to_csv(tmp, names), timeout=30.0, worker_args=worker_args
-    ) as addresses, network_workers(addresses, hook, timeout=120.0) as clients:
-        remote_data = [find_data(c) for c in clients]
-        torch.manual_seed(0)
-        model = nn.Linear(3, 1)
-        tasks: Dict[Tuple[str, str, int], Callable[..., Any]] = {}
-        for protocol in ("additive", "pairwise"):
-            config = FLConfig(workers=names, seed=0, aggregation=protocol)
-            tasks[(protocol, "toy round (run_round)", 4)] = lambda config=config: run_round(
-                model, clients, remote_data, config
-            )
-        for p in params:
-            # flattened remote parameters, as in the protocol (the owners' release policy refuses syft's
-            # fix_prec of a tensor sent as is: that command carries a worker object)
-            ptrs = [flatten_on_worker(nn.Linear(p, 1, bias=False).send(c)) for c in clients]  # type: ignore[operator]  # syft's hook adds Module.send
-            tasks[("additive", "secure sum", p)] = lambda ptrs=ptrs: secure_sum(ptrs, clients)
-            tasks[("pairwise", "secure sum", p)] = lambda ptrs=ptrs: pairwise_sum(ptrs, clients)
-        times: Dict[Tuple[str, str, int], List[float]] = {key: [] for key in tasks}
-        for i in range(repeats + 1):  # interleaved; run 0 is the warm-up (and the pairwise key agreement)
-            for key, fn in tasks.items():
-                start = time.perf_counter()
-                fn()
-                if i:
-                    times[key].append(time.perf_counter() - start)
-    for (protocol, what, p), values in times.items():
-        rows.append(
-            {
-                "transport": "websocket, 3 worker processes",
-                "what": what,
-                "params": p,
-                "protocol": protocol,
-                "seconds": statistics.median(values),
-            }
-        )
+    wide = str(Path(__file__).resolve().parent / "wide_task.py")
+    cases = [("toy round", "toy", 4, None)] + [("wide model round", wide, p, p) for p in params]
+    if max(params) > 10:  # the full benchmark only: the SMS corpus and its features take a while
+        cases.insert(1, ("SMS round", "sms", SMS_FEATURES + 1, None))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fl-smpc-bench-") as tmp:
+        certs = os.path.join(tmp, "certs")
+        create_federation(certs, ["model", *names], days=1)
+        for what, task, size, width in cases:
+            paths = sms_owner_files(tmp, names) if task == "sms" else split_to_csv(os.path.join(tmp, "toy"), names)
+            os.environ["FL_SMPC_BENCH_PARAMS"] = str(width or 10)
+            message = str(max(OwnerBounds().max_message, 40 * size))
+            with local_workers(
+                paths, timeout=60.0, certs=certs, worker_args=("--task", task, "--max-message", message)
+            ) as addresses, owner_links(addresses, certs, timeout=120.0) as links:
+                for protocol in ("additive", "pairwise"):
+                    config = FLConfig(
+                        workers=names,
+                        seed=0,
+                        aggregation=protocol,
+                        training="owner",
+                        lr=100.0 if task == "sms" else 0.1,
+                        local_steps=20 if task == "sms" else 5,
+                    )
+                    federation = Federation(dict(links), load_task(task))
+                    federation.start()
+                    model = start_model(config, federation, None, None)
+                    times = []
+                    for i in range(repeats + 1):  # round 0 is the warm-up (and the pairwise key agreement)
+                        start = time.perf_counter()
+                        owner_round(model, federation, config, i + 1, federation.task.reduction, lambda m: {})
+                        if i:
+                            times.append(time.perf_counter() - start)
+                    rows.append(
+                        {
+                            "transport": "mutual TLS, 3 worker processes",
+                            "what": what,
+                            "params": federation.parameters,
+                            "protocol": protocol,
+                            "seconds": statistics.median(times),
+                        }
+                    )
     return rows
+
+
+def sms_owner_files(tmp: str, names: Sequence[str]) -> Dict[str, str]:
+    """Each owner's SMS messages as its own ``label,text`` CSV file (the sms task's format)."""
+    from fl_smpc.sms.corpus import load_packaged_corpus
+    from fl_smpc.sms.experiment import prepare_data
+
+    paths = {}
+    for name, owner in zip(names, prepare_data(load_packaged_corpus(), len(names)).owners):
+        paths[name] = os.path.join(tmp, f"{name}-sms.csv")
+        with open(paths[name], "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([["label", "text"], *zip(owner.labels, owner.texts)])
+    return paths
 
 
 def mlp_13_32_24_1() -> nn.Module:
@@ -597,7 +619,7 @@ TABLES = {
         ],
     ),
     "protocols_network": (
-        "Additive shares vs pairwise masks over websockets (seconds, median)",
+        "Owner-side training over mutual TLS: one round, additive shares vs pairwise masks (seconds, median)",
         ["transport", "what", "params", "protocol", "seconds"],
     ),
     "sharing_layout": (

@@ -4,9 +4,8 @@ in-process run.
     .venv/bin/python benchmarks/network_timing.py [--repeat 3]
 
 Prints wall-clock seconds (min and median over the repeats) for: worker start-up, a websocket run
-(connect, find data by tag, 5 rounds) over TLS and over plain ws:// (--insecure), one small request's
-round trip on an open connection, the in-process
-VirtualWorker run, and how long the model owner takes to report a worker killed between rounds 2 and 3.
+(connect, 5 rounds of owner-side training) over TLS and over plain ws:// (--insecure), one small request's
+round trip on an open connection, the in-process run of the same owner code, and how long the model owner takes to report a worker killed between rounds 2 and 3.
 TLS and plain runs alternate (and swap order every repeat), so a busy moment on a shared machine
 hits both; the TLS/plain ratio is also given per pair. Wall-clock timings are noisy on a shared
 machine, so each websocket run also reports its CPU seconds (model owner + the 3 workers), which
@@ -25,11 +24,13 @@ from typing import Dict, List
 import psutil
 
 from fl_smpc import FLConfig
-from fl_smpc.federated import RoundFailed, train_federated
-from fl_smpc.network.client import network_workers, train_network
+from fl_smpc.errors import RoundFailed
+from fl_smpc.federated import train_federated
+from fl_smpc.model_owner.connect import owner_links, train_with_owners
 from fl_smpc.network.csvdata import split_to_csv
 from fl_smpc.network.launcher import local_workers
 from fl_smpc.network.tls import create_federation
+from fl_smpc.network.wire import Message
 
 MODES = ("plain ws:// (--insecure)", "mutual TLS (--certs)")
 ROUND_TRIPS = 300  # small requests timed one after another on one open connection
@@ -57,10 +58,12 @@ def time_mode(rows, config, paths, certs, mode, kill: bool):
         rows[f"worker start-up, {mode}"].append(time.perf_counter() - start)
         pids = [proc.pid for proc in addresses.processes.values()]
         cpu = cpu_seconds(pids)
-        rows[f"websocket run, {mode}"].append(timed(lambda: train_network(config, addresses, certs=certs))[0])
+        run = timed(lambda: train_with_owners(config, addresses, certs=certs))
+        rows[f"websocket run, {mode}"].append(run[0])
         rows[f"websocket run CPU s, {mode}"].append(cpu_seconds(pids) - cpu)
-        with network_workers({"bob": addresses["bob"]}, certs=certs) as (bob,):
-            seconds, _ = timed(lambda: [bob.objects_count_remote() for _ in range(ROUND_TRIPS)])
+        with owner_links({"bob": addresses["bob"]}, certs=certs) as links:
+            hello = Message("hello", {"session": "timing"})
+            seconds, _ = timed(lambda: [links["bob"].request(hello) for _ in range(ROUND_TRIPS)])
         rows[f"one request round trip (ms), {mode}"].append(1000 * seconds / ROUND_TRIPS)
         if not kill:
             return
@@ -73,7 +76,7 @@ def time_mode(rows, config, paths, certs, mode, kill: bool):
                 killed_at.append(time.perf_counter())
 
         try:
-            train_network(config, addresses, on_round=kill_jane, certs=certs)
+            train_with_owners(config, addresses, on_round=kill_jane, certs=certs)
         except RoundFailed as err:
             rows["kill detected (worker killed after round 2, TLS)"].append(time.perf_counter() - killed_at[0])
             assert err.worker == "jane", err
@@ -83,15 +86,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3, help="runs per transport (default: %(default)s)")
     args = p.parse_args(argv)
-    config = FLConfig(seed=0)
-    rows: Dict[str, List[float]] = {"in-process (VirtualWorker)": []}
+    config = FLConfig(seed=0, training="owner")
+    rows: Dict[str, List[float]] = {"in-process (the same owner code)": []}
     for mode in MODES:
         rows[f"websocket run, {mode}"], rows[f"websocket run CPU s, {mode}"] = [], []
         rows[f"worker start-up, {mode}"], rows[f"one request round trip (ms), {mode}"] = [], []
     rows["kill detected (worker killed after round 2, TLS)"] = []
     train_federated(config)  # warm-up: hook, imports
     for _ in range(args.repeat):
-        rows["in-process (VirtualWorker)"].append(timed(lambda: train_federated(config))[0])
+        rows["in-process (the same owner code)"].append(timed(lambda: train_federated(config))[0])
     with tempfile.TemporaryDirectory() as tmp:
         paths = split_to_csv(os.path.join(tmp, "data"), config.workers)
         certs = os.path.join(tmp, "certs")

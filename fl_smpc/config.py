@@ -55,6 +55,7 @@ PEER_TIMEOUT = 10.0  # a worker's connect/reply timeout towards its peers; below
 GC_DELAY = 0.5  # seconds the model owner collects remote deletes before sending them in one message
 WORKER_HOST, WORKER_PORT = "127.0.0.1", 8777
 
+
 # --- a data owner's own limits (fl-smpc worker flags; checked on the owner, whatever the model owner asks) ---
 @dataclass(frozen=True)
 class OwnerBounds:

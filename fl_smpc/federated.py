@@ -4,85 +4,29 @@ Returns a :class:`History`; printing is left to the CLI.
 """
 
 import contextlib
-import random
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn.utils import vector_to_parameters
 
-from .config import LOSS_REDUCTIONS, FLConfig
+from .config import FLConfig
 from .data import send_partitions, split_dataset, toy_dataset
 from .errors import AggregationError, ConfigError, FlSmpcError, OwnerFailed, RoundFailed
+from .history import (  # noqa: F401  # History and RoundResult stay importable from here
+    History,
+    RoundResult,
+    check_loss_reduction,
+    declared_reduction,
+    owners_of_round,
+    snapshot,
+    state_to_lists,
+)
 from .pairwise import pairwise_average
 from .secure_aggregation import secure_average
 from .training import check_model, remote_loss, sum_squared_error, train_locally
 from .workers import create_hook, forget_transient_ids, virtual_workers
-
-
-@dataclass
-class RoundResult:
-    """What one round produced: each owner's last local loss, the global loss after the update, the model."""
-
-    round: int
-    worker_losses: Dict[str, float]
-    global_loss: float
-    model: Dict[str, torch.Tensor]
-    metrics: Dict[str, float] = field(default_factory=dict)  # from ``evaluate``, e.g. test accuracy
-    contributors: List[str] = field(default_factory=list)  # owners whose models are in the average
-    dropped: Dict[str, str] = field(default_factory=dict)  # owner -> why it was left out of this round
-    # owner-side training: no single owner's loss leaves it; this is the owners' weighted mean last local loss
-    local_loss: Optional[float] = None
-
-
-@dataclass
-class History:
-    """A run's record: the settings actually used (with the drawn seed), the start, and every round."""
-
-    config: FLConfig
-    initial_model: Dict[str, torch.Tensor]
-    initial_loss: float
-    rounds: List[RoundResult] = field(default_factory=list)
-    initial_metrics: Dict[str, float] = field(default_factory=dict)
-
-    def latest_state(self) -> Dict[str, torch.Tensor]:
-        """The global model after the last completed round (the initial model if none completed)."""
-        return self.rounds[-1].model if self.rounds else self.initial_model
-
-    def to_dict(self) -> dict:
-        """JSON-ready form; the keys are a stable interface for other tools."""
-        doc: Dict[str, Any] = {
-            "config": {**asdict(self.config), "workers": list(self.config.workers)},
-            "initial_model": state_to_lists(self.initial_model),
-            "initial_global_loss": self.initial_loss,
-            "rounds": [],
-        }
-        if self.initial_metrics:
-            doc["initial_metrics"] = dict(self.initial_metrics)
-        for r in self.rounds:
-            item = {
-                "round": r.round,
-                "worker_losses": dict(r.worker_losses),
-                "global_loss": r.global_loss,
-                "model": state_to_lists(r.model),
-                "contributors": list(r.contributors),
-                "dropped": dict(r.dropped),
-            }
-            if r.local_loss is not None:
-                item["local_loss"] = r.local_loss
-            if r.metrics:
-                item["metrics"] = dict(r.metrics)
-            doc["rounds"].append(item)
-        return doc
-
-
-def snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
-    return {name: t.detach().clone() for name, t in model.state_dict().items()}
-
-
-def state_to_lists(state: Dict[str, torch.Tensor]) -> Dict[str, list]:
-    return {name: t.tolist() for name, t in state.items()}
 
 
 def global_loss(
@@ -106,27 +50,6 @@ def global_loss(
     return sum(losses)
 
 
-def declared_reduction(loss_fn) -> Optional[str]:
-    """The reduction a torch loss module (``nn.MSELoss()``) or ``functools.partial(..., reduction=...)`` names."""
-    reduction = getattr(loss_fn, "reduction", None)
-    if reduction is None:
-        reduction = (getattr(loss_fn, "keywords", None) or {}).get("reduction")
-    return reduction if isinstance(reduction, str) else None
-
-
-def check_loss_reduction(loss_fn, config: FLConfig) -> None:
-    """Refuse a loss whose own ``reduction`` contradicts ``config.loss_reduction`` (plain functions cannot tell)."""
-    declared = declared_reduction(loss_fn)
-    if declared is None or declared == config.loss_reduction:
-        return
-    if declared in LOSS_REDUCTIONS:
-        raise ConfigError(
-            f"loss_fn reduces by {declared!r} but config.loss_reduction is {config.loss_reduction!r}: "
-            f"use FLConfig(loss_reduction={declared!r})"
-        )
-    raise ConfigError(f"loss_fn has reduction {declared!r}: it must return a scalar, by 'sum' or 'mean'")
-
-
 @dataclass
 class RoundOutcome:
     """What :func:`run_round` reports: local losses, who is in the average, who was dropped and why."""
@@ -134,19 +57,6 @@ class RoundOutcome:
     worker_losses: Dict[str, float]
     contributors: List[str]
     dropped: Dict[str, str]
-
-
-def owners_of_round(config: FLConfig, round_number: int) -> List[int]:
-    """Indices of the owners that train in round ``round_number``: all, or ``owners_per_round`` of them.
-
-    The subset is drawn from the run's seed and the round number only, so a run (and a resumed one)
-    chooses the same owners every time.
-    """
-    n = len(config.workers)
-    if config.owners_per_round is None or config.owners_per_round == n:
-        return list(range(n))
-    rng = random.Random(f"fl-smpc owners {config.seed} {round_number}")
-    return sorted(rng.sample(range(n), config.owners_per_round))
 
 
 def _enough(
@@ -344,7 +254,9 @@ def train_federated(
     if config.training == "owner":
         from .model_owner.connect import train_in_process
 
-        return train_in_process(config, data, target, model, None if model is None else loss_fn, evaluate, on_round, history)
+        return train_in_process(
+            config, data, target, model, None if model is None else loss_fn, evaluate, on_round, history
+        )
     config = config.with_seed()
     toy = data is None and target is None
     if toy:

@@ -21,7 +21,7 @@ def test_json_document_has_the_stable_keys(capsys):
     assert doc["config"] == {"workers": ["bob", "alice", "jane"], "rounds": 2, "local_steps": 5, "lr": 0.1,
                              "precision_fractional": 3, "seed": 0, "batch_size": None, "loss_reduction": "sum",
                              "weighting": "samples", "min_owners": 3, "owners_per_round": None,
-                             "aggregation": "additive"}
+                             "aggregation": "additive", "training": "tutorial"}
     assert len(doc["initial_model"]["weight"]) == 1 and len(doc["initial_model"]["weight"][0]) == 3
     assert len(doc["initial_model"]["bias"]) == 1
     assert [r["round"] for r in doc["rounds"]] == [1, 2]

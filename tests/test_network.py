@@ -5,6 +5,7 @@ contributions. Worker processes are started by fixtures / ``with`` blocks that a
 references: the in-process run of the same owner code (``training="owner"``), the tutorial's pointer loop,
 and plain-PyTorch FedAvg (``fl_smpc.reference``).
 """
+
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from fl_smpc.network.tls import create_federation
 from reference import local_train, plaintext_fedavg, seed_model
 
 CONFIG = FLConfig(seed=0, training="owner")
-TOLERANCE = 10 ** -CONFIG.precision_fractional  # one fixed-precision quantum
+TOLERANCE = 10**-CONFIG.precision_fractional  # one fixed-precision quantum
 PEER_TIMEOUT = 3.0  # workers' peer timeout: short, so a dead peer is named quickly
 REPLY_TIMEOUT = 20.0
 AGGREGATIONS = ["additive", "pairwise"]
@@ -136,8 +137,16 @@ def test_the_model_owner_receives_no_individual_model_loss_or_data(network_runs,
             n = min(values.numel(), secret.numel())
             assert not torch.allclose(values[:n], secret[:n], atol=1e-3 * abs(float(secret[:n].abs().max())) + 1e-6)
     for reply in replies:  # fields are the protocol's public ones only
-        assert set(reply.fields) <= {"owner", "task", "fingerprint", "parameters", "features", "metrics",
-                                     "min_owners", "unreached"}
+        assert set(reply.fields) <= {
+            "owner",
+            "task",
+            "fingerprint",
+            "parameters",
+            "features",
+            "metrics",
+            "min_owners",
+            "unreached",
+        }
 
 
 def test_killed_worker_is_named_and_resume_matches_uninterrupted(tmp_path, network_runs, certs):
@@ -154,8 +163,9 @@ def test_killed_worker_is_named_and_resume_matches_uninterrupted(tmp_path, netwo
                 alice.wait()
 
         with pytest.raises(RoundFailed) as failed:
-            train_with_owners(CONFIG, addresses, on_round=checkpoint_then_kill_alice, timeout=REPLY_TIMEOUT,
-                              certs=certs)
+            train_with_owners(
+                CONFIG, addresses, on_round=checkpoint_then_kill_alice, timeout=REPLY_TIMEOUT, certs=certs
+            )
         assert (failed.value.worker, failed.value.round) == ("alice", 3)
         assert "round 3" in str(failed.value) and "alice" in str(failed.value)
         saved = load_checkpoint(checkpoint)
@@ -164,8 +174,9 @@ def test_killed_worker_is_named_and_resume_matches_uninterrupted(tmp_path, netwo
 
         peers = {n: a for n, a in addresses.items() if n != "alice"}
         log = str(tmp_path / "alice-restarted.log")
-        addresses.processes["alice"] = start_worker("alice", paths["alice"], addresses["alice"], peers, log,
-                                                    PEER_TIMEOUT, certs)
+        addresses.processes["alice"] = start_worker(
+            "alice", paths["alice"], addresses["alice"], peers, log, PEER_TIMEOUT, certs
+        )
         wait_ready(addresses.processes["alice"], log, "alice", deadline=float("inf"))
         resumed = train_with_owners(saved.config, addresses, history=saved, timeout=REPLY_TIMEOUT, certs=certs)
     assert [r.round for r in resumed.rounds] == [1, 2, 3, 4, 5]
@@ -231,7 +242,18 @@ def test_worker_refuses_bad_data_file(case, tmp_path, capsys):
     text, message = BAD_FILES[case]
     path = tmp_path / "bob.csv"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    argv = ["worker", "--id", "bob", "--data", str(path), "--port", "0", "--insecure", "--peers", "alice=127.0.0.1:1,jane=127.0.0.1:2"]
+    argv = [
+        "worker",
+        "--id",
+        "bob",
+        "--data",
+        str(path),
+        "--port",
+        "0",
+        "--insecure",
+        "--peers",
+        "alice=127.0.0.1:1,jane=127.0.0.1:2",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(path) in err and message in err, err
@@ -239,9 +261,24 @@ def test_worker_refuses_bad_data_file(case, tmp_path, capsys):
 
 def test_worker_process_refuses_missing_data_file(tmp_path):
     missing = str(tmp_path / "nope.csv")
-    done = subprocess.run([sys.executable, "-m", "fl_smpc", "worker", "--id", "bob", "--data", missing, "--insecure",
-                           "--peers", "alice=127.0.0.1:1,jane=127.0.0.1:2"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fl_smpc",
+            "worker",
+            "--id",
+            "bob",
+            "--data",
+            missing,
+            "--insecure",
+            "--peers",
+            "alice=127.0.0.1:1,jane=127.0.0.1:2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert f"{missing}: data file not found" in done.stderr
 
@@ -253,8 +290,9 @@ def test_lost_owner_is_dropped_and_rejoins_after_restart(tmp_path, aggregation):
     Rounds 3 and 4 go on over bob, alice and dave (min_owners 3) and name jane as dropped; before
     round 5 the model owner reconnects, every owner starts a new run, and she contributes again.
     """
-    config = FLConfig(workers=("bob", "alice", "jane", "dave"), rounds=6, seed=0, aggregation=aggregation,
-                      training="owner")
+    config = FLConfig(
+        workers=("bob", "alice", "jane", "dave"), rounds=6, seed=0, aggregation=aggregation, training="owner"
+    )
     paths = split_to_csv(str(tmp_path / "data"), config.workers)
     certs = str(tmp_path / "certs")
     create_federation(certs, ["model", *config.workers], days=1)
@@ -268,14 +306,21 @@ def test_lost_owner_is_dropped_and_rejoins_after_restart(tmp_path, aggregation):
             if result.round == 4:
                 peers = {n: a for n, a in addresses.items() if n != "jane"}
                 log = str(tmp_path / "jane-restarted.log")
-                addresses.processes["jane"] = start_worker("jane", paths["jane"], addresses["jane"], peers, log,
-                                                           PEER_TIMEOUT, certs=certs)
+                addresses.processes["jane"] = start_worker(
+                    "jane", paths["jane"], addresses["jane"], peers, log, PEER_TIMEOUT, certs=certs
+                )
                 wait_ready(addresses.processes["jane"], log, "jane", deadline=float("inf"))
 
         history = train_with_owners(config, addresses, on_round=kill_then_restart, timeout=REPLY_TIMEOUT, certs=certs)
     everyone = ["bob", "alice", "jane", "dave"]
-    assert [r.contributors for r in history.rounds] == [everyone, everyone, ["bob", "alice", "dave"],
-                                                        ["bob", "alice", "dave"], everyone, everyone]
+    assert [r.contributors for r in history.rounds] == [
+        everyone,
+        everyone,
+        ["bob", "alice", "dave"],
+        ["bob", "alice", "dave"],
+        everyone,
+        everyone,
+    ]
     assert list(history.rounds[2].dropped) == ["jane"] and "(during train)" in history.rounds[2].dropped["jane"]
     # before round 4 the model owner tried jane again and restarted the run without her
     assert history.rounds[3].dropped == {"jane": "not reachable when the run (re)started"}

@@ -278,49 +278,6 @@ def test_aggregation_setting_is_checked_and_reaches_the_cli(capsys):
     assert json.loads(capsys.readouterr().out)["config"]["aggregation"] == "pairwise"
 
 
-def test_network_run_with_real_workers_equals_in_process_run(tmp_path):
-    from fl_smpc.network.client import NetworkClient, train_network
-    from fl_smpc.network.csvdata import split_to_csv
-    from fl_smpc.network.launcher import local_workers
-
-    config = FLConfig(seed=0, aggregation="pairwise")
-    received = []
-    forward = NetworkClient._forward_to_websocket_server_worker
-
-    def recording(client, message):
-        reply = forward(client, message)
-        received.append(reply)
-        return reply
-
-    paths = split_to_csv(str(tmp_path), config.workers)
-    certs = str(tmp_path / "certs")
-    create_federation(certs, ["model", *config.workers], days=1)
-    with local_workers(paths, timeout=5.0, certs=certs) as addresses, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(NetworkClient, "_forward_to_websocket_server_worker", recording)
-        network = train_network(config, addresses, timeout=20.0, certs=certs)
-    assert all(p.poll() is not None for p in addresses.processes.values())
-    in_process = train_federated(config)
-    assert [r.round for r in network.rounds] == [1, 2, 3, 4, 5]
-    for net, ref in zip(network.rounds, in_process.rounds):
-        for name in ref.model:  # the masks cancel exactly: the same sums, bit for bit
-            assert torch.equal(net.model[name], ref.model[name]), (net.round, name)
-        assert net.worker_losses == pytest.approx(ref.worker_losses, abs=1e-5)
-
-    # what the model owner received: one masked vector per owner per round, none of them an owner's encoding
-    data, target = toy_dataset()
-    starts = [network.initial_model] + [r.model for r in network.rounds[:-1]]
-    encodings = []
-    for start in starts:
-        for x, y in split_dataset(data, target, 3):
-            local = nn.Linear(3, 1)
-            local.load_state_dict(start)
-            local_train(local, x, y, config.lr, config.local_steps)
-            encodings.append(encode(parameters_to_vector(local.parameters()).detach().double().numpy(), PRECISION))
-    vectors = [np.frombuffer(b, dtype="<i8") for b in raw_bytes(received) if len(b) == 8 * 4]
-    assert len(vectors) == 5 * 3
-    assert not any((v == e).all() for v in vectors for e in encodings)
-
-
 def test_encoding_rounds_half_away_from_zero_exactly():
     from decimal import ROUND_HALF_UP, Decimal
 

@@ -4,8 +4,6 @@ Real worker processes on loopback (one TLS worker, one --insecure worker for con
 for the module and always stopped. Each refusal is checked next to the case that is accepted, so a
 check that stopped refusing would fail here.
 """
-import asyncio
-import binascii
 import datetime
 import os
 import shutil
@@ -23,10 +21,11 @@ from fl_smpc.cli import main
 from fl_smpc.config import FLConfig, RunSpec
 from fl_smpc.errors import TLSConfigError, WorkerUnreachable
 from fl_smpc.network import tls
-from fl_smpc.network.client import network_workers, open_websocket
+from fl_smpc.data_owner.server import OwnerServer
+from fl_smpc.model_owner.connect import owner_links
 from fl_smpc.network.csvdata import split_to_csv
 from fl_smpc.network.launcher import free_port, start_worker, stop_processes, wait_ready
-from fl_smpc.network.server import CLOSE_POLICY_VIOLATION, DataOwnerServer
+from fl_smpc.network.links import open_websocket
 
 OWNERS = ("bob", "alice", "jane")
 
@@ -181,49 +180,24 @@ def test_a_certificate_of_another_party_is_not_loaded_as_ours(federation, tmp_pa
         tls.client_context(str(tmp_path), "alice")
 
 
-class FakeConnection:
-    """What ``DataOwnerServer._handler`` uses of a websockets connection: the transport, iteration, send, close."""
-
-    def __init__(self, ssl_object, messages):
-        self.transport = SimpleNamespace(get_extra_info=lambda key: ssl_object if key == "ssl_object" else None)
-        self.messages, self.sent, self.closed = messages, [], None
-
-    async def __aiter__(self):
-        for message in self.messages:
-            yield str(binascii.hexlify(message))
-
-    async def send(self, text):
-        self.sent.append(text)
-
-    async def close(self, code, reason):
-        self.closed = (code, reason)
-
-
-@pytest.mark.parametrize("party, accepted", [("model", True), ("jane", True), ("mallory", False), (None, True)])
-def test_the_server_records_who_sent_each_message(federation, party, accepted):
-    """``current_requester`` is the peer owner whose certificate sent the message, None for the model owner
-    (and for a plain, unauthenticated socket: party None), and None again after; a party the worker does
-    not expect is refused before any message."""
-    server = DataOwnerServer.__new__(DataOwnerServer)  # the handler only: no syft hook, no socket
-    server.id, server.allowed, server.current_requester = "bob", frozenset({"model", "alice", "jane"}), None
-    server.tls, server.model_party = (None if party is None else object()), "model"
-    seen = []
-
-    def recv(message):
-        seen.append((server.current_requester, message))
-        return b"reply to " + message
-
-    server._recv_msg = recv
+@pytest.mark.parametrize("party, requester", [("model", "model"), ("jane", "jane"), ("mallory", None),
+                                             (None, "model")])
+def test_the_server_knows_who_sent_each_request(federation, party, requester):
+    """The requester is the party of the verified certificate: the model owner as "model", a peer by its id; a
+    party the worker does not expect is refused; a plain, unauthenticated socket (--insecure) counts as the
+    model owner, unless it claims a peer's id in its path."""
+    server = OwnerServer.__new__(OwnerServer)  # requester_of only: no owner, no socket
+    server.owner = SimpleNamespace(id="bob", peers={"alice": None, "jane": None})
+    server.allowed, server.model_party = frozenset({"model", "alice", "jane"}), "model"
     ssl_object = None if party is None else memory_handshake(
         tls.server_context(federation.certs, "bob"), tls.client_context(federation.certs, party), "bob")
-    connection = FakeConnection(ssl_object, [b"one", b"two"])
-    asyncio.run(server._handler(connection))
-    requester = "jane" if party == "jane" else None
-    if accepted:
-        assert seen == [(requester, b"one"), (requester, b"two")] and len(connection.sent) == 2
+    connection = SimpleNamespace(transport=SimpleNamespace(get_extra_info=lambda key: ssl_object))
+    if requester is None:
+        with pytest.raises(PermissionError, match="does not accept party 'mallory'"):
+            server.requester_of(connection, "/")
     else:
-        assert seen == [] and connection.closed[0] == CLOSE_POLICY_VIOLATION and "'mallory'" in connection.closed[1]
-    assert server.current_requester is None
+        assert server.requester_of(connection, "/") == requester
+        assert server.requester_of(connection, "/peer/jane") == ("jane" if party is None else requester)
 
 
 # --- real worker processes ----------------------------------------------------------------------------------
@@ -261,7 +235,7 @@ def client_without_role(federation, certificate):
 @pytest.mark.parametrize("certificate, server", [("none", "tls"), ("another CA", "tls"), ("none", "insecure")])
 def test_a_client_without_a_certificate_from_the_ca_cannot_connect(federation, bob, certificate, server):
     host, port = bob[server]
-    if server == "insecure":  # the weak version: syft's plain websockets let anyone in
+    if server == "insecure":  # the weak version: plain websockets let anyone in
         open_websocket(f"ws://{host}:{port}", "bob", timeout=5, connect_timeout=5).close()
         return
     started = time.monotonic()
@@ -275,25 +249,25 @@ def test_a_client_without_a_certificate_from_the_ca_cannot_connect(federation, b
 def test_only_the_model_owner_and_the_peers_are_accepted(federation, bob, party, accepted):
     """mallory's certificate is valid (same CA), but bob neither trains for nor shares with mallory."""
     if accepted:
-        with network_workers({"bob": bob["tls"]}, timeout=5, connect_timeout=5, certs=federation.certs,
-                             party=party) as (client,):
-            assert client.ws.connected  # the upgrade was accepted (what each party may then ask is the policy's)
+        with owner_links({"bob": bob["tls"]}, timeout=5, connect_timeout=5, certs=federation.certs,
+                         party=party) as links:
+            assert links["bob"].ws.connected  # the upgrade was accepted (what each may then ask is the owner's)
     else:
         with pytest.raises(WorkerUnreachable, match=r"does not accept our party \(Handshake status 403"):
-            with network_workers({"bob": bob["tls"]}, timeout=5, connect_timeout=5, certs=federation.certs,
-                                 party=party):
+            with owner_links({"bob": bob["tls"]}, timeout=5, connect_timeout=5, certs=federation.certs,
+                             party=party):
                 pass
 
 
 @pytest.mark.parametrize("identity_check", [True, False])
 def test_a_server_holding_another_owners_certificate_is_refused(federation, bob, monkeypatch, identity_check):
     """We dial "alice" and reach bob (a moved worker, a spoofed address): his certificate is not alice's."""
-    import fl_smpc.network.client
+    import fl_smpc.network.links
 
     if not identity_check:  # the weak version: TLS that checks the CA only
         unchecked = tls.client_context(federation.certs, "model")
         unchecked.check_hostname = False
-        monkeypatch.setattr(fl_smpc.network.client, "wrap_client",
+        monkeypatch.setattr(fl_smpc.network.links, "wrap_client",
                             lambda context, sock, expected: unchecked.wrap_socket(sock))
     host, port = bob["tls"]
     context = tls.client_context(federation.certs, "model")
@@ -330,7 +304,7 @@ def test_the_run_needs_tls_or_insecure_on_loopback(argv, message, capsys):
                                             (("127.0.0.1", "10.0.0.2"), False), (("0.0.0.0", "127.0.0.1"), False)])
 def test_insecure_is_loopback_only(hosts, allowed):
     def make():
-        return RunSpec(FLConfig(workers=("bob", "alice"), min_owners=2), transport="websocket",
+        return RunSpec(FLConfig(workers=("bob", "alice"), min_owners=2, training="owner"), transport="websocket",
                        addresses={"bob": (hosts[0], 1), "alice": (hosts[1], 2)}, insecure=True)
 
     if allowed:

@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bounds.add_argument("--max-lr", type=float, default=B.max_lr, help="largest learning rate (default: %(default)g)")
     bounds.add_argument(
-        "--max-local-steps", type=int, default=B.max_local_steps, help="most local steps per round (default: %(default)s)"
+        "--max-local-steps",
+        type=int,
+        default=B.max_local_steps,
+        help="most local steps per round (default: %(default)s)",
     )
     bounds.add_argument(
         "--max-rounds",

@@ -42,7 +42,9 @@ def evaluate_length(metrics: int) -> int:
 def clipped(values: np.ndarray, n_owners: int, precision: int) -> np.ndarray:
     """``values`` as float64 with NaN -> 0 and every value within the round's encodable bound."""
     limit = encodable_limit(n_owners, precision)
-    return np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=limit, neginf=-limit), -limit, limit)
+    return np.clip(
+        np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=limit, neginf=-limit), -limit, limit
+    )
 
 
 def loss_part(loss: float, rows: int, reduction: str) -> float:
@@ -61,7 +63,7 @@ def additive_shares(vector: np.ndarray, owners: Sequence[str], precision: int) -
 
     values = rounded_for_encoding(torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)), precision)
     with _sharing, virtual_workers([f"share-for-{owner}" for owner in owners], create_hook()) as stand_ins:
-        shared = values.fix_prec(precision_fractional=precision).share(*stand_ins)  # type: ignore[attr-defined]
+        shared = values.fix_prec(precision_fractional=precision).share(*stand_ins)
         pointers = shared.child.child.child  # FixedPrecisionTensor -> AdditiveSharingTensor -> {id: pointer}
         return {owner: pointers[w.id].get().numpy().astype("<i8") for owner, w in zip(owners, stand_ins)}
 

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -56,11 +56,12 @@ class PeerUnreachable(Refusal):
         self.peers = list(peers)
 
 
-class Link:
-    """Something that carries a request to another party and brings its reply (a peer owner, here)."""
+class Link(Protocol):
+    """Something that carries a request to another party and brings back its reply (a peer owner, here)."""
 
-    def request(self, message: Message) -> Message:  # pragma: no cover - interface
-        raise NotImplementedError
+    def request(self, message: Message) -> Message: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -199,7 +200,10 @@ class DataOwner:
             reply = self._masked(run, kind, round_, owners, vector, settings["precision"])
         else:
             reply = self._share(run, kind, round_, owners, vector, settings["precision"])
-        self.log(f"released {kind} round {round_}: {reply.kind} of {vector.size} values towards a sum over {', '.join(owners)}")
+        self.log(
+            f"released {kind} round {round_}: {reply.kind} of {vector.size} values, towards a sum over "
+            f"{', '.join(owners)}"
+        )
         return reply
 
     def _vector(self, kind: str, settings: dict, params: torch.Tensor) -> np.ndarray:
@@ -410,4 +414,3 @@ MODEL_REQUESTS = {
     "sum": DataOwner._sum,
 }
 PEER_REQUESTS = {"share": DataOwner._receive_share, "public_key": DataOwner._public_key}
-

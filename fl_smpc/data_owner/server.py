@@ -27,7 +27,7 @@ from ..errors import ConfigError, TLSConfigError
 from ..network.links import WebsocketLink
 from ..network.tls import client_context, peer_party, server_context
 from ..network.wire import WireError, decode, encode
-from .owner import MODEL, DataOwner
+from .owner import MODEL, DataOwner, Link
 from .task import Task, load_task
 
 PEER_PATH = "/peer/"  # without TLS a peer owner *claims* its id: ws://host:port/peer/<its id>
@@ -93,7 +93,7 @@ class OwnerServer:
                 max_size=self.bounds.max_message,
                 max_queue=1,  # one frame read ahead per connection: memory per connection is bounded
                 compression=None,  # no permessage-deflate: no decompression bomb
-                ping_interval=None,
+                ping_interval=None,  # type: ignore[arg-type]  # websockets documents None: no pings
                 close_timeout=1,
                 create_protocol=functools.partial(CheckingProtocol, server=self),  # type: ignore[arg-type]
             )
@@ -102,7 +102,7 @@ class OwnerServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            if on_ready is not None:
+            if on_ready is not None and server.sockets:
                 on_ready(server.sockets[0].getsockname()[1])
             loop.run_until_complete(stop.wait())
         finally:
@@ -112,7 +112,7 @@ class OwnerServer:
             loop.run_until_complete(server.wait_closed())
             self.pool.shutdown(wait=False)
             for link in self.owner.peers.values():
-                link.close()  # type: ignore[attr-defined]
+                link.close()
 
 
 def authenticate(ssl_object: ssl.SSLObject, allowed: FrozenSet[str], worker_id: str) -> str:
@@ -172,6 +172,7 @@ def create_owner_server(
     peers, only ``model_party`` and the peers accepted. Without it plain ws://, loopback addresses only.
     """
     the_task: Task = load_task(task)
+    data, target = the_task.read(data_path)
     peers = dict(peers or {})
     if not peers:
         raise ConfigError("peers: an owner shares with the other owners, so it needs at least one peer NAME=HOST:PORT")
@@ -184,21 +185,24 @@ def create_owner_server(
             f"min-owners: a sum covers 2 to {len(peers) + 1} owners (this worker and its {len(peers)} peer(s)), "
             f"got {bounds.min_owners}"
         )
-    data, target = the_task.read(data_path)
     if certs is None:
         check_plaintext_hosts({"--host": [host], "--peers": [h for h, _ in peers.values()]})
         tls = peer_tls = None
     else:
         tls, peer_tls = server_context(certs, worker_id), client_context(certs, worker_id)
-    links = {
+    links: Dict[str, Link] = {
         peer: WebsocketLink(
-            peer, peer_host, peer_port, peer_tls, timeout=bounds.peer_timeout,
-            connect_timeout=bounds.peer_timeout, reconnect=True, max_message=bounds.max_message,
+            peer,
+            peer_host,
+            peer_port,
+            peer_tls,
+            timeout=bounds.peer_timeout,
+            connect_timeout=bounds.peer_timeout,
+            reconnect=True,
+            max_message=bounds.max_message,
             path="" if peer_tls else f"{PEER_PATH}{worker_id}",
         )  # fmt: skip
         for peer, (peer_host, peer_port) in peers.items()
     }
     owner = DataOwner(worker_id, data, target, the_task, bounds, links, log)
     return OwnerServer(owner, host, port, tls, model_party)
-
-

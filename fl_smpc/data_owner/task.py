@@ -101,10 +101,12 @@ def load_task(name: str) -> Task:
         if name.endswith(".py"):
             if not os.path.isfile(name):
                 raise ConfigError(f"task: {name}: no such file")
-            spec = importlib.util.spec_from_file_location(f"fl_smpc_task_{hashlib.sha1(name.encode()).hexdigest()}", name)
+            spec = importlib.util.spec_from_file_location(
+                f"fl_smpc_task_{hashlib.sha1(name.encode()).hexdigest()}", name
+            )
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)  # type: ignore[attr-defined]
+            spec.loader.exec_module(module)
         else:
             module = importlib.import_module(name)
     except ConfigError:

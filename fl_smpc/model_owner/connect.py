@@ -16,13 +16,21 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from ..config import CONNECT_TIMEOUT, DEFAULT_BOUNDS, MODEL_PARTY, REPLY_TIMEOUT, Address, FLConfig, OwnerBounds
-from ..config import check_plaintext_hosts
+from ..config import (
+    CONNECT_TIMEOUT,
+    DEFAULT_BOUNDS,
+    MODEL_PARTY,
+    REPLY_TIMEOUT,
+    Address,
+    FLConfig,
+    OwnerBounds,
+    check_plaintext_hosts,
+)
 from ..data import split_dataset, toy_dataset
-from ..data_owner.owner import MODEL, DataOwner
+from ..data_owner.owner import MODEL, DataOwner, Link
 from ..data_owner.task import Task, load_task
 from ..errors import ConfigError
-from ..federated import History, check_loss_reduction
+from ..history import History, check_loss_reduction
 from ..network.links import InProcessLink, WebsocketLink
 from .rounds import Federation, run_owner_rounds
 
@@ -38,10 +46,13 @@ def task_of(model: Optional[nn.Module], loss_fn, config: FLConfig, binary_labels
     return Task("custom", lambda _features: copy.deepcopy(template), loss_fn, config.loss_reduction, binary_labels)
 
 
-def start_model(config: FLConfig, federation: Federation, model: Optional[nn.Module], history: Optional[History]):
-    """The global model: the given one, else the task's drawn after seeding torch; the checkpoint's state when resuming."""
+def start_model(
+    config: FLConfig, federation: Federation, model: Optional[nn.Module], history: Optional[History]
+) -> nn.Module:
+    """The global model: the given one, else the task's, drawn right after seeding torch; when resuming, it
+    holds the checkpoint's last round."""
     if model is None:
-        torch.manual_seed(config.seed)  # type: ignore[arg-type]  # with_seed() made it concrete
+        torch.manual_seed(config.seed)
         model = federation.task.build_model(federation.features)
     if history is not None:
         try:
@@ -75,7 +86,8 @@ def train_in_process(
         owners[name] = DataOwner(name, x, y, task, bounds)
     for name, owner in owners.items():
         owner.peers.update({peer: InProcessLink(other, name) for peer, other in owners.items() if peer != name})
-    federation = Federation({name: InProcessLink(owner, MODEL) for name, owner in owners.items()}, task)
+    links: Dict[str, Link] = {name: InProcessLink(owner, MODEL) for name, owner in owners.items()}
+    federation = Federation(links, task)
     federation.start()
     model = start_model(config, federation, model, history)
     return run_owner_rounds(model, federation, config, history, evaluate, on_round)
@@ -98,7 +110,9 @@ def owner_links(
     links: Dict[str, WebsocketLink] = {}
     try:
         for name, (host, port) in addresses.items():
-            links[name] = WebsocketLink(name, host, port, tls, timeout, connect_timeout, max_message=DEFAULT_BOUNDS.max_message)
+            links[name] = WebsocketLink(
+                name, host, port, tls, timeout, connect_timeout, max_message=DEFAULT_BOUNDS.max_message
+            )
             links[name].open()
         yield links
     finally:
@@ -135,4 +149,6 @@ def train_with_owners(
         federation = Federation(dict(links), load_task(task))
         federation.start()
         model = start_model(config, federation, model, history)
-        return run_owner_rounds(model, federation, config, history, evaluate, on_round, lambda owner: links[owner].reopen())
+        return run_owner_rounds(
+            model, federation, config, history, evaluate, on_round, lambda owner: links[owner].reopen()
+        )

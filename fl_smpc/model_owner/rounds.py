@@ -26,9 +26,10 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from ..config import FLConfig
 from ..data_owner.contribution import decode_sum, encodable_limit
+from ..data_owner.owner import Link
 from ..data_owner.task import Task, fingerprint, parameter_count
 from ..errors import FlSmpcError, RoundFailed, WorkerSetupError, WorkerUnreachable
-from ..federated import History, RoundResult, owners_of_round, snapshot
+from ..history import History, RoundResult, owners_of_round, snapshot
 from ..network.wire import Message
 
 
@@ -48,7 +49,7 @@ class Federation:
     the same architecture (its fingerprint: parameter names and shapes).
     """
 
-    links: Dict[str, object]  # owner id -> link with request(Message) -> Message
+    links: Dict[str, Link]  # owner id -> its link
     task: Task
     features: int = 0
     fingerprint: str = ""
@@ -59,7 +60,7 @@ class Federation:
     available: List[str] = field(default_factory=list)  # the owners that joined the current run
 
     def request(self, owner: str, message: Message) -> Message:
-        reply = self.links[owner].request(message)  # type: ignore[attr-defined]
+        reply = self.links[owner].request(message)
         if reply.kind == "refused":
             unreached = [p for p in reply.fields.get("unreached") or [] if p in self.links and p != owner]
             raise OwnerRefused(owner, str(reply.fields.get("reason", "no reason given"))[:300], unreached)
@@ -88,7 +89,7 @@ class Federation:
         if len(set(features.values())) != 1:
             raise WorkerSetupError(f"owners disagree on the number of feature columns: {features}")
         if not self.fingerprint:
-            self.features = int(next(iter(features.values())))
+            self.features = int(next(iter(features.values())) or 0)
             model = self.task.build_model(self.features)
             self.fingerprint, self.parameters = fingerprint(self.task.name, model), parameter_count(model)
         for owner, welcome in welcomes.items():
@@ -151,7 +152,7 @@ def secure_round(
         vectors = [_array(reply, "sum_share", "share", owner) for owner, (reply, _) in sums.items()]
     lengths = {v.size for v in vectors}
     if len(lengths) != 1:
-        raise OwnersDropped({owner: "sent a vector of another length" for owner in owners})
+        raise OwnersDropped(dict.fromkeys(owners, "sent a vector of another length"))
     total = vectors[0].copy()
     for vector in vectors[1:]:
         np.add(total, vector, out=total)  # wraps modulo 2**64
@@ -168,7 +169,7 @@ def _ask_all(federation: Federation, owners, request_for) -> Dict[str, Tuple[Opt
             return federation.request(owner, request_for(owner)), ""
         except OwnerRefused as err:
             if err.unreached:
-                blamed.update({peer: f"{owner!r} could not reach it" for peer in err.unreached})
+                blamed.update(dict.fromkeys(err.unreached, f"{owner!r} could not reach it"))
                 return None, ""
             return None, str(err)
         except WorkerUnreachable as err:
@@ -237,7 +238,7 @@ def run_owner_rounds(
     history: Optional[History] = None,
     evaluate: Optional[Callable[[nn.Module], dict]] = None,
     on_round: Optional[Callable] = None,
-    reconnect: Optional[Callable[[str], None]] = None,
+    reconnect: Optional[Callable[[str], object]] = None,
 ) -> History:
     """``config.rounds`` rounds of owner-side training over ``federation`` (in place on ``model``).
 

@@ -10,6 +10,7 @@ Every wait is bounded, and a failure raises :class:`~fl_smpc.errors.WorkerUnreac
 Frames are binary, uncompressed (no permessage-deflate is offered), at most ``max_message`` bytes.
 """
 
+import contextlib
 import http
 import select
 import socket
@@ -137,7 +138,12 @@ class WebsocketLink:
         path: str = "",
     ):
         self.id, self.host, self.port, self.tls, self.path = id, host, port, tls, path
-        self.timeout, self.connect_timeout, self.reconnect, self.max_message = timeout, connect_timeout, reconnect, max_message
+        self.timeout, self.connect_timeout, self.reconnect, self.max_message = (
+            timeout,
+            connect_timeout,
+            reconnect,
+            max_message,
+        )
         self.ws: Optional[websocket.WebSocket] = None
         self._lock = threading.Lock()
 
@@ -156,10 +162,8 @@ class WebsocketLink:
     def close(self) -> None:
         ws, self.ws = self.ws, None
         if ws is not None:
-            try:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
                 ws.close(timeout=1)
-            except (OSError, websocket.WebSocketException):
-                pass
 
     def _usable(self) -> bool:
         """Connected and idle: a server only speaks in reply, so a socket readable now is closed or reset
