@@ -5,7 +5,8 @@ in-process run.
 
 Prints wall-clock seconds (min and median over the repeats) for: worker start-up, a websocket run
 (connect, 5 rounds of owner-side training) over TLS and over plain ws:// (--insecure), one small request's
-round trip on an open connection, the in-process run of the same owner code, and how long the model owner takes to report a worker killed between rounds 2 and 3.
+round trip on an open connection, the in-process run of the same owner code, and how long the model
+owner takes to report a worker killed between rounds 2 and 3.
 TLS and plain runs alternate (and swap order every repeat), so a busy moment on a shared machine
 hits both; the TLS/plain ratio is also given per pair. Wall-clock timings are noisy on a shared
 machine, so each websocket run also reports its CPU seconds (model owner + the 3 workers), which
