@@ -6,7 +6,11 @@ owners' models averaged securely after every batch. Unlike Part 10, a test set i
 tests on its training data) and each owner shares its own parameters (no crypto provider needed).
 The same run in plain PyTorch (``fl_smpc.reference.plaintext_fedavg``) is printed alongside.
 
+This file is also the owners' *task* for the network run (``fl-smpc worker --task examples/boston_housing.py``):
+``build_model``, ``loss_fn`` and ``reduction`` below are what each owner trains with its own code.
+
     python examples/boston_housing.py --epochs 10 --seed 0
+    python examples/boston_housing.py --transport websocket   # 2 worker processes over mutual TLS
 """
 
 import argparse
@@ -14,13 +18,14 @@ import copy
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_smpc import FLConfig, plaintext_fedavg, split_dataset, train_federated
+from fl_smpc import FLConfig, FlSmpcError, plaintext_fedavg, split_dataset, train_federated
 
 OWNERS = ("bob", "alice")
 BATCH_SIZE = 8
@@ -41,6 +46,15 @@ class Net(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
+# --- the task the owners train (owner-side training: fl_smpc.data_owner.task loads these names) ---
+reduction = "mean"
+loss_fn = F.mse_loss
+
+
+def build_model(features: int) -> nn.Module:
+    return Net()
+
+
 def load_data(seed: int) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
     """(train, test) pairs of (features, prices as (rows, 1)), shuffled by ``seed``, scaled by training statistics."""
     from sklearn.datasets import load_boston
@@ -57,7 +71,9 @@ def load_data(seed: int) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch
     return ((x_train - mean) / std, y_train), ((x_test - mean) / std, y_test)
 
 
-def part10_config(epochs: int, seed: int, rows_per_owner: List[int], precision: int = PRECISION) -> FLConfig:
+def part10_config(
+    epochs: int, seed: int, rows_per_owner: List[int], precision: int = PRECISION, **settings
+) -> FLConfig:
     """One round per batch (Part 10 averages after every batch), so an epoch is the largest owner's batch count.
 
     Two owners, as in Part 10: ``min_owners=2`` accepts knowingly that each owner can derive the
@@ -74,6 +90,7 @@ def part10_config(epochs: int, seed: int, rows_per_owner: List[int], precision: 
         precision_fractional=precision,
         seed=seed,
         min_owners=2,
+        **settings,
     )
 
 
@@ -93,11 +110,49 @@ def flat_parameters(state: Dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.flatten() for t in state.values()])
 
 
-def run(epochs: int = 10, seed: int = 0, precision: int = PRECISION) -> dict:
-    """Secure and plaintext FedAvg from the same initial model; per-epoch test MSE, train loss and timings."""
+def train_over_tls(config: FLConfig, parts, model: nn.Module, evaluate):
+    """Each owner a ``fl-smpc worker`` process serving its rows (a CSV) with this file as its task, all over
+    mutual TLS with a throw-away federation; the processes are always stopped."""
+    import os
+    import tempfile
+
+    from fl_smpc.model_owner.connect import train_with_owners
+    from fl_smpc.network.csvdata import write_csv
+    from fl_smpc.network.launcher import local_workers
+    from fl_smpc.network.tls import create_federation
+
+    with tempfile.TemporaryDirectory(prefix="fl-smpc-boston-") as tmp:
+        paths = {}
+        for name, (x, y) in zip(config.workers, parts):
+            paths[name] = os.path.join(tmp, f"{name}.csv")
+            write_csv(paths[name], x, y, binary_labels=False)
+        certs = os.path.join(tmp, "certs")
+        create_federation(certs, ["model", *config.workers], days=1)
+        args = ("--task", str(Path(__file__).resolve()), "--min-owners", "2")
+        with local_workers(paths, certs=certs, worker_args=args) as addresses:
+            return train_with_owners(
+                config, addresses, str(Path(__file__).resolve()), model=model, certs=certs, evaluate=evaluate
+            )
+
+
+def run(
+    epochs: int = 10,
+    seed: int = 0,
+    precision: int = PRECISION,
+    transport: str = "virtual",
+    training: str = "tutorial",
+    aggregation: str = "additive",
+) -> dict:
+    """Secure and plaintext FedAvg from the same initial model; per-epoch test MSE, train loss and timings.
+
+    ``transport="websocket"``: the owners are worker processes over mutual TLS (owner-side training).
+    """
     (x_train, y_train), (x_test, y_test) = load_data(seed)
     parts = split_dataset(x_train, y_train, len(OWNERS), binary_labels=False)
-    config = part10_config(epochs, seed, [len(x) for x, _ in parts], precision)
+    training = "owner" if transport == "websocket" else training
+    config = part10_config(
+        epochs, seed, [len(x) for x, _ in parts], precision, training=training, aggregation=aggregation
+    )
     evaluate = test_mse(x_test, y_test)
     torch.manual_seed(seed)
     model = Net()
@@ -108,7 +163,10 @@ def run(epochs: int = 10, seed: int = 0, precision: int = PRECISION) -> dict:
     }
 
     started = time.perf_counter()
-    history = train_federated(config, x_train, y_train, model=model, loss_fn=F.mse_loss, evaluate=evaluate)
+    if transport == "websocket":
+        history = train_over_tls(config, parts, model, evaluate)
+    else:
+        history = train_federated(config, x_train, y_train, model=model, loss_fn=F.mse_loss, evaluate=evaluate)
     secure_s = time.perf_counter() - started
     started = time.perf_counter()
     plain = plaintext_fedavg(
@@ -156,7 +214,8 @@ def format_table(result: dict) -> str:
     lines = [
         f"Part 10 on Boston housing: owners {', '.join(config.workers)} with {result['owners_rows']} rows, "
         f"{result['test_rows']} test rows; batch {config.batch_size}, lr {config.lr}, "
-        f"{config.rounds} rounds (one per batch), precision {config.precision_fractional}, seed {config.seed}",
+        f"{config.rounds} rounds (one per batch), precision {config.precision_fractional}, seed {config.seed}; "
+        f"training {config.training}, aggregation {config.aggregation}",
         "",
         "| epoch | test MSE secure | test MSE plaintext | train MSE secure | train MSE plaintext |",
         "|---|---|---|---|---|",
@@ -187,13 +246,29 @@ def main(argv=None) -> int:
         default=PRECISION,
         help="fixed-precision fractional digits of the shares (default: %(default)s, as in Part 10)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=("virtual", "websocket"),
+        default="virtual",
+        help="virtual: in-process; websocket: two fl-smpc worker processes over mutual TLS (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--training",
+        choices=("tutorial", "owner"),
+        default="tutorial",
+        help="in-process: the tutorial's pointer loop or owner-side training (websocket: always owner)",
+    )
+    parser.add_argument("--aggregation", choices=("additive", "pairwise"), default="additive")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs: must be a positive integer, got {args.epochs}")
     try:
-        result = run(args.epochs, args.seed, args.precision)
+        result = run(args.epochs, args.seed, args.precision, args.transport, args.training, args.aggregation)
     except ValueError as err:  # a bad --seed or --precision, named by FLConfig
         parser.error(str(err))
+    except FlSmpcError as err:
+        print(f"boston_housing.py: error: {err}", file=sys.stderr)
+        return 1
     print(format_table(result))
     return 0
 

@@ -60,3 +60,22 @@ def test_table_and_flags(boston, one_epoch, capsys):
     with pytest.raises(SystemExit):
         boston.main(["--epochs", "0"])
     assert "--epochs: must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def over_tls(boston):
+    """Part 10 over mutual TLS: 2 worker processes train with examples/boston_housing.py as their task."""
+    return boston.run(epochs=1, seed=0, transport="websocket", aggregation="pairwise")
+
+
+def test_part10_over_tls_equals_in_process_owner_training_and_plaintext(boston, over_tls):
+    in_process = boston.run(epochs=1, seed=0, training="owner", aggregation="pairwise")
+    assert over_tls["config"].training == "owner" and len(over_tls["history"].rounds) == 26
+    quantum = 10.0 ** -over_tls["config"].precision_fractional
+    for net, local, plain in zip(over_tls["history"].rounds, in_process["history"].rounds, over_tls["plain"]):
+        assert boston.flat_parameters(net.model).tolist() == boston.flat_parameters(local.model).tolist()
+        assert net.metrics == local.metrics
+    # the same table as in-process: within a few quanta of plaintext FedAvg after the epoch
+    assert over_tls["max_param_diff"] <= 5 * quantum
+    assert [row["epoch"] for row in over_tls["rows"]] == [0, 1]
+    assert over_tls["rows"][1]["secure_test_mse"] == pytest.approx(over_tls["rows"][1]["plain_test_mse"], rel=1e-3)

@@ -12,7 +12,7 @@ tasks:
 A user's own task is a Python module (``--task my_task.py`` or ``--task package.module``) that defines
 ``build_model(features) -> nn.Module`` and ``loss_fn(prediction, target)``, and optionally
 ``reduction = "sum" | "mean"`` (default "mean"), ``binary_labels`` (default False), ``outputs`` and
-``load_data(path) -> (data, target)`` (default: the worker CSV format) and ``metrics(output, target) -> dict``
+``read_data(path) -> (data, target)`` (default: the worker CSV format) and ``metrics(output, target) -> dict``
 with the names in ``metric_names``.
 """
 
@@ -125,7 +125,7 @@ def load_task(name: str) -> Task:
         module.loss_fn,
         reduction,
         bool(getattr(module, "binary_labels", False)),
-        getattr(module, "load_data", None),
+        getattr(module, "read_data", None),
         getattr(module, "metrics", None),
         tuple(getattr(module, "metric_names", ())),
     )

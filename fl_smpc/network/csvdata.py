@@ -74,9 +74,9 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def write_csv(path: str, data: torch.Tensor, target: torch.Tensor) -> None:
+def write_csv(path: str, data: torch.Tensor, target: torch.Tensor, binary_labels: bool = True) -> None:
     """Write rows in :func:`read_csv`'s format (``repr`` floats, so values round-trip exactly)."""
-    check_dataset(data, target)
+    check_dataset(data, target, binary_labels)
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow([f"x{i}" for i in range(data.shape[1])] + ["label"])
