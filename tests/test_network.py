@@ -335,3 +335,34 @@ def test_run_from_a_runspec_over_tls(cluster, certs):
     result = run(RunSpec(CONFIG, transport="websocket", addresses=dict(cluster), certs=certs, timeout=REPLY_TIMEOUT))
     assert [r.round for r in result.history.rounds] == [1, 2, 3, 4, 5]
     assert result.to_dict()["rounds"][-1]["local_loss"] > 0
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_an_mlp_on_regression_targets_with_mini_batches_and_owners_per_round(tmp_path, aggregation):
+    """What the tutorial loop refused over the network: an nn.Sequential with a ReLU, a mean loss, float
+    targets, mini-batches and a subset of owners per round -- over TLS equal to the same run in-process."""
+    from fl_smpc.data_owner.task import load_task
+    from fl_smpc.model_owner.connect import train_parts_in_process
+    from fl_smpc.network.csvdata import write_csv
+
+    generator = torch.Generator().manual_seed(1)
+    names = ("bob", "alice", "jane", "dave")
+    x = torch.randn(40, 5, generator=generator)
+    y = x @ torch.linspace(-1, 1, 5).view(5, 1) + 0.1 * torch.randn(40, 1, generator=generator)
+    parts = split_dataset(x, y, 4, binary_labels=False)
+    paths = {}
+    for name, (px, py) in zip(names, parts):
+        paths[name] = str(tmp_path / f"{name}.csv")
+        write_csv(paths[name], px, py, binary_labels=False)
+    config = FLConfig(workers=names, rounds=4, local_steps=3, lr=0.05, batch_size=4, owners_per_round=3, seed=0,
+                      aggregation=aggregation, training="owner", loss_reduction="mean")
+    certs = str(tmp_path / "certs")
+    create_federation(certs, ["model", *names], days=1)
+    with local_workers(paths, timeout=PEER_TIMEOUT, certs=certs, worker_args=("--task", "mlp-regression")) as addresses:
+        network = train_with_owners(config, addresses, task="mlp-regression", timeout=REPLY_TIMEOUT, certs=certs)
+    local = train_parts_in_process(config, parts, load_task("mlp-regression"))
+    assert [len(r.contributors) for r in network.rounds] == [3, 3, 3, 3]
+    for net, ref in zip(network.rounds, local.rounds):
+        assert net.contributors == ref.contributors
+        assert_same_model(net.model, ref.model, atol=0)
+    assert network.rounds[-1].global_loss < network.initial_loss

@@ -80,6 +80,21 @@ def train_in_process(
         data, target = toy_dataset()
     parts = split_dataset(data, target, len(config.workers), binary_labels=toy)  # type: ignore[arg-type]
     task = task_of(model, loss_fn, config, binary_labels=toy)
+    return train_parts_in_process(config, parts, task, model, evaluate, on_round, history, bounds)
+
+
+def train_parts_in_process(
+    config: FLConfig,
+    parts,
+    task: Task,
+    model: Optional[nn.Module] = None,
+    evaluate: Optional[Callable] = None,
+    on_round: Optional[Callable] = None,
+    history: Optional[History] = None,
+    bounds: Optional[OwnerBounds] = None,
+) -> History:
+    """Owner-side training in this process, owner i holding ``parts[i]`` = (data, target) and training ``task``."""
+    config = config.with_seed()
     bounds = bounds or OwnerBounds(min_owners=config.min_owners)
     owners: Dict[str, DataOwner] = {}
     for name, (x, y) in zip(config.workers, parts):

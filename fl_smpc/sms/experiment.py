@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
+from ..errors import ConfigError
 from ..config import SMS_SPLIT_SEED, SMS_TEST_FRACTION, RunSpec
 from ..data import send_partitions
 from ..federated import initial_model, run_rounds
@@ -135,9 +136,17 @@ def run_sms(spec: RunSpec, on_round=None):
     started = time.perf_counter()
     # Each owner featurises only its own messages; then (simulation only) they are sent to it.
     parts = [(featurize(o.texts, n_features), labels_tensor(o)) for o in prepared.owners]
-    with virtual_workers(config.workers, create_hook()) as workers:
-        remote_data = send_partitions(parts, workers)
-        history = run_rounds(model, workers, remote_data, config, loss_fn, evaluate=evaluate, on_round=on_round)
+    if config.training == "owner":  # each owner trains the sms task with its own code (the network's path)
+        from ..data_owner.task import load_task
+        from ..model_owner.connect import train_parts_in_process
+
+        if spec.loss != "bce":
+            raise ConfigError("owner-side training of the sms task uses its loss, bce (the mean logistic loss)")
+        history = train_parts_in_process(config, parts, load_task("sms"), model, evaluate, on_round)
+    else:
+        with virtual_workers(config.workers, create_hook()) as workers:
+            remote_data = send_partitions(parts, workers)
+            history = run_rounds(model, workers, remote_data, config, loss_fn, evaluate=evaluate, on_round=on_round)
     seconds = time.perf_counter() - started
 
     steps = config.rounds * config.local_steps
