@@ -152,6 +152,7 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
                 _metrics(item.get("metrics", {}), f"{where}.metrics"),
                 contributors,
                 dropped,
+                None if item.get("local_loss") is None else _number(item["local_loss"], f"{where}.local_loss"),
             )
         )
     if len(history.rounds) > config.rounds:
@@ -209,7 +210,7 @@ def history_rows(history) -> List[Dict]:
             **{name: r.metrics.get(name, "") for name in names},
         }
         for r in history.rounds
-        for worker, loss in r.worker_losses.items()
+        for worker, loss in (r.worker_losses.items() if r.local_loss is None else [("(owners' mean)", r.local_loss)])
     ]
 
 
@@ -236,7 +237,14 @@ def format_history(history) -> str:
         lines.append(f"round {r.round}/{history.config.rounds}  global loss {r.global_loss:.4f}")
         for name, value in r.model.items():
             lines.append(f"  avg {name}: {[round(v, 4) for v in value.flatten().tolist()]}")
-        lines.append("  " + " ".join(f"{name.capitalize()}_loss: {loss:.4f}" for name, loss in r.worker_losses.items()))
+        if r.worker_losses:
+            lines.append(
+                "  " + " ".join(f"{name.capitalize()}_loss: {loss:.4f}" for name, loss in r.worker_losses.items())
+            )
+        if r.local_loss is not None:  # owner-side training: only the owners' weighted mean leaves them
+            lines.append(
+                f"  local loss (owners' weighted mean): {r.local_loss:.4f}; owners {', '.join(r.contributors)}"
+            )
     return "\n".join(lines)
 
 

@@ -204,5 +204,8 @@ def create_owner_server(
         )  # fmt: skip
         for peer, (peer_host, peer_port) in peers.items()
     }
+    from ..workers import create_hook
+
+    create_hook()  # before any request thread runs torch: the additive shares use syft's fix_prec().share()
     owner = DataOwner(worker_id, data, target, the_task, bounds, links, log)
     return OwnerServer(owner, host, port, tls, model_party)

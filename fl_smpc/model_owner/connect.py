@@ -102,7 +102,7 @@ def train_parts_in_process(
     for name, owner in owners.items():
         owner.peers.update({peer: InProcessLink(other, name) for peer, other in owners.items() if peer != name})
     links: Dict[str, Link] = {name: InProcessLink(owner, MODEL) for name, owner in owners.items()}
-    federation = Federation(links, task)
+    federation = Federation(links, task, concurrent=False)
     federation.start()
     model = start_model(config, federation, model, history)
     return run_owner_rounds(model, federation, config, history, evaluate, on_round)

@@ -58,6 +58,9 @@ class Federation:
     session: str = ""
     next_round: int = 1
     available: List[str] = field(default_factory=list)  # the owners that joined the current run
+    # ask the owners at once (separate processes); in one process one after another: syft's hook on torch
+    # is not thread-safe
+    concurrent: bool = True
 
     def request(self, owner: str, message: Message) -> Message:
         reply = self.links[owner].request(message)
@@ -175,7 +178,7 @@ def _ask_all(federation: Federation, owners, request_for) -> Dict[str, Tuple[Opt
         except WorkerUnreachable as err:
             return None, str(err)
 
-    with ThreadPoolExecutor(max_workers=len(owners)) as pool:
+    with ThreadPoolExecutor(max_workers=len(owners) if federation.concurrent else 1) as pool:
         replies = dict(zip(owners, pool.map(ask, owners)))
     for peer, why in blamed.items():
         if peer in replies and not replies[peer][1]:
@@ -215,7 +218,7 @@ def gather(
             alive = [o for o in alive if o not in failed.reasons]
 
 
-class RoundFailedEarly(RuntimeError):
+class RoundFailedEarly(FlSmpcError, RuntimeError):
     def __init__(self, message: str, worker: Optional[str]):
         super().__init__(message)
         self.worker = worker

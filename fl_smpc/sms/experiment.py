@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from ..errors import ConfigError
 from ..config import SMS_SPLIT_SEED, SMS_TEST_FRACTION, RunSpec
 from ..data import send_partitions
+from ..errors import ConfigError
 from ..federated import initial_model, run_rounds
 from ..training import sum_squared_error
 from ..workers import create_hook, virtual_workers

@@ -1,0 +1,91 @@
+"""Owner-side training in one process (``training="owner"``): the network's code path, checked against
+plain-PyTorch FedAvg (``fl_smpc.reference``) with fixed seeds."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fl_smpc import FLConfig, train_federated
+from fl_smpc.cli import main
+from fl_smpc.data import split_dataset, toy_dataset
+from fl_smpc.errors import RoundFailed
+from fl_smpc.history import owners_of_round
+from reference import plaintext_fedavg, seed_model
+
+QUANTUM = 1e-3
+
+
+def flat(state):
+    return torch.cat([t.flatten() for t in state.values()])
+
+
+@pytest.mark.parametrize("aggregation", ["additive", "pairwise"])
+@pytest.mark.parametrize("weighting", ["samples", "equal"])
+def test_toy_run_is_plaintext_fedavg_within_a_quantum(aggregation, weighting):
+    config = FLConfig(seed=0, training="owner", aggregation=aggregation, weighting=weighting)
+    history = train_federated(config)
+    reference = plaintext_fedavg(seed_model(0), split_dataset(*toy_dataset(), 3), 5, 0.1, 5, weighting=weighting)
+    assert history.initial_model["weight"].tolist() == seed_model(0).weight.tolist()
+    for secure, plain in zip(history.rounds, reference):
+        assert (flat(secure.model) - plain.params).abs().max().item() <= QUANTUM
+        assert secure.global_loss == pytest.approx(plain.global_loss, abs=3 * QUANTUM)
+        assert secure.worker_losses == {}  # no single owner's loss leaves it
+        mean_local = sum(len(x) * loss for (x, _), loss in zip(split_dataset(*toy_dataset(), 3), plain.worker_losses))
+        expected = mean_local / 6 if weighting == "samples" else sum(plain.worker_losses) / 3
+        assert secure.local_loss == pytest.approx(expected, abs=QUANTUM)
+
+
+def test_your_own_model_mean_loss_mini_batches_and_owners_per_round():
+    torch.manual_seed(0)
+    x = torch.randn(30, 4)
+    y = x.sum(1, keepdim=True) + 0.5
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    workers = ("a", "b", "c", "d")
+    config = FLConfig(
+        workers=workers,
+        rounds=4,
+        local_steps=2,
+        lr=0.05,
+        batch_size=4,
+        loss_reduction="mean",
+        owners_per_round=3,
+        seed=1,
+        training="owner",
+        aggregation="pairwise",
+    )
+    history = train_federated(config, x, y, model=model, loss_fn=F.mse_loss)
+    parts = split_dataset(x, y, 4, binary_labels=False)
+    plain_model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    plain_model.load_state_dict(start)
+    for r in history.rounds:
+        chosen = owners_of_round(config, r.round)
+        assert r.contributors == [workers[i] for i in chosen]
+        (plain,) = plaintext_fedavg(
+            plain_model,
+            [parts[i] for i in chosen],
+            1,
+            config.lr,
+            config.local_steps,
+            F.mse_loss,
+            config.batch_size,
+            rounds_done=r.round - 1,
+        )
+        assert (flat(r.model) - plain.params).abs().max().item() <= QUANTUM
+        plain_model.load_state_dict(r.model)
+    assert history.rounds[-1].global_loss < history.initial_loss
+
+
+def test_a_diverging_run_fails_with_the_learning_rate_hint():
+    with pytest.raises(RoundFailed, match="lower the learning rate"):
+        train_federated(FLConfig(seed=0, training="owner", lr=1e4, rounds=3))
+
+
+def test_cli_runs_owner_side_training_in_process(capsys):
+    assert main(["--json", "--seed", "0", "--rounds", "2", "--training", "owner"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["training"] == "owner"
+    assert all(r["worker_losses"] == {} and r["local_loss"] > 0 for r in doc["rounds"])
