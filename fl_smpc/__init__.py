@@ -35,6 +35,7 @@ _LAZY = {
     "global_loss": "federated",
     # the plain-PyTorch FedAvg reference, to check your own runs
     "plaintext_fedavg": "reference",
+    "max_differences": "reference",
     # one run from a RunSpec, its outputs
     "run": "runner",
     "RunResult": "runner",
