@@ -11,13 +11,14 @@ CHECKED := fl_smpc benchmarks federated_learning_smpc.py $(wildcard examples/*.p
 ARGS   ?=
 
 .PHONY: run test check format bench clean notebook picture demo-network
+# @: the recipe is not echoed, so stdout is the program's alone (`make run ARGS="--json" | python3 -m json.tool`).
 run: $(STAMP)
-	$(PY) federated_learning_smpc.py $(ARGS)
+	@$(PY) federated_learning_smpc.py $(ARGS)
 
 # Three `fl-smpc worker` processes on free loopback ports, a throw-away federation (CA + certificates),
 # five rounds over mutual TLS, workers stopped.
 demo-network: $(STAMP)
-	$(PY) -m fl_smpc demo-network $(ARGS)
+	@$(PY) -m fl_smpc demo-network $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
@@ -63,9 +64,11 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 
 # The tutorial notebook in Jupyter (notebook 5.7.8 from the lock), kernel = this .venv's python:
 # JUPYTER_PATH puts the venv's "python3" kernelspec (argv "python" -> the server's interpreter) ahead of
-# any user-level one. Stop the server with Ctrl-C.
+# any user-level one. Stop the server with Ctrl-C. As root (a container), notebook 5.7.8 refuses to start
+# without --allow-root, so it is added when the effective user id is 0.
 notebook: $(STAMP)
 	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(PY) -m notebook --ip=127.0.0.1 \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 		--notebook-dir=examples examples/federated_learning_smpc.ipynb $(ARGS)
 
 # The README's training picture: the default run with --seed 0.
