@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check --no-deps
 CHECKED := fl_smpc benchmarks federated_learning_smpc.py $(wildcard examples/*.py)
 ARGS   ?=
 
-.PHONY: run test check format bench clean notebook picture demo-network
+.PHONY: run test check format bench clean notebook picture demo-network figures
 # @: the recipe is not echoed, so stdout is the program's alone (`make run ARGS="--json" | python3 -m json.tool`).
 run: $(STAMP)
 	@$(PY) federated_learning_smpc.py $(ARGS)
@@ -70,6 +70,11 @@ notebook: $(STAMP)
 	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(PY) -m notebook --ip=127.0.0.1 \
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 		--notebook-dir=examples examples/federated_learning_smpc.ipynb $(ARGS)
+
+# The figures the docs show (sample outputs, result tables between <!-- figure NAME --> markers), made afresh
+# and written back (about 2.5 min; ARGS="--check" only compares, ARGS="toy-results" picks one).
+figures: $(STAMP)
+	$(PY) benchmarks/doc_figures.py $(ARGS)
 
 # The README's training picture: the default run with --seed 0.
 picture: $(STAMP)
