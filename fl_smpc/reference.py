@@ -15,6 +15,7 @@ import torch
 from torch import nn, optim
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from .config import FLConfig
 from .training import sum_squared_error
 
 sse = sum_squared_error  # the short name the tests have always used
@@ -104,7 +105,7 @@ def weighted_mean(models: Sequence[nn.Module], rows: Sequence[int], weighting: s
 
 
 def plaintext_fedavg(
-    config,
+    config: FLConfig = FLConfig(),
     data: Optional[torch.Tensor] = None,
     target: Optional[torch.Tensor] = None,
     model: Optional[nn.Module] = None,

@@ -155,6 +155,16 @@ def test_resume_with_more_rounds_continues_a_finished_run(tmp_path, capsys):
     assert load_checkpoint(path).to_dict() == resumed
 
 
+def test_a_resumed_run_prints_the_saved_rounds_too(tmp_path, capsys):
+    path = str(tmp_path / "run.json")
+    assert main(["--seed", "0", "--rounds", "2", "--checkpoint", path]) == 0
+    capsys.readouterr()
+    assert main(["--resume", path, "--rounds", "3"]) == 0
+    resumed = capsys.readouterr().out
+    assert main(["--seed", "0", "--rounds", "3"]) == 0
+    assert resumed == capsys.readouterr().out
+
+
 def test_demo_network_help_is_its_own(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["demo-network", "--help"])

@@ -367,7 +367,7 @@ class Report:
 
     def __init__(self, spec: RunSpec, mode: str, bar=None):
         self.spec, self.mode, self.bar = spec, mode, bar
-        self.started = False
+        self.started, self.shown = False, 0  # header printed; rounds printed (a resumed run's saved ones too)
 
     def emit(self, text: str) -> None:
         if self.bar is not None:
@@ -401,12 +401,14 @@ class Report:
         if self.mode == "json":
             return
         self.start(history)
-        if self.mode == "jsonl":
-            self.emit(to_json({"type": "round", **result.to_dict()}))
-        elif self.spec.dataset == "sms":
-            self.emit(format_sms_row(result.round, result.global_loss, result.metrics))
-        else:
-            self.emit(format_round(result, history.config.rounds))
+        for r in history.rounds[self.shown :]:  # this round, after a resumed run's saved ones
+            if self.mode == "jsonl":
+                self.emit(to_json({"type": "round", **r.to_dict()}))
+            elif self.spec.dataset == "sms":
+                self.emit(format_sms_row(r.round, r.global_loss, r.metrics))
+            else:
+                self.emit(format_round(r, history.config.rounds))
+        self.shown = len(history.rounds)
 
     def finished(self, result) -> None:
         from ..history_io import format_sms_data, format_sms_summary, to_json
