@@ -394,14 +394,18 @@ class Report:
             self.emit(format_header(history))
 
     def round_done(self, result, history) -> None:
-        from ..history_io import format_round, format_sms_row, to_json
-
         if self.bar is not None:
             advance(self.bar, result)
+        self.show(history)
+
+    def show(self, history) -> None:
+        """The header if not yet printed, then every round not yet printed (a resumed run's saved ones first)."""
+        from ..history_io import format_round, format_sms_row, to_json
+
         if self.mode == "json":
             return
         self.start(history)
-        for r in history.rounds[self.shown :]:  # this round, after a resumed run's saved ones
+        for r in history.rounds[self.shown :]:
             if self.mode == "jsonl":
                 self.emit(to_json({"type": "round", **r.to_dict()}))
             elif self.spec.dataset == "sms":
@@ -417,7 +421,7 @@ class Report:
         if self.mode == "json":
             print(to_json(doc, indent=2), flush=True)
             return
-        self.start(result.history)
+        self.show(result.history)
         if self.mode == "jsonl":
             extra = {k: v for k, v in doc.items() if k not in result.history.to_dict()}
             self.emit(to_json({"type": "end", "completed_rounds": len(result.history.rounds), **extra}))
@@ -435,7 +439,7 @@ class Report:
             print(to_json({**doc, **failure}, indent=2), flush=True)
             return
         if history is not None:
-            self.start(history)
+            self.show(history)
         if self.mode == "jsonl":
             self.emit(to_json({"type": "error", "completed_rounds": len(history.rounds) if history else 0, **failure}))
 
