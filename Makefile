@@ -42,19 +42,21 @@ bench: $(STAMP)
 
 # syft 0.2.9 has wheels for Python <= 3.8 only. tools/find-python38.sh picks python3.8, pyenv's 3.8, or
 # uv with a uv-managed CPython 3.8 (docs/setup.md) and prints the command that creates the venv.
+# Setting up says what it does on stderr (and pip is --quiet), so even a first `make run ARGS=--json` pipes.
 $(PY):
 	@cmd=$$(sh tools/find-python38.sh $(VENV) .tools) || exit 1; \
-	echo "creating $(VENV): $$cmd"; \
-	eval "$$cmd" && echo "created $(VENV) with $$($(PY) --version)"
+	echo "creating $(VENV): $$cmd" >&2; \
+	eval "$$cmd" >&2 && echo "created $(VENV) with $$($(PY) --version)" >&2
 
 # --no-deps: the lock pins every transitive dependency (see requirements.txt for why).
 # pip, setuptools and wheel go first, at the lock's versions: that pip accepts syft 0.2.9's metadata, and the
 # lock's few sdists are then built as wheels by PEP 517 against the pinned setuptools
 # (--use-pep517 --no-build-isolation: no unpinned build tools, no legacy `setup.py install`).
 $(STAMP): requirements.txt pyproject.toml | $(PY)
-	$(PIP) -c requirements.txt pip setuptools wheel
-	$(PIP) --use-pep517 --no-build-isolation -r requirements.txt
-	$(PIP) --no-build-isolation -e .
+	@echo "installing the lock into $(VENV): pip, setuptools, wheel; requirements.txt (--no-deps); fl-smpc (-e .)" >&2
+	@$(PIP) -c requirements.txt pip setuptools wheel >&2
+	@$(PIP) --use-pep517 --no-build-isolation -r requirements.txt >&2
+	@$(PIP) --no-build-isolation -e . >&2
 	@touch $@
 
 # The dev tools (ruff, mypy), pinned in requirements-dev.txt, on top of the main lock.
