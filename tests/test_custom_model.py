@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_smpc import FLConfig, check_dataset, run_rounds, split_dataset, train_federated
+from fl_smpc import FLConfig, FlSmpcError, check_dataset, run_rounds, split_dataset, train_federated
 from fl_smpc.reference import fedavg_rounds, local_train, max_differences, plaintext_fedavg, pooled_loss
 from fl_smpc.training import batch_slices
 
@@ -275,3 +275,12 @@ def test_plaintext_fedavg_names_the_low_level_form():
     data, target = regression_data()
     with pytest.raises(TypeError, match="fedavg_rounds"):
         plaintext_fedavg(mlp(), split_dataset(data, target, 3, binary_labels=False), 1)
+
+
+def test_a_flat_target_for_a_column_output_is_refused_with_the_fix():
+    """Boston's natural (506,) prices against nn.Linear(..., 1)'s (rows, 1) output: one line that says what to do."""
+    data, target = regression_data(outputs=1)
+    with pytest.raises(ValueError, match=r"give the target as target.view\(-1, 1\)") as refused:
+        train_federated(FLConfig(workers=WORKERS, rounds=1, loss_reduction="mean", seed=0), data, target.view(-1),
+                        model=mlp(outputs=1), loss_fn=F.mse_loss)
+    assert isinstance(refused.value, FlSmpcError) and "\n" not in str(refused.value)
