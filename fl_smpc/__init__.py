@@ -35,6 +35,11 @@ _LAZY = {
     "global_loss": "federated",
     # the plain-PyTorch FedAvg reference, to check your own runs
     "plaintext_fedavg": "reference",
+    "max_differences": "reference",
+    "fedavg_rounds": "reference",
+    # a saved model (--save-model): load it, classify messages with it
+    "load_model": "model_file",
+    "save_model": "model_file",
     # one run from a RunSpec, its outputs
     "run": "runner",
     "RunResult": "runner",

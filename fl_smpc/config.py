@@ -284,6 +284,8 @@ class RunSpec:
     transport: "virtual" (in-process VirtualWorkers) or "websocket" (``addresses`` of ``fl-smpc worker``
         processes, one per name of ``config.workers``, same order).
     timeout: websocket: seconds to wait for one reply. checkpoint/resume: JSON file paths.
+    resume_rounds: with resume, the rounds the continued run has in all (``--rounds`` given with ``--resume``):
+        more than the checkpoint's config asks for extends a finished run; None keeps the checkpoint's.
     certs, insecure: websocket only, exactly one: the federation directory for mutual TLS (ca.pem and
         ``<model_party>.pem``/``.key``), or plain ws:// (loopback addresses only).
     model_party: our party id with ``certs`` (the certificate the model owner presents).
@@ -302,6 +304,7 @@ class RunSpec:
     timeout: float = REPLY_TIMEOUT
     checkpoint: Optional[str] = None
     resume: Optional[str] = None
+    resume_rounds: Optional[int] = None
     certs: Optional[str] = None
     insecure: bool = False
     model_party: str = MODEL_PARTY
@@ -317,6 +320,10 @@ class RunSpec:
             if value not in allowed:
                 raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
         _positive_int("features", self.features)
+        if self.resume_rounds is not None:
+            _positive_int("rounds", self.resume_rounds)
+            if not self.resume:
+                raise ConfigError("resume_rounds: applies to a resumed run only (give resume)")
         check_positive_float("timeout", self.timeout, maximum=24 * 3600.0)
         sms = self.dataset == "sms"
         if not sms and (

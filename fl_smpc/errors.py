@@ -33,6 +33,10 @@ class CheckpointError(FlSmpcError, ValueError):
     history = None  # set when a run that already completed rounds fails to write one
 
 
+class ModelFileError(FlSmpcError, ValueError):
+    """A saved model (``--save-model``) that cannot be read or used: not one, malformed, or for other data."""
+
+
 class TLSConfigError(ConfigError):
     """Certificates or TLS settings that cannot be used: a missing file, a wrong party, plain ws:// off loopback."""
 

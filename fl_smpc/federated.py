@@ -228,6 +228,32 @@ def initial_model(
     return model
 
 
+def prepare_run(
+    config: FLConfig,
+    data: Optional[torch.Tensor],
+    target: Optional[torch.Tensor],
+    model: Optional[nn.Module],
+    loss_fn,
+    history: Optional[History] = None,
+) -> Tuple[FLConfig, List[Tuple[torch.Tensor, torch.Tensor]], nn.Module]:
+    """What an in-process run starts from: the config with its seed, each owner's rows, the checked model.
+
+    Shared by :func:`train_federated` and :func:`fl_smpc.reference.plaintext_fedavg`, so both split the
+    data, build (or take) the model and refuse a bad one the same way.
+    """
+    config = config.with_seed()
+    toy = data is None and target is None
+    if toy:
+        data, target = toy_dataset()
+    # split_dataset refuses a missing data or target with one line
+    parts = split_dataset(data, target, len(config.workers), binary_labels=toy)  # type: ignore[arg-type]
+    assert data is not None and target is not None
+    outputs = target.shape[1] if target.dim() == 2 else 1
+    model = initial_model(config, data.shape[1], model, history, outputs)
+    check_model(model, *parts[0], loss_fn)
+    return config, parts, model
+
+
 def train_federated(
     config: FLConfig = FLConfig(),
     data: Optional[torch.Tensor] = None,
@@ -257,17 +283,7 @@ def train_federated(
         return train_in_process(
             config, data, target, model, None if model is None else loss_fn, evaluate, on_round, history
         )
-    config = config.with_seed()
-    toy = data is None and target is None
-    if toy:
-        data, target = toy_dataset()
-    # split_dataset refuses a missing data or target with one line
-    parts = split_dataset(data, target, len(config.workers), binary_labels=toy)  # type: ignore[arg-type]
-    assert data is not None and target is not None
-    outputs = target.shape[1] if target.dim() == 2 else 1
-    model = initial_model(config, data.shape[1], model, history, outputs)
-    check_model(model, *parts[0], loss_fn)
-
+    config, parts, model = prepare_run(config, data, target, model, loss_fn, history)
     with virtual_workers(config.workers, create_hook()) as workers:
         remote_data = send_partitions(parts, workers)
         return run_rounds(

@@ -30,6 +30,22 @@ class RoundResult:
     # owner-side training: no single owner's loss leaves it; this is the owners' weighted mean last local loss
     local_loss: Optional[float] = None
 
+    def to_dict(self) -> dict:
+        """JSON-ready form: one item of the ``--json`` document's ``rounds`` (a ``--jsonl`` line's body)."""
+        item: Dict[str, Any] = {
+            "round": self.round,
+            "worker_losses": dict(self.worker_losses),
+            "global_loss": self.global_loss,
+            "model": state_to_lists(self.model),
+            "contributors": list(self.contributors),
+            "dropped": dict(self.dropped),
+        }
+        if self.local_loss is not None:
+            item["local_loss"] = self.local_loss
+        if self.metrics:
+            item["metrics"] = dict(self.metrics)
+        return item
+
 
 @dataclass
 class History:
@@ -55,20 +71,7 @@ class History:
         }
         if self.initial_metrics:
             doc["initial_metrics"] = dict(self.initial_metrics)
-        for r in self.rounds:
-            item = {
-                "round": r.round,
-                "worker_losses": dict(r.worker_losses),
-                "global_loss": r.global_loss,
-                "model": state_to_lists(r.model),
-                "contributors": list(r.contributors),
-                "dropped": dict(r.dropped),
-            }
-            if r.local_loss is not None:
-                item["local_loss"] = r.local_loss
-            if r.metrics:
-                item["metrics"] = dict(r.metrics)
-            doc["rounds"].append(item)
+        doc["rounds"] = [r.to_dict() for r in self.rounds]
         return doc
 
 

@@ -229,45 +229,71 @@ def write_history_csv(history, path) -> Path:
 
 def format_history(history) -> str:
     """The seed's printout, one block per round: averaged weights and bias, each owner's loss."""
-    lines = [
+    return "\n".join([format_header(history), *(format_round(r, history.config.rounds) for r in history.rounds)])
+
+
+def format_header(history) -> str:
+    """The printout's first line: seed, workers, the initial model's global loss."""
+    return (
         f"seed {history.config.seed}; workers {', '.join(history.config.workers)}; "
         f"initial global loss {history.initial_loss:.4f}"
-    ]
-    for r in history.rounds:
-        lines.append(f"round {r.round}/{history.config.rounds}  global loss {r.global_loss:.4f}")
-        for name, value in r.model.items():
-            lines.append(f"  avg {name}: {[round(v, 4) for v in value.flatten().tolist()]}")
-        if r.worker_losses:
-            lines.append(
-                "  " + " ".join(f"{name.capitalize()}_loss: {loss:.4f}" for name, loss in r.worker_losses.items())
-            )
-        if r.local_loss is not None:  # owner-side training: only the owners' weighted mean leaves them
-            lines.append(
-                f"  local loss (owners' weighted mean): {r.local_loss:.4f}; owners {', '.join(r.contributors)}"
-            )
+    )
+
+
+def format_round(r, rounds: int) -> str:
+    """One round's block of the printout (printed as soon as the round completes)."""
+    lines = [f"round {r.round}/{rounds}  global loss {r.global_loss:.4f}"]
+    for name, value in r.model.items():
+        lines.append(f"  avg {name}: {[round(v, 4) for v in value.flatten().tolist()]}")
+    if r.worker_losses:
+        lines.append("  " + " ".join(f"{name.capitalize()}_loss: {loss:.4f}" for name, loss in r.worker_losses.items()))
+    if r.local_loss is not None:  # owner-side training: only the owners' weighted mean leaves them
+        lines.append(f"  local loss (owners' weighted mean): {r.local_loss:.4f}; owners {', '.join(r.contributors)}")
     return "\n".join(lines)
+
+
+SMS_COLUMNS = f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}"
+
+
+def format_sms_row(n: int, loss: float, m: dict) -> str:
+    """One row of the SMS run's per-round table: the global loss and the test metrics after round ``n``."""
+    return f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+
+
+def format_sms_settings(history, spec) -> str:
+    return (
+        f"seed {history.config.seed}; loss {spec.loss}; lr {history.config.lr}; {history.config.local_steps} "
+        f"local steps; {spec.features} hashed features"
+    )
 
 
 def format_sms_result(result) -> str:
     """Per-round test metrics of the global model, then federated-secure vs the two baselines."""
+    h = result.history
+    rows = [(0, h.initial_loss, h.initial_metrics)] + [(r.round, r.global_loss, r.metrics) for r in h.rounds]
+    lines = [format_sms_data(result), format_sms_settings(h, result.spec), SMS_COLUMNS]
+    lines += [format_sms_row(*row) for row in rows]
+    lines.append(format_sms_summary(result))
+    return "\n".join(lines)
+
+
+def format_sms_data(result) -> str:
+    """The SMS run's data line: source, counts, test set, each owner's share."""
     h, d = result.history, result.dataset
     shares = ", ".join(
         f"{w} {o['messages']} ({o['spam_rate']:.1%} spam)" for w, o in zip(h.config.workers, d["owners"])
     )
-    lines = [
+    return (
         f"data: {d['source']}: {d['messages']} messages, {d['duplicates_removed']} duplicates removed; "
-        f"test {d['test']} ({d['test_spam']} spam); owners ({result.spec.partition}): {shares}",
-        f"seed {h.config.seed}; loss {result.spec.loss}; lr {h.config.lr}; {h.config.local_steps} local steps; "
-        f"{result.spec.features} hashed features",
-        f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}",
-    ]
-    rows = [(0, h.initial_loss, h.initial_metrics)] + [(r.round, r.global_loss, r.metrics) for r in h.rounds]
-    for n, loss, m in rows:
-        lines.append(
-            f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
-        )
+        f"test {d['test']} ({d['test_spam']} spam); owners ({result.spec.partition}): {shares}"
+    )
+
+
+def format_sms_summary(result) -> str:
+    """Federated secure against the centralized and always-ham baselines."""
+    h = result.history
     central = result.baseline["centralized"]
-    lines.append(f"\n{'model':<28} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}")
+    lines = [f"\n{'model':<28} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}"]
     for name, m, seconds in (
         (f"federated secure ({len(h.rounds)} rounds)", h.rounds[-1].metrics, result.seconds),
         (f"centralized ({central['steps']} steps)", central, central["seconds"]),

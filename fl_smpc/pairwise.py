@@ -23,7 +23,7 @@ import torch
 
 from .errors import AggregationError, OwnerFailed, WorkerUnreachable
 from .pairwise_owner import NON_FINITE, RING
-from .secure_aggregation import encodable_limit, scaled_flat_parameters, uncompressed_messages
+from .secure_aggregation import scaled_flat_parameters, uncompressed_messages, unencodable
 
 MIN_OWNERS = 2  # a "sum" of one owner would be its own model
 
@@ -89,18 +89,7 @@ def tensor_id(ptr):
 
 def refusal(worker: str, problem: str, n_owners: int, precision: int) -> AggregationError:
     """The error for an owner whose values cannot be encoded, worded as the additive path words it."""
-    if problem == NON_FINITE:
-        return AggregationError(
-            f"worker {worker!r} holds non-finite parameters (NaN or Inf): its local training "
-            "diverged; lower the learning rate",
-            worker,
-        )
-    return AggregationError(
-        f"worker {worker!r} holds parameters of magnitude >= {encodable_limit(n_owners, precision):.3g}: with "
-        f"{n_owners} workers and precision {precision} their sum would overflow syft's int64 fixed-precision field "
-        "(|sum * 10**precision| must be < 2**63)",
-        worker,
-    )
+    return unencodable(worker, problem != NON_FINITE, n_owners, precision)
 
 
 class OwnersDropped(Exception):

@@ -15,6 +15,7 @@ import torch
 from torch import nn, optim
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from .config import FLConfig
 from .training import sum_squared_error
 
 sse = sum_squared_error  # the short name the tests have always used
@@ -66,7 +67,7 @@ def pooled_loss(
     return loss.item()
 
 
-def plaintext_fedavg(
+def fedavg_rounds(
     model: nn.Module,
     parts: Sequence[Tuple[torch.Tensor, torch.Tensor]],
     rounds: int,
@@ -78,7 +79,7 @@ def plaintext_fedavg(
     rounds_done: int = 0,
     weighting: str = "samples",
 ) -> List[ReferenceRound]:
-    """Return one :class:`ReferenceRound` per round; ``model`` is updated in place.
+    """The low-level reference: one :class:`ReferenceRound` per round; ``model`` is updated in place.
 
     ``parts`` holds each owner's ``(data, target)``; ``evaluate(model) -> dict`` gives each round's metrics.
     ``rounds_done`` continues a run after that many rounds (the batches pick up where they were), so a
@@ -88,14 +89,77 @@ def plaintext_fedavg(
     for r in range(rounds_done, rounds_done + rounds):
         local = [copy.deepcopy(model) for _ in parts]
         losses = [local_train(m, x, y, lr, steps, loss_fn, batch_size, r * steps) for m, (x, y) in zip(local, parts)]
-        weights = torch.tensor([float(len(x)) if weighting == "samples" else 1.0 for x, _ in parts])
-        stacked = torch.stack([parameters_to_vector(m.parameters()) for m in local])
-        mean = (stacked * weights[:, None]).sum(0) / weights.sum()
+        mean = weighted_mean(local, [len(x) for x, _ in parts], weighting)
         with torch.no_grad():
             vector_to_parameters(mean, model.parameters())
         metrics = evaluate(model) if evaluate else {}
         history.append(ReferenceRound(losses, pooled_loss(model, parts, loss_fn), mean.detach().clone(), metrics))
     return history
+
+
+def weighted_mean(models: Sequence[nn.Module], rows: Sequence[int], weighting: str = "samples") -> torch.Tensor:
+    """FedAvg of the models' flat parameters: weighted by ``rows`` (``"samples"``) or a plain mean (``"equal"``)."""
+    weights = torch.tensor([float(n) if weighting == "samples" else 1.0 for n in rows])
+    stacked = torch.stack([parameters_to_vector(m.parameters()) for m in models])
+    return (stacked * weights[:, None]).sum(0) / weights.sum()
+
+
+def plaintext_fedavg(
+    config: FLConfig = FLConfig(),
+    data: Optional[torch.Tensor] = None,
+    target: Optional[torch.Tensor] = None,
+    model: Optional[nn.Module] = None,
+    loss_fn=sum_squared_error,
+    evaluate: Optional[Callable[[nn.Module], dict]] = None,
+):
+    """The run :func:`fl_smpc.federated.train_federated` makes, in plain PyTorch: same arguments, same History.
+
+    ``config`` (an :class:`~fl_smpc.config.FLConfig`), ``data``, ``target``, ``model``, ``loss_fn`` and
+    ``evaluate`` mean what they mean there: the rows are split the same way, the default model is drawn
+    from ``config.seed`` the same way, a given model is refused the same way. Unlike ``train_federated``,
+    the caller's model is left untouched (the run trains a deep copy), so one model can start both runs.
+    Every setting of ``config`` applies (rounds, local steps, lr, batches, weighting, owners per round,
+    loss reduction); ``precision_fractional`` and ``aggregation`` do not, since nothing is encoded.
+    Returns a :class:`~fl_smpc.federated.History`; compare two with :func:`max_differences`.
+    The low-level form on owners' parts, in place, is :func:`fedavg_rounds`.
+    """
+    if isinstance(config, nn.Module):
+        raise TypeError(
+            "plaintext_fedavg takes (config, data, target, model=..., loss_fn=..., evaluate=...) like "
+            "train_federated; the form (model, parts, rounds, lr, steps, ...) is now fedavg_rounds"
+        )
+    from .federated import History, RoundResult, owners_of_round, prepare_run, snapshot
+
+    config, parts, model = prepare_run(config, data, target, copy.deepcopy(model), loss_fn)
+    evaluate = evaluate or (lambda _model: {})
+    history = History(config, snapshot(model), pooled_loss(model, parts, loss_fn), initial_metrics=evaluate(model))
+    for r in range(1, config.rounds + 1):
+        chosen = owners_of_round(config, r)
+        local = [copy.deepcopy(model) for _ in chosen]
+        losses = {}
+        for m, i in zip(local, chosen):
+            x, y = parts[i]
+            first_step = (r - 1) * config.local_steps
+            losses[config.workers[i]] = local_train(
+                m, x, y, config.lr, config.local_steps, loss_fn, config.batch_size, first_step
+            )
+        mean = weighted_mean(local, [len(parts[i][0]) for i in chosen], config.weighting)
+        with torch.no_grad():
+            vector_to_parameters(mean, model.parameters())
+        contributors = [config.workers[i] for i in chosen]
+        result = RoundResult(
+            r, losses, pooled_loss(model, parts, loss_fn), snapshot(model), evaluate(model), contributors, {}
+        )
+        history.rounds.append(result)
+    return history
+
+
+def max_differences(a, b) -> List[float]:
+    """Per round, the largest absolute parameter difference between two Histories (e.g. secure vs plaintext)."""
+    return [
+        max((ra.model[name] - rb.model[name]).abs().max().item() for name in ra.model)
+        for ra, rb in zip(a.rounds, b.rounds)
+    ]
 
 
 def seed_model(seed: int, in_features: int = 3) -> nn.Linear:

@@ -57,6 +57,19 @@ def resumed_spec(spec: RunSpec) -> Tuple[RunSpec, Optional[History]]:
                 f"{spec.resume}: initial_model.weight has shape {shape}; the toy run's model is "
                 "nn.Linear(features, 1), whose weight has shape (1, features)"
             )
+    done, asked = len(history.rounds), history.config.rounds
+    rounds = asked if spec.resume_rounds is None else spec.resume_rounds
+    if rounds < asked:
+        raise CheckpointError(
+            f"{spec.resume}: the checkpoint's run has {asked} rounds; a resumed run can be extended "
+            f"(--rounds {asked} or more), not shortened to {rounds}"
+        )
+    if done == rounds:
+        raise CheckpointError(
+            f"{spec.resume}: the run is finished ({done} of {asked} rounds); to continue it, "
+            f"give --rounds N with N > {done}"
+        )
+    history.config = replace(history.config, rounds=rounds)
     return replace(spec, config=history.config), history
 
 

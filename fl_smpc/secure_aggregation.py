@@ -68,16 +68,26 @@ def check_encodable(flat_ptr, worker: str, n_workers: int, precision_fractional:
     magnitude = flat_ptr.abs()
     if bool((magnitude < limit).all().get()):  # False for NaN and Inf too: one round trip when all is well
         return
-    if not bool((magnitude < float("inf")).all().get()):  # False for NaN and Inf alike
-        raise AggregationError(
+    finite = bool((magnitude < float("inf")).all().get())  # False for NaN and Inf alike
+    raise unencodable(worker, finite, n_workers, precision_fractional)
+
+
+def unencodable(worker: str, finite: bool, n_workers: int, precision_fractional: int) -> AggregationError:
+    """The refusal of an owner whose values cannot be encoded, for both protocols: what is wrong, and the usual fix.
+
+    Values that grow past the int64 field are almost always a diverging local training, like NaN/Inf.
+    """
+    if not finite:
+        return AggregationError(
             f"worker {worker!r} holds non-finite parameters (NaN or Inf): its local training diverged; "
             "lower the learning rate",
             worker,
         )
-    raise AggregationError(
-        f"worker {worker!r} holds parameters of magnitude >= {limit:.3g}: with {n_workers} workers and "
-        f"precision {precision_fractional} their sum would overflow syft's int64 fixed-precision field "
-        "(|sum * 10**precision| must be < 2**63)",
+    return AggregationError(
+        f"worker {worker!r} holds parameters of magnitude >= {encodable_limit(n_workers, precision_fractional):.3g}: "
+        f"with {n_workers} workers and precision {precision_fractional} their sum would overflow syft's int64 "
+        "fixed-precision field (|sum * 10**precision| must be < 2**63): its local training diverged; lower the "
+        "learning rate (or the precision, if such large parameters are meant)",
         worker,
     )
 

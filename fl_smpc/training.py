@@ -17,6 +17,8 @@ from typing import List, Optional
 import torch
 from torch import optim
 
+from .errors import DataError
+
 
 def sum_squared_error(prediction, target):
     """The seed's loss: a *sum* of squared errors (the seed's prose calls it a mean; it is not)."""
@@ -100,7 +102,7 @@ def check_model(model, data: torch.Tensor, target: torch.Tensor, loss_fn=sum_squ
         try:
             output = probe(x)
         except Exception as err:
-            raise ValueError(
+            raise DataError(
                 f"model does not accept data rows of shape {tuple(data.shape[1:])}: its forward on "
                 f"an input of shape {tuple(x.shape)} fails with: {_first_line(err)}"
             ) from None
@@ -109,12 +111,15 @@ def check_model(model, data: torch.Tensor, target: torch.Tensor, loss_fn=sum_squ
             try:
                 loss = loss_fn(output, y)
             except Exception as err:  # the warnings above land here too
-                raise ValueError(
+                hint = ""
+                if isinstance(output, torch.Tensor) and output.dim() == 2 and y.dim() == 1 == output.shape[1]:
+                    hint = "; give the target as target.view(-1, 1), the (rows, 1) shape of the model's output"
+                raise DataError(
                     f"loss_fn cannot compare the model's output of shape {_shape(output)} with a target "
-                    f"of shape {tuple(y.shape)}: {_first_line(err)}"
+                    f"of shape {tuple(y.shape)}: {_first_line(err).rstrip('.') if hint else _first_line(err)}{hint}"
                 ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise ValueError(f"loss_fn must return a scalar tensor; for one row it returned {_shape(loss)}")
+        raise DataError(f"loss_fn must return a scalar tensor; for one row it returned {_shape(loss)}")
 
 
 def _first_line(err: Exception) -> str:

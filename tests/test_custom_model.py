@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_smpc import FLConfig, check_dataset, run_rounds, split_dataset, train_federated
-from fl_smpc.reference import local_train, plaintext_fedavg, pooled_loss
+from fl_smpc import FLConfig, FlSmpcError, check_dataset, run_rounds, split_dataset, train_federated
+from fl_smpc.reference import fedavg_rounds, local_train, max_differences, plaintext_fedavg, pooled_loss
 from fl_smpc.training import batch_slices
 
 WORKERS = ("a", "b", "c")
@@ -45,8 +45,8 @@ def assert_each_round_is_plaintext_fedavg(history, make_model, parts, config, lo
     for r in history.rounds:
         model = make_model()
         model.load_state_dict(previous)
-        (reference,) = plaintext_fedavg(model, parts, 1, config.lr, config.local_steps, loss_fn, config.batch_size,
-                                        rounds_done=r.round - 1)
+        (reference,) = fedavg_rounds(model, parts, 1, config.lr, config.local_steps, loss_fn, config.batch_size,
+                                     rounds_done=r.round - 1)
         assert (flat(r.model) - reference.params).abs().max().item() <= quantum + 1e-6, f"round {r.round}"
         assert list(r.worker_losses.values()) == pytest.approx(reference.worker_losses, rel=1e-5)
         model.load_state_dict(r.model)
@@ -82,8 +82,8 @@ def test_whole_run_tracks_plaintext_fedavg():
     reference_model = mlp()
     history = train_federated(config, data, target, model=mlp(), loss_fn=F.mse_loss)
     parts = split_dataset(data, target, len(WORKERS), binary_labels=False)
-    reference = plaintext_fedavg(reference_model, parts, config.rounds, config.lr, config.local_steps, F.mse_loss,
-                                 config.batch_size)
+    reference = fedavg_rounds(reference_model, parts, config.rounds, config.lr, config.local_steps, F.mse_loss,
+                              config.batch_size)
     quantum = 10.0 ** -config.precision_fractional
     for r, ref in zip(history.rounds, reference):
         assert (flat(r.model) - ref.params).abs().max().item() <= 1.5 * r.round * quantum
@@ -237,3 +237,50 @@ def test_reference_local_train_uses_the_same_batches_as_the_schedule():
         F.mse_loss(expected(data[rows]), target[rows]).backward()
         opt.step()
     assert torch.equal(flat(model.state_dict()), flat(expected.state_dict()))
+
+
+def test_plaintext_fedavg_takes_what_train_federated_takes():
+    """One call each, the same arguments: the caller's model is left alone, the History has the same shape, and
+    every round agrees to within a few quanta (weights 4, 4, 3; owners per round drawn alike)."""
+    data, target = regression_data()
+    config = FLConfig(workers=("a", "b", "c", "d"), rounds=3, local_steps=2, lr=0.01, batch_size=2,
+                      loss_reduction="mean", precision_fractional=4, seed=0, owners_per_round=3)
+    model = mlp()
+    start = copy.deepcopy(model.state_dict())
+    evaluate = lambda m: {"mse": F.mse_loss(m(data), target).item()}  # noqa: E731
+    plain = plaintext_fedavg(config, data, target, model=model, loss_fn=F.mse_loss, evaluate=evaluate)
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+    secure = train_federated(config, data, target, model=model, loss_fn=F.mse_loss, evaluate=evaluate)
+    assert type(plain) is type(secure) and plain.config == secure.config
+    assert [r.contributors for r in plain.rounds] == [r.contributors for r in secure.rounds]
+    assert [set(r.worker_losses) for r in plain.rounds] == [set(r.worker_losses) for r in secure.rounds]
+    assert all(torch.equal(plain.initial_model[k], secure.initial_model[k]) for k in start)
+    assert plain.initial_loss == pytest.approx(secure.initial_loss, rel=1e-6)
+    assert plain.initial_metrics == pytest.approx(secure.initial_metrics, rel=1e-6)
+    gaps = max_differences(secure, plain)
+    assert len(gaps) == 3 and max(gaps) <= 3 * 10.0 ** -config.precision_fractional
+    for s, p in zip(secure.rounds, plain.rounds):
+        assert s.global_loss == pytest.approx(p.global_loss, rel=1e-3)
+        assert s.metrics["mse"] == pytest.approx(p.metrics["mse"], rel=1e-3)
+
+
+def test_plaintext_fedavg_on_the_toy_default_matches_the_readme():
+    """No data, no model: the toy data and the seeded nn.Linear(3, 1), as train_federated builds them."""
+    plain = plaintext_fedavg(FLConfig(seed=0))
+    assert round(plain.initial_loss, 4) == 6.7036
+    assert [round(r.global_loss, 4) for r in plain.rounds] == [1.38, 0.99, 0.8615, 0.7725, 0.7008]
+
+
+def test_plaintext_fedavg_names_the_low_level_form():
+    data, target = regression_data()
+    with pytest.raises(TypeError, match="fedavg_rounds"):
+        plaintext_fedavg(mlp(), split_dataset(data, target, 3, binary_labels=False), 1)
+
+
+def test_a_flat_target_for_a_column_output_is_refused_with_the_fix():
+    """Boston's natural (506,) prices against nn.Linear(..., 1)'s (rows, 1) output: one line that says what to do."""
+    data, target = regression_data(outputs=1)
+    with pytest.raises(ValueError, match=r"give the target as target.view\(-1, 1\)") as refused:
+        train_federated(FLConfig(workers=WORKERS, rounds=1, loss_reduction="mean", seed=0), data, target.view(-1),
+                        model=mlp(outputs=1), loss_fn=F.mse_loss)
+    assert isinstance(refused.value, FlSmpcError) and "\n" not in str(refused.value)

@@ -6,7 +6,7 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from fl_smpc import FLConfig, split_dataset, toy_dataset, train_federated
-from reference import plaintext_fedavg, seed_model
+from reference import fedavg_rounds, seed_model
 
 
 def reference_run(config):
@@ -14,7 +14,7 @@ def reference_run(config):
     model = seed_model(config.seed, data.shape[1])
     initial = parameters_to_vector(model.parameters()).detach().clone()
     parts = split_dataset(data, target, len(config.workers))
-    return initial, plaintext_fedavg(model, parts, config.rounds, config.lr, config.local_steps)
+    return initial, fedavg_rounds(model, parts, config.rounds, config.lr, config.local_steps)
 
 
 def flat(state):

@@ -27,7 +27,7 @@ from fl_smpc.network.csvdata import split_to_csv
 from fl_smpc.network.launcher import local_workers, start_worker, wait_ready
 from fl_smpc.network.links import WebsocketLink
 from fl_smpc.network.tls import create_federation
-from reference import local_train, plaintext_fedavg, seed_model
+from reference import fedavg_rounds, local_train, seed_model
 
 CONFIG = FLConfig(seed=0, training="owner")
 TOLERANCE = 10**-CONFIG.precision_fractional  # one fixed-precision quantum
@@ -100,7 +100,7 @@ def test_tls_run_equals_the_in_process_owner_run_round_by_round(network_runs, ag
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_tls_run_is_within_a_quantum_of_plaintext_fedavg(network_runs, aggregation):
     history, _ = network_runs[aggregation]
-    reference = plaintext_fedavg(seed_model(0), split_dataset(*toy_dataset(), 3), 5, CONFIG.lr, CONFIG.local_steps)
+    reference = fedavg_rounds(seed_model(0), split_dataset(*toy_dataset(), 3), 5, CONFIG.lr, CONFIG.local_steps)
     for net, ref in zip(history.rounds, reference):
         flat = torch.cat([t.flatten() for t in net.model.values()])
         assert (flat - ref.params).abs().max().item() <= TOLERANCE

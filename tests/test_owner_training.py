@@ -13,7 +13,7 @@ from fl_smpc.cli import main
 from fl_smpc.data import split_dataset, toy_dataset
 from fl_smpc.errors import RoundFailed
 from fl_smpc.history import owners_of_round
-from reference import plaintext_fedavg, seed_model
+from reference import fedavg_rounds, seed_model
 
 QUANTUM = 1e-3
 
@@ -27,7 +27,7 @@ def flat(state):
 def test_toy_run_is_plaintext_fedavg_within_a_quantum(aggregation, weighting):
     config = FLConfig(seed=0, training="owner", aggregation=aggregation, weighting=weighting)
     history = train_federated(config)
-    reference = plaintext_fedavg(seed_model(0), split_dataset(*toy_dataset(), 3), 5, 0.1, 5, weighting=weighting)
+    reference = fedavg_rounds(seed_model(0), split_dataset(*toy_dataset(), 3), 5, 0.1, 5, weighting=weighting)
     assert history.initial_model["weight"].tolist() == seed_model(0).weight.tolist()
     for secure, plain in zip(history.rounds, reference):
         assert (flat(secure.model) - plain.params).abs().max().item() <= QUANTUM
@@ -64,7 +64,7 @@ def test_your_own_model_mean_loss_mini_batches_and_owners_per_round():
     for r in history.rounds:
         chosen = owners_of_round(config, r.round)
         assert r.contributors == [workers[i] for i in chosen]
-        (plain,) = plaintext_fedavg(
+        (plain,) = fedavg_rounds(
             plain_model,
             [parts[i] for i in chosen],
             1,

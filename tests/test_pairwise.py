@@ -24,7 +24,7 @@ from fl_smpc.pairwise_owner import PairwiseOwner, encode, masked_encoding
 from fl_smpc.secure_aggregation import secure_sum
 from fl_smpc.workers import virtual_workers
 from helpers import raw_bytes, remote_vectors
-from reference import local_train, plaintext_fedavg, seed_model
+from reference import fedavg_rounds, local_train, seed_model
 
 PRECISION = 3
 QUANTUM = 10.0 ** -PRECISION
@@ -198,8 +198,8 @@ def test_full_run_matches_plaintext_fedavg_and_additive_run():
     history = train_federated(config)
     additive = train_federated(FLConfig(seed=0))
     data, target = toy_dataset()
-    reference = plaintext_fedavg(seed_model(0), split_dataset(data, target, 3), config.rounds, config.lr,
-                                 config.local_steps)
+    reference = fedavg_rounds(seed_model(0), split_dataset(data, target, 3), config.rounds, config.lr,
+                              config.local_steps)
     for r, add, (losses, loss, params, _metrics) in zip(history.rounds, additive.rounds, reference):
         flat = torch.cat([r.model["weight"].flatten(), r.model["bias"].flatten()])
         # each average within half a quantum; local SGD here does not amplify a parameter error

@@ -15,7 +15,7 @@ from fl_smpc.cli import main
 from fl_smpc.errors import ConfigError, WorkerUnreachable
 from fl_smpc.federated import owners_of_round
 from fl_smpc.pairwise_owner import PairwiseOwner
-from fl_smpc.reference import local_train, plaintext_fedavg, seed_model
+from fl_smpc.reference import local_train, fedavg_rounds, seed_model
 from fl_smpc.secure_aggregation import secure_average
 
 QUANTUM = 1e-3
@@ -59,8 +59,8 @@ def test_unequal_owners_follow_weighted_fedavg():
     data, target = toy_dataset()
     history = train_federated(config)
     parts = split_dataset(data, target, 5)
-    weighted = plaintext_fedavg(seed_model(4), parts, 3, config.lr, config.local_steps)
-    plain = plaintext_fedavg(seed_model(4), parts, 3, config.lr, config.local_steps, weighting="equal")
+    weighted = fedavg_rounds(seed_model(4), parts, 3, config.lr, config.local_steps)
+    plain = fedavg_rounds(seed_model(4), parts, 3, config.lr, config.local_steps, weighting="equal")
     ours = flat(history.rounds[-1].model)
     assert (ours - weighted[-1].params).abs().max().item() <= 3 * QUANTUM
     assert (ours - plain[-1].params).abs().max().item() > 10 * QUANTUM
@@ -92,7 +92,7 @@ def expected_with_w2_dropped_in_round_2(config):
     data, target = toy_dataset()
     parts = split_dataset(data, target, 4)
     model = seed_model(config.seed)
-    plaintext_fedavg(model, parts, 1, config.lr, config.local_steps, weighting="equal")
+    fedavg_rounds(model, parts, 1, config.lr, config.local_steps, weighting="equal")
     survivors = [parts[0], parts[1], parts[3]]
     local = [copy.deepcopy(model) for _ in survivors]
     for m, (x, y) in zip(local, survivors):
@@ -100,7 +100,7 @@ def expected_with_w2_dropped_in_round_2(config):
     mean = torch.stack([parameters_to_vector(m.parameters()) for m in local]).mean(0)
     with torch.no_grad():
         torch.nn.utils.vector_to_parameters(mean, model.parameters())
-    plaintext_fedavg(model, parts, 1, config.lr, config.local_steps, rounds_done=2, weighting="equal")
+    fedavg_rounds(model, parts, 1, config.lr, config.local_steps, rounds_done=2, weighting="equal")
     return parameters_to_vector(model.parameters()).detach(), mean.detach()
 
 

@@ -192,5 +192,5 @@ if "venv" in argv and "--help" not in argv:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"creating .venv: {expected}\n" in result.stdout
-    assert "created .venv with Python 3.8.18" in result.stdout
+    assert f"creating .venv: {expected}\n" in result.stderr  # stderr: `make run ARGS=--json` pipes even then
+    assert "created .venv with Python 3.8.18" in result.stderr and result.stdout == ""

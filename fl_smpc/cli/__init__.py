@@ -9,7 +9,13 @@ import sys
 from importlib import import_module
 
 # subcommand -> module under fl_smpc.cli, loaded only when used
-SUBCOMMANDS = {"worker": "worker", "demo-network": "demo", "split-data": "split_data", "certs": "certs"}
+SUBCOMMANDS = {
+    "worker": "worker",
+    "demo-network": "demo",
+    "split-data": "split_data",
+    "certs": "certs",
+    "classify": "classify",
+}
 
 
 def main(argv=None) -> int:

@@ -14,18 +14,39 @@ import tempfile
 
 from ..config import PEER_TIMEOUT, SECURITY_CHOICE
 from ..errors import FlSmpcError
-from .train import build_parser, parse_args, run_and_report, spec_from_args
+from .train import build_parser, output_mode, parse_args, run_and_report, spec_from_args
 
 PROG = "fl-smpc demo-network"
+# The demo starts its own workers on the toy data: these training flags do not apply to it.
+NOT_FOR_THE_DEMO = (
+    "--transport",
+    "--training",
+    "--task",
+    "--dataset",
+    "--data-file",
+    "--features",
+    "--partition",
+    "--loss",
+)
+
+
+def demo_parser():
+    return build_parser(
+        PROG,
+        omit=NOT_FOR_THE_DEMO,
+        description="Start one `fl-smpc worker` process per owner on free loopback ports (the toy data split "
+        "into one CSV each), train against them over mutual TLS with a throw-away federation (or --certs "
+        "DIR, or --insecure), and always stop the workers.",
+        epilog="the same training flags as `fl-smpc`, without --transport, --dataset and the sms flags; "
+        "--workers takes names only",
+    )
 
 
 def main(argv) -> int:
-    parser = build_parser(PROG)
+    parser = demo_parser()
     args = parse_args(parser, argv)
-    if args.transport != "virtual" or "=" in args.workers:
-        parser.error("the demo starts its own workers: give --workers as names only, without --transport")
-    if args.dataset != "toy":
-        parser.error("the demo serves the toy data; --dataset sms runs in-process only")
+    if "=" in args.workers:
+        parser.error("the demo starts its own workers: give --workers as names only")
     if args.certs is not None and args.insecure:
         parser.error("--certs and --insecure exclude each other: " + SECURITY_CHOICE)
     try:  # every flag checked before a process starts
@@ -49,8 +70,10 @@ def main(argv) -> int:
                 paths, timeout=min(PEER_TIMEOUT, args.timeout / 2), certs=certs, model_party=args.model_party
             ) as addresses:
                 workers = ",".join(f"{n}={h}:{p}" for n, (h, p) in addresses.items())
+                how = "plain ws:// (--insecure)" if certs is None else "mutual TLS"
+                print(f"{PROG}: started {len(addresses)} worker processes over {how}: {workers}", file=sys.stderr)
                 spec = spec_from_args(args, workers=workers, transport="websocket", certs=certs)
-                return run_and_report(spec, args.json, args.plot, args.history, PROG)
+                return run_and_report(spec, output_mode(args), args.plot, args.history, PROG, args.save_model)
         except FlSmpcError as err:
             print(f"{PROG}: error: {err}", file=sys.stderr)
             return 1

