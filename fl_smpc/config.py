@@ -33,6 +33,8 @@ AGGREGATIONS = ("additive", "pairwise")  # syft's shares (the tutorial's) or pai
 # --- data sets ---
 TOY_ROWS = 6  # the seed's six messages
 SMS_FEATURES = 2**12  # hashed features per message
+# Each owner's messages become a dense (rows, features) tensor: 2**16 features is 256 KiB of float32 a message.
+SMS_MAX_FEATURES = 2**16
 SMS_PARTITIONS = ("iid", "skewed")
 SMS_TEST_FRACTION = 0.2
 SMS_SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in every run, whatever --seed is
@@ -279,6 +281,11 @@ class RunSpec:
             if value not in allowed:
                 raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
         _positive_int("features", self.features)
+        if self.features > SMS_MAX_FEATURES:
+            raise ConfigError(
+                f"features: at most {SMS_MAX_FEATURES} (each message becomes a dense row of that many float32 "
+                f"values), got {self.features}"
+            )
         check_positive_float("timeout", self.timeout, maximum=24 * 3600.0)
         sms = self.dataset == "sms"
         if not sms and (

@@ -17,6 +17,8 @@ from typing import List, Optional
 import torch
 from torch import optim
 
+from .errors import ConfigError
+
 
 def sum_squared_error(prediction, target):
     """The seed's loss: a *sum* of squared errors (the seed's prose calls it a mean; it is not)."""
@@ -100,7 +102,7 @@ def check_model(model, data: torch.Tensor, target: torch.Tensor, loss_fn=sum_squ
         try:
             output = probe(x)
         except Exception as err:
-            raise ValueError(
+            raise ConfigError(
                 f"model does not accept data rows of shape {tuple(data.shape[1:])}: its forward on "
                 f"an input of shape {tuple(x.shape)} fails with: {_first_line(err)}"
             ) from None
@@ -109,12 +111,12 @@ def check_model(model, data: torch.Tensor, target: torch.Tensor, loss_fn=sum_squ
             try:
                 loss = loss_fn(output, y)
             except Exception as err:  # the warnings above land here too
-                raise ValueError(
+                raise ConfigError(
                     f"loss_fn cannot compare the model's output of shape {_shape(output)} with a target "
                     f"of shape {tuple(y.shape)}: {_first_line(err)}"
                 ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise ValueError(f"loss_fn must return a scalar tensor; for one row it returned {_shape(loss)}")
+        raise ConfigError(f"loss_fn must return a scalar tensor; for one row it returned {_shape(loss)}")
 
 
 def _first_line(err: Exception) -> str:

@@ -124,7 +124,7 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-def test_resume_from_a_malformed_checkpoint_exits_1_naming_the_field(capsys, tmp_path, checkpoint_doc, case):
+def test_resume_from_a_malformed_checkpoint_exits_2_naming_the_field(capsys, tmp_path, checkpoint_doc, case):
     corrupt, message = CORRUPTIONS[case]
     path = tmp_path / "run.json"
     if corrupt is None:
@@ -135,7 +135,7 @@ def test_resume_from_a_malformed_checkpoint_exits_1_naming_the_field(capsys, tmp
         path.write_text(json.dumps(doc))
     before = path.read_bytes()
     status, err = run_cli(capsys, ["--resume", str(path), "--checkpoint", str(path), "--json"])
-    assert status == 1
+    assert status == 2  # a file given on the command line: bad input, as the README says
     assert message in last_line(err) and str(path) in last_line(err)
     assert path.read_bytes() == before  # the checkpoint was not overwritten
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
@@ -155,4 +155,4 @@ def test_json_output_is_always_valid_json(capsys, tmp_path, checkpoint_doc):
     doc = json.loads(text)
     assert doc["rounds"][0]["global_loss"] is None and doc["rounds"][1]["worker_losses"]["bob"] is None
     status, err = run_cli(capsys, ["--resume", str(path), "--json"])
-    assert status == 1 and "rounds[0].global_loss: expected a number" in last_line(err)
+    assert status == 2 and "rounds[0].global_loss: expected a number" in last_line(err)

@@ -1,16 +1,14 @@
 """``fl-smpc split-data``: one CSV per data owner, split exactly like the in-process run."""
 
-import argparse
-import sys
-
 from ..config import DEFAULT_WORKERS
 from ..errors import FlSmpcError
+from .report import BAD_INPUT, OK, ArgumentParser, report
+
+PROG = "fl-smpc split-data"
 
 
 def main(argv) -> int:
-    p = argparse.ArgumentParser(
-        prog="fl-smpc split-data", description="Write one CSV per data owner, split like the in-process run."
-    )
+    p = ArgumentParser(prog=PROG, description="Write one CSV per data owner, split like the in-process run.")
     p.add_argument("--out", required=True, help="directory for NAME.csv files (required)")
     p.add_argument(
         "--workers", default=",".join(DEFAULT_WORKERS), help="owner names, comma-separated (default: %(default)s)"
@@ -22,12 +20,12 @@ def main(argv) -> int:
     try:
         data = read_csv(args.csv) if args.csv else (None, None)
         paths = split_to_csv(args.out, [n.strip() for n in args.workers.split(",")], *data)
-    except FlSmpcError as err:
-        print(f"fl-smpc split-data: error: {err}", file=sys.stderr)
-        return 2
+    except FlSmpcError as err:  # every error is the input's (the CSV, the names); nothing was written
+        report(PROG, err)
+        return BAD_INPUT
     except OSError as err:
-        print(f"fl-smpc split-data: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
-        return 2
+        report(PROG, f"cannot write to {args.out}: {err.strerror or err}; nothing was written")
+        return BAD_INPUT
     for name, path in paths.items():
         print(f"{name}: {path}")
-    return 0
+    return OK

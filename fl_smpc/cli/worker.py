@@ -1,7 +1,6 @@
 """``fl-smpc worker``: serve one data owner's CSV over syft's websockets until SIGINT/SIGTERM."""
 
 import argparse
-import sys
 
 from ..config import (
     MIN_OWNERS,
@@ -16,10 +15,11 @@ from ..config import (
     parse_addresses,
 )
 from ..errors import FlSmpcError
+from .report import BAD_INPUT, FAILED, OK, ArgumentParser, report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="fl-smpc worker",
         description="Serve one data owner: load its CSV (header row; numeric features; last column a 0/1 "
         "label), tag it for the model owner's search, and answer syft websocket requests until SIGINT/SIGTERM.",
@@ -123,9 +123,9 @@ def main(argv) -> int:
             policy,
             log=lambda line: print(f"fl-smpc worker {args.id}: {line}", flush=True),
         )
-    except FlSmpcError as err:
-        print(f"fl-smpc worker: error: {err}", file=sys.stderr)
-        return 2
+    except FlSmpcError as err:  # the data file, the certificates, a setting
+        report("fl-smpc worker", err)
+        return BAD_INPUT
     rows, features = server.owner_tensors()[0].shape
     started = server.fingerprint()
     rules = (
@@ -148,10 +148,10 @@ def main(argv) -> int:
     try:
         server.serve(ready)
     except OSError as err:  # e.g. the port is taken
-        print(f"fl-smpc worker {args.id}: error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
-        return 1
+        report(f"fl-smpc worker {args.id}", f"cannot serve on {args.host}:{args.port}: {err}")
+        return FAILED
     now = server.fingerprint()
     state = "unchanged" if now == started else f"CHANGED (sha256 {now})"
     refused = "" if server.policy is None else f"; {server.policy.refused} request(s) refused"
     print(f"fl-smpc worker {args.id}: stopped; data {state}{refused}", flush=True)
-    return 0
+    return OK

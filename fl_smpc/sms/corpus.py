@@ -89,8 +89,8 @@ def _read_text(path: str) -> str:
     try:
         with open(path, "rb") as f:
             raw = f.read()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise DataError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -103,8 +103,8 @@ def load_data_file(path: str) -> Messages:
 
     The format is chosen from the first non-blank line (a tab means UCI). A CSV may start with the
     header ``label,text``; texts containing commas must be quoted. Labels are ham/spam or 0/1.
-    Blank lines are skipped (they hold no message); any other malformed line raises ValueError
-    naming the file and line, so nothing is dropped silently.
+    Blank lines are skipped (they hold no message); any other malformed line raises DataError
+    naming the file and line (a DataError, a ValueError), so nothing is dropped silently.
     """
     text = _read_text(path)
     lines = text.splitlines()
