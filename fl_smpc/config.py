@@ -96,7 +96,9 @@ def _positive_int(name: str, value) -> None:
 
 def check_positive_float(name: str, value, maximum: float = FLOAT32_MAX) -> None:
     """ConfigError unless ``value`` is a finite number in (0, maximum]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name}: must be a positive finite number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # math.isfinite(int) overflows past 1e308
         raise ConfigError(f"{name}: must be a positive finite number, got {value!r}")
     if value > maximum:
         raise ConfigError(f"{name}: must be at most {maximum:g}, got {value!r}")

@@ -107,7 +107,10 @@ def checkpoint_writer(path: str):
 def _number(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CheckpointError(f"{what}: expected a number, got {type(value).__name__} {value!r:.40}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        raise CheckpointError(f"{what}: the number {value!r:.40}... is too large") from None
 
 
 def _state(lists, what: str, shapes: Optional[Dict[str, tuple]] = None) -> dict:
@@ -169,6 +172,7 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
         contributors, dropped = item.get("contributors", list(losses)), item.get("dropped", {})
         if not (
             isinstance(contributors, list)
+            and all(isinstance(c, str) for c in contributors)
             and set(contributors) <= set(config.workers)
             and isinstance(dropped, dict)
             and set(dropped) <= set(config.workers)

@@ -98,6 +98,18 @@ def _read_text(path: str) -> str:
         raise DataError(f"{path}, line {line}: not valid UTF-8 ({err.reason})") from None
 
 
+def _csv_rows(reader, path: str):
+    """The rows of ``reader``; a line the csv module refuses (a NUL byte, a field over its limit) is a DataError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(f"{path}, line {reader.line_num}: not a CSV line: {err}") from None
+        yield row
+
+
 def load_data_file(path: str) -> Messages:
     """A user's labelled messages: UCI ``SMSSpamCollection`` (``label<TAB>text``) or CSV ``label,text``.
 
@@ -123,7 +135,7 @@ def load_data_file(path: str) -> Messages:
     else:
         reader = csv.reader(io.StringIO(text, newline=""))
         end = 0
-        for row in reader:
+        for row in _csv_rows(reader, path):
             start, end = end + 1, reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
