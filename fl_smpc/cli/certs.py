@@ -3,7 +3,7 @@
 import sys
 
 from ..config import CERT_DAYS, DEFAULT_WORKERS, MODEL_PARTY
-from ..errors import FlSmpcError
+from ..errors import FlSmpcError, one_line
 from .report import BAD_INPUT, OK, ArgumentParser, report
 
 PROG = "fl-smpc certs"
@@ -48,7 +48,7 @@ def main(argv) -> int:
         report(PROG, f"cannot write to {args.out}: {err.strerror or err}")
         return BAD_INPUT
     if "ca.pem" not in paths:
-        print(f"{PROG}: issued by the existing CA in {args.out}", file=sys.stderr)
+        print(f"{PROG}: issued by the existing CA in {one_line(args.out)}", file=sys.stderr)
     for path in paths.values():
         print(path)
     return OK

@@ -7,14 +7,18 @@ from .report import BAD_INPUT, OK, ArgumentParser, report
 PROG = "fl-smpc split-data"
 
 
-def main(argv) -> int:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Write one CSV per data owner, split like the in-process run.")
     p.add_argument("--out", required=True, help="directory for NAME.csv files (required)")
     p.add_argument(
         "--workers", default=",".join(DEFAULT_WORKERS), help="owner names, comma-separated (default: %(default)s)"
     )
     p.add_argument("--csv", help="a CSV (same format) to split instead of the seed's toy data (default: toy data)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv) -> int:
+    args = build_parser().parse_args(argv)
     from ..network.csvdata import read_csv, split_to_csv
 
     try:

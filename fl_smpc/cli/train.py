@@ -23,7 +23,7 @@ from ..config import (
     RunSpec,
     parse_addresses,
 )
-from ..errors import ConfigError, FlSmpcError
+from ..errors import ConfigError, FlSmpcError, one_line
 from .report import FAILED, OK, ArgumentParser, fail, report
 
 DEFAULTS = FLConfig()
@@ -377,7 +377,7 @@ def write_outputs(
         if path is None:
             continue
         try:
-            print(f"{prog}: wrote {write(path)}", file=sys.stderr)
+            print(f"{prog}: wrote {one_line(str(write(path)))}", file=sys.stderr)
         except FlSmpcError as err:
             report(prog, err)
             return FAILED
