@@ -64,8 +64,11 @@ def check_checkpoint_path(path: str) -> None:
     """CheckpointError (bad input) before any round unless a checkpoint can be written at ``path``."""
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: cannot write a checkpoint there: it is a directory; give a file name")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
         raise CheckpointError(f"{path}: cannot write a checkpoint there: no such directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{path}: cannot write a checkpoint there: the directory is not writable")
 
 
 def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunResult:

@@ -85,7 +85,7 @@ def test_a_value_beyond_float32_in_an_owner_csv_is_refused(capsys, tmp_path, val
     bad = tmp_path / "bad.csv"
     bad.write_text(f"x0,label\n{value},1\n0,0\n")
     status, err = run_cli(capsys, ["split-data", "--out", str(tmp_path / "o"), "--csv", str(bad)])
-    assert status == 2 and "line 2: NaN, infinite or beyond-float32 value" in last_line(err)
+    assert status == 2 and "line 2, column 1: NaN, infinite or beyond-float32 value" in last_line(err)
     status, err = run_cli(capsys, ["worker", "--id", "bob", "--data", str(bad), "--peers", "alice=127.0.0.1:1",
                                    "--insecure"])
     assert status == 2 and "line 2" in last_line(err)
@@ -288,3 +288,17 @@ def test_a_checkpoint_that_fails_mid_write_keeps_the_previous_one(tmp_path, chec
     with pytest.raises(OSError):
         save_checkpoint(str(path), history)
     assert path.read_bytes() == before and files_below(tmp_path) == ["run.json"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--plot", "is not writable"), ("--history", "is not writable"), ("--checkpoint", "directory is not writable"),
+])
+def test_an_output_in_a_directory_we_may_not_write_exits_2_before_training(capsys, tmp_path, monkeypatch, flag,
+                                                                             message):
+    """(As root every directory is writable: os.access stands in for a read-only one.)"""
+    import os
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    status, err = run_cli(capsys, ["--seed", "0", flag, str(tmp_path / "x.png")])
+    assert status == 2 and message in last_line(err) and "round 1" not in err
+    assert files_below(tmp_path) == []

@@ -37,6 +37,8 @@ def output_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} of {text!r} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} of {text!r} is not writable")
     return path
 
 

@@ -53,12 +53,15 @@ def read_csv(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
     for n, row in body:
         if len(row) != width:
             raise DataFileError(f"{path}: line {n}: expected {width} columns like the header, got {len(row)}")
-        try:
-            numbers = [float(v) for v in row]
-        except ValueError:
-            raise DataFileError(f"{path}: line {n}: non-numeric value in {row}") from None
-        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in numbers):
-            raise DataFileError(f"{path}: line {n}: NaN, infinite or beyond-float32 value in {row}")
+        bad = next((i for i, v in enumerate(row) if not _is_number(v)), None)
+        if bad is not None:  # the cell, not the row: a row may be long
+            raise DataFileError(f"{path}: line {n}, column {bad + 1}: non-numeric value {row[bad]!r:.40}")
+        numbers = [float(v) for v in row]
+        bad = next((i for i, v in enumerate(numbers) if not (math.isfinite(v) and abs(v) <= FLOAT32_MAX)), None)
+        if bad is not None:
+            raise DataFileError(
+                f"{path}: line {n}, column {bad + 1}: NaN, infinite or beyond-float32 value {row[bad]!r:.40}"
+            )
         if numbers[-1] not in (0.0, 1.0):
             raise DataFileError(f"{path}: line {n}: label (last column) must be 0 or 1, got {row[-1]!r}")
         values.append(numbers)
