@@ -36,10 +36,16 @@ def scratch(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz-files")
 
 
-def write(directory: Path, name: str, content: bytes) -> str:
+def read_hostile(directory: Path, name: str, content: bytes, reader, error):
+    """``reader(path)`` of ``content`` written to ``name``: its result, or None after a one-line ``error``
+    that names the file."""
     path = directory / name
     path.write_bytes(content)
-    return str(path)
+    result = one_line_error_or_result(reader, str(path))
+    if isinstance(result, FlSmpcError):
+        assert isinstance(result, error) and str(path) in str(result), repr(result)
+        return None
+    return result
 
 
 # --- an owner's CSV (the worker's --data, split-data's --csv) ---
@@ -57,10 +63,8 @@ def table_bytes(rows, line_end: str) -> bytes:
 
 
 def check_owner_csv(directory: Path, content: bytes) -> None:
-    path = write(directory, "owner.csv", content)
-    result = one_line_error_or_result(read_csv, path)
-    if isinstance(result, FlSmpcError):
-        assert isinstance(result, DataError) and path in str(result)
+    result = read_hostile(directory, "owner.csv", content, read_csv, DataError)
+    if result is None:
         return
     data, target = result
     rows, features = data.shape
@@ -99,10 +103,8 @@ message_lines = st.lists(st.tuples(labels, st.sampled_from(["\t", ",", ";", " "]
 
 def check_messages_file(directory: Path, content: bytes) -> None:
     """load_data_file, then what run_sms does with it before training: dedupe, hold out, partition, featurize."""
-    path = write(directory, "messages.txt", content)
-    messages = one_line_error_or_result(load_data_file, path)
-    if isinstance(messages, FlSmpcError):
-        assert isinstance(messages, DataError) and path in str(messages)
+    messages = read_hostile(directory, "messages.txt", content, load_data_file, DataError)
+    if messages is None:
         return
     assert len(messages) >= 1 and set(messages.labels) <= {0, 1} and all(t.strip() for t in messages.texts)
 
@@ -149,16 +151,14 @@ def checkpoint_doc():
 
 def check_checkpoint(directory: Path, content: bytes) -> None:
     """load_checkpoint, then what a resumed toy run does before its first round (the model from it, the probe)."""
-    path = write(directory, "run.json", content)
-    history = one_line_error_or_result(load_checkpoint, path)
-    if isinstance(history, FlSmpcError):
-        assert isinstance(history, CheckpointError) and path in str(history)
+    history = read_hostile(directory, "run.json", content, load_checkpoint, CheckpointError)
+    if history is None:
         return
     assert len(history.rounds) <= history.config.rounds
     assert all(math.isfinite(float(t.abs().max())) for r in history.rounds for t in r.model.values())
 
     def resume():
-        spec, resumed = resumed_spec(RunSpec(resume=path))
+        spec, resumed = resumed_spec(RunSpec(resume=str(directory / "run.json")))
         data, target = toy_dataset()
         model = initial_model(spec.config.with_seed(), data.shape[1], history=resumed)  # as runner.run does
         check_model(model, data[:2], target[:2])

@@ -3,8 +3,8 @@
 import sys
 
 from ..config import CERT_DAYS, DEFAULT_WORKERS, MODEL_PARTY
-from ..errors import FlSmpcError, one_line
-from .report import BAD_INPUT, OK, ArgumentParser, report
+from ..errors import one_line
+from .report import BAD_INPUT, OK, ArgumentParser, attempt
 
 PROG = "fl-smpc certs"
 
@@ -39,14 +39,14 @@ def main(argv) -> int:
     args = build_parser().parse_args(argv)
     from ..network.tls import create_federation
 
-    try:
-        paths = create_federation(args.out, [p.strip() for p in args.parties.split(",")], args.days, args.force)
-    except FlSmpcError as err:
-        report(PROG, err)
-        return BAD_INPUT
-    except OSError as err:
-        report(PROG, f"cannot write to {args.out}: {err.strerror or err}")
-        return BAD_INPUT
+    parties = [p.strip() for p in args.parties.split(",")]
+
+    def create():
+        return create_federation(args.out, parties, args.days, args.force)
+
+    paths, status = attempt(PROG, create, f"to {args.out}", BAD_INPUT)
+    if paths is None:
+        return status
     if "ca.pem" not in paths:
         print(f"{PROG}: issued by the existing CA in {one_line(args.out)}", file=sys.stderr)
     for path in paths.values():

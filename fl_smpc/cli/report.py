@@ -7,11 +7,12 @@ worker, a checkpoint that could not be written after a round).
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn, Optional, Tuple, TypeVar
 
 from ..errors import FlSmpcError, one_line
 
 OK, FAILED, BAD_INPUT = 0, 1, 2
+T = TypeVar("T")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -36,3 +37,17 @@ def fail(prog: str, err: FlSmpcError) -> int:
     """Report ``err`` and return its exit status."""
     report(prog, err)
     return exit_status(err)
+
+
+def attempt(prog: str, write: Callable[[], T], target: str, status: int, note: str = "") -> Tuple[Optional[T], int]:
+    """``(write(), OK)``; or, when it raises an FlSmpcError or an OSError, report it and return ``(None, status)``.
+
+    An OSError is reported as ``cannot write TARGET: why`` (plus ``note``): its own text may name a temporary file.
+    """
+    try:
+        return write(), OK
+    except FlSmpcError as err:
+        report(prog, err)
+    except OSError as err:
+        report(prog, f"cannot write {target}: {err.strerror or err}{note}")
+    return None, status

@@ -1,8 +1,7 @@
 """``fl-smpc split-data``: one CSV per data owner, split exactly like the in-process run."""
 
 from ..config import DEFAULT_WORKERS
-from ..errors import FlSmpcError
-from .report import BAD_INPUT, OK, ArgumentParser, report
+from .report import BAD_INPUT, OK, ArgumentParser, attempt
 
 PROG = "fl-smpc split-data"
 
@@ -21,15 +20,14 @@ def main(argv) -> int:
     args = build_parser().parse_args(argv)
     from ..network.csvdata import read_csv, split_to_csv
 
-    try:
+    def split():
         data = read_csv(args.csv) if args.csv else (None, None)
-        paths = split_to_csv(args.out, [n.strip() for n in args.workers.split(",")], *data)
-    except FlSmpcError as err:  # every error is the input's (the CSV, the names); nothing was written
-        report(PROG, err)
-        return BAD_INPUT
-    except OSError as err:
-        report(PROG, f"cannot write to {args.out}: {err.strerror or err}; nothing was written")
-        return BAD_INPUT
+        return split_to_csv(args.out, [n.strip() for n in args.workers.split(",")], *data)
+
+    # every error is the input's (the CSV, the names, --out); nothing was written
+    paths, status = attempt(PROG, split, f"to {args.out}", BAD_INPUT, "; nothing was written")
+    if paths is None:
+        return status
     for name, path in paths.items():
         print(f"{name}: {path}")
     return OK

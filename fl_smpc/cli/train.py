@@ -24,7 +24,7 @@ from ..config import (
     parse_addresses,
 )
 from ..errors import ConfigError, FlSmpcError, one_line
-from .report import FAILED, OK, ArgumentParser, fail, report
+from .report import FAILED, OK, ArgumentParser, attempt, fail
 
 DEFAULTS = FLConfig()
 PROGRESS_MIN_ROUNDS = 6  # fewer rounds finish before a bar would tell anything
@@ -376,14 +376,9 @@ def write_outputs(
         return save_plot(history, path, baseline)
 
     for path, write in ((plot, picture), (history_csv, lambda path: write_history_csv(history, path))):
-        if path is None:
-            continue
-        try:
-            print(f"{prog}: wrote {one_line(str(write(path)))}", file=sys.stderr)
-        except FlSmpcError as err:
-            report(prog, err)
-            return FAILED
-        except OSError as err:
-            report(prog, f"cannot write {path}: {err.strerror or err}")
-            return FAILED
+        if path is not None:
+            written, status = attempt(prog, lambda: write(path), str(path), FAILED)  # noqa: B023  # called at once
+            if written is None:
+                return status
+            print(f"{prog}: wrote {one_line(str(written))}", file=sys.stderr)
     return OK
