@@ -225,3 +225,49 @@ def test_split_data_command_line(tmp_path_factory, inputs, capsys, argv):
 @given(argv=argv_from(CERTS_BASES, certs.build_parser(), ["--p"]))
 def test_certs_command_line(tmp_path_factory, inputs, capsys, argv):
     check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc certs")
+
+
+DEMO_BASES = [["demo-network", "--seed", "0"], ["demo-network", "--seed", "0", "--insecure"],
+              ["demo-network", "--seed", "0", "--certs", In("certs"), "--aggregation", "pairwise"]]  # fmt: skip
+
+
+@fuzz_settings(12)
+@given(argv=argv_from(DEMO_BASES, build_parser("fl-smpc demo-network"), ["--ro", "--c"]))
+def test_demo_network_command_line(tmp_path_factory, inputs, bounded, monkeypatch, capsys, argv):
+    """Everything the demo checks and makes before its workers start; the workers are addresses nobody serves."""
+    import contextlib
+
+    import fl_smpc.network.launcher
+
+    @contextlib.contextmanager
+    def nobody_serves(paths, **_kwargs):
+        assert all(os.path.isfile(p) for p in paths.values())  # the demo's split was written
+        yield dict.fromkeys(paths, ("127.0.0.1", 1))
+
+    monkeypatch.setattr(fl_smpc.network.launcher, "local_workers", nobody_serves)
+    check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc demo-network")
+
+
+WORKER_BASES = [["worker", "--id", "bob", "--data", In("owner.csv"), "--peers", "alice=127.0.0.1:1,jane=127.0.0.1:1",
+                 "--insecure"],
+                ["worker", "--id", "bob", "--data", In("owner.csv"), "--peers", "alice=127.0.0.1:1,jane=127.0.0.1:1",
+                 "--certs", In("certs")]]  # fmt: skip
+
+
+@fuzz_settings(15)
+@given(data=st.data())
+def test_worker_command_line(tmp_path_factory, inputs, monkeypatch, capsys, data):
+    """The worker's flags and files up to the server it would build (stopped there: nothing serves in-process)."""
+    server = pytest.importorskip("fl_smpc.network.server")
+    from fl_smpc.cli import worker
+    from fl_smpc.errors import FlSmpcError
+
+    if not hasattr(server, "data_owner_server"):
+        pytest.skip("the worker no longer builds its server with data_owner_server: port this test")
+
+    def stop(*_args, **_kwargs):
+        raise FlSmpcError("stopped before serving (test)")
+
+    monkeypatch.setattr(server, "data_owner_server", stop)
+    argv = data.draw(argv_from(WORKER_BASES, worker.build_parser(), ["--pe", "--m"]))
+    check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc worker")
