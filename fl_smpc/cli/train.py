@@ -1,6 +1,7 @@
 """``fl-smpc [flags]``: the training run. Parse flags, build a RunSpec, call :func:`fl_smpc.runner.run`, print."""
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -377,7 +378,7 @@ def write_outputs(
 
     for path, write in ((plot, picture), (history_csv, lambda path: write_history_csv(history, path))):
         if path is not None:
-            written, status = attempt(prog, lambda: write(path), str(path), FAILED)  # noqa: B023  # called at once
+            written, status = attempt(prog, functools.partial(write, path), str(path), FAILED)
             if written is None:
                 return status
             print(f"{prog}: wrote {one_line(str(written))}", file=sys.stderr)
