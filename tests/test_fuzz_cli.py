@@ -11,6 +11,8 @@ numbers, names, addresses, paths to bad, missing and valid files, random text. W
 
 Runs are bounded so that an example takes a fraction of a second: at most 2 rounds of 2 local steps,
 websocket timeouts of 0.3 s (nothing listens on port 1), the packaged SMS corpus replaced by a small file.
+The random examples are few; the sweeps at the end are not random: every value of its kind for every
+flag through the checks before a run, every split-data flag and value, every input file for each file flag.
 """
 
 import os
@@ -75,25 +77,23 @@ values = st.one_of(
     st.sampled_from([In(name) for name in INPUTS] + [Out(name) for name in OUTPUTS]),
     text,
 )
+PATH_VALUES = [In(name) for name in INPUTS] + [Out(name) for name in OUTPUTS]
 
 
-PATHS = st.sampled_from([In(name) for name in INPUTS] + [Out(name) for name in OUTPUTS])
-
-
-def typed_values(parser):
+def typed_values(parser) -> dict:
     """flag -> the values most likely to get past argparse to the checks behind it (numbers for a number...)."""
     kinds = {}
     for action in parser._actions:
         if not action.option_strings or action.nargs == 0:  # --help, --json, --insecure...: no value
             continue
         if action.choices:
-            kind = st.sampled_from(sorted(action.choices))
+            kind = [*sorted(action.choices), "", "Toy"]
         elif action.type is not None and action.type.__name__ in ("int", "float", "finite_float"):
-            kind = st.sampled_from(NUMBERS)
+            kind = NUMBERS
         elif action.metavar in ("PATH", "PATH.csv", "DIR") or action.dest in ("out", "csv", "data"):
-            kind = PATHS
+            kind = PATH_VALUES
         else:
-            kind = st.sampled_from(NAMES + CHOICES)
+            kind = NAMES + CHOICES
         for flag in action.option_strings:
             kinds[flag] = kind
     return kinds
@@ -112,7 +112,7 @@ def argv_from(base, parser, abbreviations=()):
     def pair(flag):
         typed = kinds.get(flag)
         odd = [st.tuples(st.just(flag), values), st.just((flag,))]
-        return st.one_of(*([st.tuples(st.just(flag), typed)] * 6 if typed is not None else []), *odd)
+        return st.one_of(*([st.tuples(st.just(flag), st.sampled_from(typed))] * 6 if typed else []), *odd)
 
     pairs = st.lists(st.sampled_from(flags).flatmap(pair), max_size=4)
     return st.tuples(st.sampled_from(base), pairs).map(lambda t: [*t[0], *(x for p in t[1] for x in p)])
@@ -138,7 +138,7 @@ def inputs(tmp_path_factory):
     history.rounds = history.rounds[:1]
     save_checkpoint(str(d / "run.json"), history)
     (d / "run_bad.json").write_text('{"format": "fl-smpc-checkpoint/1", "config": {"rounds": 0}}')
-    (d / "nested.json").write_text("[" * 50000 + "]" * 50000)
+    (d / "nested.json").write_text("[" * 5000 + "]" * 5000)
     create_federation(str(d / "certs"), ["model", "bob", "alice", "jane"], days=1)
     (d / "certs_empty").mkdir()
     (d / "adir").mkdir()
@@ -172,7 +172,7 @@ def check_cli(tmp_root: Path, inputs: Path, capsys, argv, prog: str) -> None:
     in_dir, out_dir = example / "in", example / "out"
     shutil.copytree(inputs, in_dir)
     out_dir.mkdir()
-    resolved = [str(in_dir / a) if isinstance(a, In) else str(out_dir / a) if isinstance(a, Out) else a for a in argv]
+    resolved = resolve(argv, in_dir, out_dir)
     before = snapshot(in_dir)
     capsys.readouterr()
     cwd = os.getcwd()
@@ -203,6 +203,10 @@ def check_cli(tmp_root: Path, inputs: Path, capsys, argv, prog: str) -> None:
         assert list(out_dir.iterdir()) == [], err
         assert snapshot(in_dir) == before, err
     shutil.rmtree(example)
+
+
+def resolve(argv, in_dir: Path, out_dir: Path):
+    return [str(in_dir / a) if isinstance(a, In) else str(out_dir / a) if isinstance(a, Out) else a for a in argv]
 
 
 def snapshot(directory: Path) -> dict:
@@ -271,3 +275,50 @@ def test_worker_command_line(tmp_path_factory, inputs, monkeypatch, capsys, data
     monkeypatch.setattr(server, "data_owner_server", stop)
     argv = data.draw(argv_from(WORKER_BASES, worker.build_parser(), ["--pe", "--m"]))
     check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc worker")
+
+
+# --- not random: each value of its kind for each flag in turn ---
+
+
+def test_every_training_flag_with_every_value_of_its_kind_is_parsed_or_refused(tmp_path, inputs, capsys):
+    """Everything the training command checks before a run (argparse, the RunSpec), for each flag and value."""
+    from fl_smpc.cli.train import parse_args, spec_from_args
+    from fl_smpc.errors import FlSmpcError
+
+    (tmp_path / "out").mkdir()
+    for flag, kind in typed_values(build_parser()).items():
+        for value in kind if flag.startswith("--") else ():
+            argv = resolve(["--seed", "0", flag, value], inputs, tmp_path / "out")
+            try:
+                spec_from_args(parse_args(build_parser(), argv))
+            except SystemExit as done:
+                err = capsys.readouterr().err
+                assert done.code == 2 and err.splitlines()[-1].startswith("fl-smpc: error: "), (argv, err)
+                assert sum(line.startswith("fl-smpc: error: ") for line in err.splitlines()) == 1, (argv, err)
+            except FlSmpcError as err:  # main reports it through parser.error: exit 2
+                assert len(str(err).splitlines()) == 1, (argv, err)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_split_data_with_every_value_of_its_kind_for_each_flag(tmp_path_factory, inputs, capsys):
+    kinds = typed_values(split_data.build_parser())
+    for flag in ("--out", "--workers", "--csv"):
+        for value in kinds[flag]:
+            argv = [*SPLIT_BASES[0], flag, value]
+            check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc split-data")
+
+
+FILE_FLAGS = {
+    "--resume": ["--seed", "0"],
+    "--data-file": ["--seed", "0", "--dataset", "sms", "--features", "16"],
+    "--certs": ["--seed", "0", "--transport", "websocket", "--workers", ADDRESSES, "--timeout", "0.3"],
+}
+
+
+@pytest.mark.parametrize("flag", sorted(FILE_FLAGS))
+def test_every_input_file_for_each_file_flag(tmp_path_factory, inputs, bounded, capsys, flag):
+    """Each file of the inputs (valid, broken, empty, a directory, missing, a name with a newline) in turn:
+    a bad one exits 2 with one line and writes nothing."""
+    for name in INPUTS:
+        argv = [*FILE_FLAGS[flag], flag, In(name), "--history", Out("h.csv")]
+        check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc")
