@@ -166,7 +166,7 @@ def bounded(monkeypatch, inputs):
 examples = count()
 
 
-def check_cli(tmp_root: Path, inputs: Path, capsys, argv, prog: str) -> None:
+def check_cli(tmp_root: Path, inputs: Path, capsys, argv, prog: str) -> int:
     """Run ``argv`` in a fresh copy of the inputs and an empty output directory; check the verdict above."""
     example = tmp_root / f"example-{next(examples)}"
     in_dir, out_dir = example / "in", example / "out"
@@ -203,6 +203,7 @@ def check_cli(tmp_root: Path, inputs: Path, capsys, argv, prog: str) -> None:
         assert list(out_dir.iterdir()) == [], err
         assert snapshot(in_dir) == before, err
     shutil.rmtree(example)
+    return status
 
 
 def resolve(argv, in_dir: Path, out_dir: Path):
@@ -308,17 +309,19 @@ def test_split_data_with_every_value_of_its_kind_for_each_flag(tmp_path_factory,
             check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc split-data")
 
 
-FILE_FLAGS = {
-    "--resume": ["--seed", "0"],
-    "--data-file": ["--seed", "0", "--dataset", "sms", "--features", "16"],
-    "--certs": ["--seed", "0", "--transport", "websocket", "--workers", ADDRESSES, "--timeout", "0.3"],
+FILE_FLAGS = {  # flag: (the command line around it, the one good input, what it ends in)
+    "--resume": (["--seed", "0"], "run.json", 0),
+    "--data-file": (["--seed", "0", "--dataset", "sms", "--features", "16"], "messages.tsv", 0),
+    "--certs": (["--seed", "0", "--transport", "websocket", "--workers", ADDRESSES, "--timeout", "0.3"], "certs", 1),
 }
 
 
 @pytest.mark.parametrize("flag", sorted(FILE_FLAGS))
 def test_every_input_file_for_each_file_flag(tmp_path_factory, inputs, bounded, capsys, flag):
     """Each file of the inputs (valid, broken, empty, a directory, missing, a name with a newline) in turn:
-    a bad one exits 2 with one line and writes nothing."""
+    every other one than the good one exits 2 with one line and writes nothing (the good --certs: 1, nobody serves)."""
+    around, good, ends = FILE_FLAGS[flag]
     for name in INPUTS:
-        argv = [*FILE_FLAGS[flag], flag, In(name), "--history", Out("h.csv")]
-        check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc")
+        argv = [*around, flag, In(name), "--history", Out("h.csv")]
+        status = check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc")
+        assert status == (ends if name == good else 2), (flag, name, status)
