@@ -214,7 +214,7 @@ def snapshot(directory: Path) -> dict:
     return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None for p in directory.rglob("*")}
 
 
-@fuzz_settings(40)
+@fuzz_settings(25)
 @given(argv=argv_from(TRAIN_BASES, build_parser(), ["--ro", "--hi", "--c"]))
 def test_training_command_line(tmp_path_factory, inputs, bounded, capsys, argv):
     check_cli(tmp_path_factory.getbasetemp(), inputs, capsys, argv, "fl-smpc")
