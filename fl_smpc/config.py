@@ -37,6 +37,8 @@ DEFAULT_TASK = "toy"
 # --- data sets ---
 TOY_ROWS = 6  # the seed's six messages
 SMS_FEATURES = 2**12  # hashed features per message
+# Each owner's messages become a dense (rows, features) tensor: 2**16 features is 256 KiB of float32 a message.
+SMS_MAX_FEATURES = 2**16
 SMS_PARTITIONS = ("iid", "skewed")
 SMS_TEST_FRACTION = 0.2
 SMS_SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in every run, whatever --seed is
@@ -123,7 +125,9 @@ def _positive_int(name: str, value) -> None:
 
 def check_positive_float(name: str, value, maximum: float = FLOAT32_MAX) -> None:
     """ConfigError unless ``value`` is a finite number in (0, maximum]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name}: must be a positive finite number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # math.isfinite(int) overflows past 1e308
         raise ConfigError(f"{name}: must be a positive finite number, got {value!r}")
     if value > maximum:
         raise ConfigError(f"{name}: must be at most {maximum:g}, got {value!r}")
@@ -324,6 +328,11 @@ class RunSpec:
             _positive_int("rounds", self.resume_rounds)
             if not self.resume:
                 raise ConfigError("resume_rounds: applies to a resumed run only (give resume)")
+        if self.features > SMS_MAX_FEATURES:
+            raise ConfigError(
+                f"features: at most {SMS_MAX_FEATURES} (each message becomes a dense row of that many float32 "
+                f"values), got {self.features}"
+            )
         check_positive_float("timeout", self.timeout, maximum=24 * 3600.0)
         sms = self.dataset == "sms"
         if not sms and (

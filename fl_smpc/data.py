@@ -8,6 +8,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from .errors import DataError
+
 
 def toy_dataset() -> Tuple[torch.Tensor, torch.Tensor]:
     """The seed's 6 messages x 3 binary features and their spam labels (1 = spam)."""
@@ -17,38 +19,36 @@ def toy_dataset() -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_dataset(data: torch.Tensor, target: torch.Tensor, binary_labels: bool = True) -> None:
-    """Raise ValueError naming the problem unless ``data``/``target`` are usable training rows.
+    """Raise DataError (a ValueError) naming the problem unless ``data``/``target`` are usable training rows.
 
     ``binary_labels`` (the toy and SMS classification tasks): data is (rows, features) and target
     holds 0/1 labels of shape (rows, 1). Otherwise (any other task, e.g. regression): data has
     rows along its first dimension and target is (rows,) or (rows, k, ...) of any finite values.
     """
     if not isinstance(data, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise ValueError(
-            f"data and target must be torch tensors, got {type(data).__name__} and {type(target).__name__}"
-        )
+        raise DataError(f"data and target must be torch tensors, got {type(data).__name__} and {type(target).__name__}")
     shape = tuple(data.shape)
     if binary_labels and (data.dim() != 2 or 0 in shape):
-        raise ValueError(f"data: expected a non-empty 2-D tensor (rows, features), got shape {shape}")
+        raise DataError(f"data: expected a non-empty 2-D tensor (rows, features), got shape {shape}")
     if data.dim() < 2 or 0 in shape:
-        raise ValueError(f"data: expected a non-empty tensor (rows, features, ...), got shape {shape}")
+        raise DataError(f"data: expected a non-empty tensor (rows, features, ...), got shape {shape}")
     rows = shape[0]
     if binary_labels and tuple(target.shape) != (rows, 1):
-        raise ValueError(f"target: expected shape ({rows}, 1) to match {rows} data rows, got {tuple(target.shape)}")
+        raise DataError(f"target: expected shape ({rows}, 1) to match {rows} data rows, got {tuple(target.shape)}")
     if target.dim() == 0 or target.shape[0] != rows or 0 in target.shape:
-        raise ValueError(
+        raise DataError(
             f"target: expected {rows} rows, shape ({rows},) or ({rows}, k), to match the data, "
             f"got shape {tuple(target.shape)}"
         )
     if not torch.isfinite(data).all():
-        raise ValueError("data: contains NaN or Inf")
+        raise DataError("data: contains NaN or Inf")
     if not torch.isfinite(target).all():
-        raise ValueError("target: contains NaN or Inf")
+        raise DataError("target: contains NaN or Inf")
     if binary_labels:
         labels = target.flatten().tolist()
         bad = [i for i, y in enumerate(labels) if y not in (0.0, 1.0)]
         if bad:
-            raise ValueError(f"target: labels must be 0 or 1; rows {bad[:10]} have {[labels[i] for i in bad[:10]]}")
+            raise DataError(f"target: labels must be 0 or 1; rows {bad[:10]} have {[labels[i] for i in bad[:10]]}")
 
 
 def near_even_sizes(total: int, n_parts: int) -> List[int]:
@@ -68,7 +68,7 @@ def split_dataset(
     check_dataset(data, target, binary_labels)
     rows = data.shape[0]
     if n_parts > rows:
-        raise ValueError(f"cannot split {rows} data rows across {n_parts} workers: every worker needs at least one row")
+        raise DataError(f"cannot split {rows} data rows across {n_parts} workers: every worker needs at least one row")
     sizes = near_even_sizes(rows, n_parts)
     starts = [sum(sizes[:i]) for i in range(n_parts)]
     return [(data[s : s + n], target[s : s + n]) for s, n in zip(starts, sizes)]
@@ -77,5 +77,5 @@ def split_dataset(
 def send_partitions(parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], workers: Sequence) -> List[Tuple]:
     """Send part i to worker i; return the model owner's (data_ptr, target_ptr) pairs."""
     if len(parts) != len(workers):
-        raise ValueError(f"{len(parts)} data parts for {len(workers)} workers")
+        raise DataError(f"{len(parts)} data parts for {len(workers)} workers")
     return [(x.send(w), y.send(w)) for (x, y), w in zip(parts, workers)]  # type: ignore[attr-defined]  # syft hook

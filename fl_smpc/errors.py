@@ -1,22 +1,48 @@
 """One base error for everything a user can get wrong or a run can meet, so the CLI needs one ``except``.
 
 Each subclass also derives from the built-in error it refines (``ValueError``, ``ConnectionError``...),
-so code written against those keeps working.
+so code written against those keeps working. ``bad_input`` tells the two kinds apart: the user's input
+(a setting, a data file, a checkpoint to resume, certificates) cannot be used (the CLI exits 2), or a run
+that started failed (exit 1).
 """
 
 from typing import Optional
 
+# What str.splitlines() breaks a line at: each is shown escaped in a one-line message.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ESCAPED = {ord(c): c.encode("unicode_escape").decode("ascii") for c in LINE_BREAKS}
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: every line break in it (a file name's, a hostile file's key...) written escaped."""
+    return text.translate(_ESCAPED)
+
 
 class FlSmpcError(Exception):
-    """Base of every error fl-smpc reports to a user: the message alone says what is wrong."""
+    """Base of every error fl-smpc reports to a user: the message alone says what is wrong, on one line.
+
+    ``str(err)`` is always one line (see :func:`one_line`), whatever values the message quotes, unless
+    the class sets ``multiline`` (a worker's log).
+    """
+
+    bad_input = False  # True: the user's input is at fault (the CLI exits 2); False: a run failed (exit 1)
+    multiline = False
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if self.multiline else one_line(text)
 
 
 class ConfigError(FlSmpcError, ValueError):
     """A setting is invalid (the message names the setting and the value)."""
 
+    bad_input = True
+
 
 class DataError(FlSmpcError, ValueError):
     """Data that cannot be used: wrong shape, non-finite values, a malformed file (named with its line)."""
+
+    bad_input = True
 
 
 class AggregationError(FlSmpcError, ValueError):
@@ -28,13 +54,22 @@ class AggregationError(FlSmpcError, ValueError):
 
 
 class CheckpointError(FlSmpcError, ValueError):
-    """The checkpoint file is missing, unreadable, not an fl-smpc checkpoint, or cannot be written."""
+    """The checkpoint file is missing, unreadable, not an fl-smpc checkpoint, or cannot be written there."""
 
+    bad_input = True
     history = None  # set when a run that already completed rounds fails to write one
 
 
 class ModelFileError(FlSmpcError, ValueError):
     """A saved model (``--save-model``) that cannot be read or used: not one, malformed, or for other data."""
+
+    bad_input = True
+
+
+class CheckpointWriteError(CheckpointError):
+    """A run could not write its checkpoint after a round (disk full...): the run failed, ``history`` holds it."""
+
+    bad_input = False
 
 
 class TLSConfigError(ConfigError):
@@ -55,6 +90,8 @@ class WorkerSetupError(FlSmpcError, ValueError):
 
 class WorkerStartError(FlSmpcError, RuntimeError):
     """A local worker process exited or did not become ready in time; the message holds its log."""
+
+    multiline = True
 
 
 class RoundFailed(FlSmpcError, RuntimeError):

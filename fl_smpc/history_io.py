@@ -1,22 +1,24 @@
 """A run's History in and out: JSON documents, checkpoints, the history CSV, and the text printout.
 
 Checkpoints are written after every completed round, atomically (temporary file in the same
-directory, fsync, ``os.replace``), so a crash mid-write leaves the previous checkpoint intact. JSON
+directory, fsync, ``os.replace``: :func:`write_atomically`), so a crash mid-write leaves the previous
+checkpoint intact; the history CSV and the picture are written the same way. JSON
 floats round-trip float32 values exactly, so a resumed run ends with the same model as an
 uninterrupted one. A checkpoint is untrusted input: every field is checked before it is used.
 JSON output never contains NaN or Infinity (not JSON): non-finite numbers are written as ``null``.
 """
 
+import contextlib
 import csv
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .config import FLConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError
 
 FORMAT = "fl-smpc-checkpoint/1"
 CSV_FIELDS = ["round", "worker", "local_loss", "global_loss"]
@@ -38,6 +40,40 @@ def to_json(doc: dict, indent=None) -> str:
     return json.dumps(json_safe(doc), indent=indent, allow_nan=False)
 
 
+def write_atomically(path, write: Callable[[str], None], private: bool = True) -> None:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file in the same directory,
+    which is synced to disk and renamed over ``path``; on any error it is removed and ``path`` is untouched.
+
+    The temporary name keeps ``path``'s suffix (matplotlib picks the format from it). ``private``: mode
+    0600; else the mode a new file gets (0666 less the umask).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fl-smpc-", suffix=".tmp" + os.path.splitext(path)[1], dir=directory)
+    try:
+        os.close(fd)
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not private:
+            os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process's umask."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 # --- checkpoints ---
 
 
@@ -45,17 +81,12 @@ def save_checkpoint(path: str, history) -> None:
     """Atomically write ``history`` (``History.to_dict()`` plus format and completed-round count)."""
     doc = {"format": FORMAT, "completed_rounds": len(history.rounds), **history.to_dict()}
     text = to_json(doc)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    write_atomically(path, write)
 
 
 def checkpoint_writer(path: str):
@@ -65,7 +96,8 @@ def checkpoint_writer(path: str):
         try:
             save_checkpoint(path, history)
         except OSError as err:  # disk full, directory removed...: the CLI still writes --plot/--history
-            failure = CheckpointError(f"{path}: cannot write the checkpoint after round {len(history.rounds)}: {err}")
+            done = len(history.rounds)
+            failure = CheckpointWriteError(f"{path}: cannot write the checkpoint after round {done}: {err}")
             failure.history = history
             raise failure from err
 
@@ -75,7 +107,10 @@ def checkpoint_writer(path: str):
 def _number(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CheckpointError(f"{what}: expected a number, got {type(value).__name__} {value!r:.40}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        raise CheckpointError(f"{what}: the number {value!r:.40}... is too large") from None
 
 
 def _state(lists, what: str, shapes: Optional[Dict[str, tuple]] = None) -> dict:
@@ -105,7 +140,7 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
 
     ``what`` starts every message (the file name, when loading a checkpoint).
     """
-    from .federated import History, RoundResult
+    from .history import History, RoundResult
 
     if not isinstance(doc, dict):
         raise CheckpointError(f"{what}: expected a JSON object")
@@ -137,6 +172,7 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
         contributors, dropped = item.get("contributors", list(losses)), item.get("dropped", {})
         if not (
             isinstance(contributors, list)
+            and all(isinstance(c, str) for c in contributors)
             and set(contributors) <= set(config.workers)
             and isinstance(dropped, dict)
             and set(dropped) <= set(config.workers)
@@ -200,7 +236,7 @@ def history_rows(history) -> List[Dict]:
     names = metric_names(history)
     clash = sorted(set(names) & set(CSV_FIELDS))
     if clash:
-        raise ValueError(f"metrics {clash} clash with the history columns {CSV_FIELDS}; rename them")
+        raise ConfigError(f"metrics {clash} clash with the history columns {CSV_FIELDS}; rename them")
     return [
         {
             "round": r.round,
@@ -215,12 +251,16 @@ def history_rows(history) -> List[Dict]:
 
 
 def write_history_csv(history, path) -> Path:
-    """Write :func:`history_rows` as CSV with a header; floats keep full precision (``repr``)."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + metric_names(history))
-        writer.writeheader()
-        writer.writerows(history_rows(history))
+    """Write :func:`history_rows` as CSV with a header, atomically; floats keep full precision (``repr``)."""
+    path, rows = Path(path), history_rows(history)  # a refused history writes nothing
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + metric_names(history))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write, private=False)
     return path
 
 

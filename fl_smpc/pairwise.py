@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import AggregationError, OwnerFailed, WorkerUnreachable
+from .errors import AggregationError, ConfigError, OwnerFailed, WorkerUnreachable
 from .pairwise_owner import NON_FINITE, RING
 from .secure_aggregation import scaled_flat_parameters, uncompressed_messages, unencodable
 
@@ -154,9 +154,9 @@ def pairwise_sum(
     values cannot be encoded raises :class:`AggregationError` naming it.
     """
     if len(tensor_ptrs) != len(workers):
-        raise ValueError(f"{len(tensor_ptrs)} tensors for {len(workers)} workers")
+        raise ConfigError(f"{len(tensor_ptrs)} tensors for {len(workers)} workers")
     if min_owners < MIN_OWNERS:
-        raise ValueError(f"min_owners must be at least {MIN_OWNERS}: the sum of one owner is its model")
+        raise ConfigError(f"min_owners must be at least {MIN_OWNERS}: the sum of one owner is its model")
     session = session_for(workers)
     session.rounds += 1
     present, attempt = list(zip(workers, tensor_ptrs)), 0

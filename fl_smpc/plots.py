@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .errors import DataError
+
 
 def settings_title(config) -> str:
     """One line naming the settings that produced the run, so a saved picture explains itself."""
@@ -38,7 +40,7 @@ def plot_history(history, baseline: Optional[float] = None, metric: str = "f1", 
     from matplotlib.figure import Figure
 
     if not history.rounds:
-        raise ValueError("history has no completed rounds: nothing to plot")
+        raise DataError("history has no completed rounds: nothing to plot")
     xs, ys = metric_series(history, metric)
     fig = Figure(figsize=(11, 4.5) if xs else (7, 4.5))
     FigureCanvasAgg(fig)  # attaches itself: fig.savefig renders with Agg, no display needed
@@ -86,7 +88,9 @@ def plot_history(history, baseline: Optional[float] = None, metric: str = "f1", 
 
 
 def save_plot(history, path, baseline: Optional[float] = None, metric: str = "f1") -> Path:
-    """Write :func:`plot_history` to ``path`` (format from the suffix, e.g. ``.png``); return the path."""
-    path = Path(path)
-    plot_history(history, baseline, metric).savefig(path, dpi=100)
+    """Write :func:`plot_history` to ``path`` (format from the suffix, e.g. ``.png``), atomically; return the path."""
+    from .history_io import write_atomically
+
+    path, figure = Path(path), plot_history(history, baseline, metric)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, dpi=100), private=False)
     return path

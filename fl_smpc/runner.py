@@ -73,14 +73,26 @@ def resumed_spec(spec: RunSpec) -> Tuple[RunSpec, Optional[History]]:
     return replace(spec, config=history.config), history
 
 
+def check_checkpoint_path(path: str) -> None:
+    """CheckpointError (bad input) before any round unless a checkpoint can be written at ``path``."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: cannot write a checkpoint there: it is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{path}: cannot write a checkpoint there: no such directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{path}: cannot write a checkpoint there: the directory is not writable")
+
+
 def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunResult:
     """Run ``spec``; ``on_round(result, history)`` is called after each completed round (after the checkpoint).
 
-    Raises :class:`~fl_smpc.errors.FlSmpcError` subclasses with a one-line message; a failed round raises
+    Raises :class:`~fl_smpc.errors.FlSmpcError` subclasses with a one-line message: ``bad_input`` ones
+    (a setting, the data file, the checkpoint, the certificates) before any round; a failed round raises
     :class:`~fl_smpc.errors.RoundFailed` carrying the completed rounds.
     """
-    if spec.checkpoint and not os.path.isdir(os.path.dirname(os.path.abspath(spec.checkpoint))):
-        raise CheckpointError(f"{spec.checkpoint}: cannot write a checkpoint there: no such directory")
+    if spec.checkpoint:
+        check_checkpoint_path(spec.checkpoint)
     spec, history = resumed_spec(spec)
     spec = replace(spec, config=spec.config.with_seed())
     callbacks = [checkpoint_writer(spec.checkpoint)] if spec.checkpoint else []

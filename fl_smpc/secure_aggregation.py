@@ -32,7 +32,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import AggregationError, OwnerFailed
+from .errors import AggregationError, ConfigError, OwnerFailed
 
 # syft's fixed-precision field is the int64 ring: encoded values must satisfy |x * 10**p| < 2**63.
 FIELD_HALF = 2**63
@@ -150,10 +150,10 @@ def scaled_flat_parameters(
     that fails otherwise (unreachable, timed out, an error on it) raises OwnerFailed naming it.
     """
     if len(remote_models) != len(workers):
-        raise ValueError(f"{len(remote_models)} models for {len(workers)} workers")
+        raise ConfigError(f"{len(remote_models)} models for {len(workers)} workers")
     weights = [1.0] * len(workers) if weights is None else [float(w) for w in weights]
     if len(weights) != len(workers) or not all(math.isfinite(w) and w > 0 for w in weights):
-        raise ValueError(f"weights must be one positive finite number per worker, got {weights}")
+        raise ConfigError(f"weights must be one positive finite number per worker, got {weights}")
     if len(set(weights)) == 1:
         weights = [1.0] * len(workers)
     flat = []

@@ -17,7 +17,7 @@ from typing import List, Optional
 import torch
 from torch import optim
 
-from .errors import DataError
+from .errors import ConfigError
 
 
 def sum_squared_error(prediction, target):
@@ -102,7 +102,7 @@ def check_model(model, data: torch.Tensor, target: torch.Tensor, loss_fn=sum_squ
         try:
             output = probe(x)
         except Exception as err:
-            raise DataError(
+            raise ConfigError(
                 f"model does not accept data rows of shape {tuple(data.shape[1:])}: its forward on "
                 f"an input of shape {tuple(x.shape)} fails with: {_first_line(err)}"
             ) from None
@@ -114,12 +114,12 @@ def check_model(model, data: torch.Tensor, target: torch.Tensor, loss_fn=sum_squ
                 hint = ""
                 if isinstance(output, torch.Tensor) and output.dim() == 2 and y.dim() == 1 == output.shape[1]:
                     hint = "; give the target as target.view(-1, 1), the (rows, 1) shape of the model's output"
-                raise DataError(
+                raise ConfigError(
                     f"loss_fn cannot compare the model's output of shape {_shape(output)} with a target "
                     f"of shape {tuple(y.shape)}: {_first_line(err).rstrip('.') if hint else _first_line(err)}{hint}"
                 ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise DataError(f"loss_fn must return a scalar tensor; for one row it returned {_shape(loss)}")
+        raise ConfigError(f"loss_fn must return a scalar tensor; for one row it returned {_shape(loss)}")
 
 
 def _first_line(err: Exception) -> str:

@@ -12,6 +12,7 @@ from typing import Iterator, List, Sequence
 
 from syft.workers.virtual import VirtualWorker
 
+from .errors import ConfigError
 from .pairwise_owner import PairwiseOwner
 
 
@@ -40,7 +41,7 @@ def create_workers(hook, names: Sequence[str]) -> List:
     """Create one :class:`OwnerWorker` per name and make all of them (and the model owner) know each other."""
     taken = [n for n in names if n in hook.local_worker._known_workers]
     if taken:
-        raise ValueError(f"workers {taken} already exist in this process; call remove_workers() first")
+        raise ConfigError(f"workers {taken} already exist in this process; call remove_workers() first")
     workers = [OwnerWorker(hook, id=name, auto_add=False) for name in names]
     introduce(hook.local_worker, workers)
     return workers

@@ -60,12 +60,12 @@ def test_bad_checkpoint_is_reported(tmp_path, capsys, content, message):
         path.write_text(content)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(str(path))
-    assert main(["--resume", str(path)]) == 1
+    assert main(["--resume", str(path)]) == 2  # bad input
     assert message in capsys.readouterr().err
 
 
 def test_checkpoint_into_missing_directory_is_refused_before_training(tmp_path, capsys):
-    assert main(["--checkpoint", str(tmp_path / "nope" / "run.json")]) == 1
+    assert main(["--checkpoint", str(tmp_path / "nope" / "run.json")]) == 2  # bad input
     assert "no such directory" in capsys.readouterr().err
 
 

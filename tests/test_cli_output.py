@@ -55,7 +55,7 @@ def test_a_failed_json_run_is_still_one_json_document(capsys):
 
 def test_a_json_run_that_fails_before_round_1_still_prints_json(tmp_path, capsys):
     missing = tmp_path / "missing.json"
-    assert main(["--resume", str(missing), "--json"]) == 1
+    assert main(["--resume", str(missing), "--json"]) == 2  # a bad input file: exit 2, still one document
     doc = json.loads(capsys.readouterr().out)
     assert doc["rounds"] == [] and "cannot read checkpoint" in doc["error"] and doc["failed_round"] is None
 
@@ -143,9 +143,9 @@ def test_resume_with_more_rounds_continues_a_finished_run(tmp_path, capsys):
     path = str(tmp_path / "run.json")
     assert main(["--seed", "0", "--rounds", "2", "--checkpoint", path]) == 0
     capsys.readouterr()
-    assert main(["--resume", path]) == 1
+    assert main(["--resume", path]) == 2
     assert "the run is finished (2 of 2 rounds); to continue it, give --rounds N with N > 2" in capsys.readouterr().err
-    assert main(["--resume", path, "--rounds", "1"]) == 1
+    assert main(["--resume", path, "--rounds", "1"]) == 2
     assert "can be extended (--rounds 2 or more)" in capsys.readouterr().err
     assert main(["--resume", path, "--rounds", "5", "--checkpoint", path, "--json"]) == 0
     resumed = json.loads(capsys.readouterr().out)

@@ -216,7 +216,7 @@ def test_cli_sms_defaults_apply_only_where_no_flag_is_given(monkeypatch, flags, 
 def test_cli_reports_malformed_data_file(tmp_path, capsys):
     bad = tmp_path / "bad.tsv"
     bad.write_text("ham\tfine\nspam\tok\nhm\tnope\n", encoding="utf-8")
-    assert main(["--dataset", "sms", "--data-file", str(bad), "--rounds", "1"]) == 1
+    assert main(["--dataset", "sms", "--data-file", str(bad), "--rounds", "1"]) == 2  # bad input
     assert "line 3: label must be ham/spam" in capsys.readouterr().err
 
 

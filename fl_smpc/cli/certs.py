@@ -1,16 +1,16 @@
 """``fl-smpc certs``: make a federation's certificates (a CA, and a key and certificate per party)."""
 
-import argparse
 import sys
 
 from ..config import CERT_DAYS, DEFAULT_WORKERS, MODEL_PARTY
-from ..errors import FlSmpcError
+from ..errors import one_line
+from .report import BAD_INPUT, OK, ArgumentParser, attempt
 
 PROG = "fl-smpc certs"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog=PROG,
         description="Make the certificates for mutual TLS in network mode: ca.pem + ca.key (the federation's "
         "certificate authority) and NAME.pem + NAME.key per party (EC P-256; the party id is the certificate's "
@@ -39,16 +39,16 @@ def main(argv) -> int:
     args = build_parser().parse_args(argv)
     from ..network.tls import create_federation
 
-    try:
-        paths = create_federation(args.out, [p.strip() for p in args.parties.split(",")], args.days, args.force)
-    except FlSmpcError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"{PROG}: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
-        return 2
+    parties = [p.strip() for p in args.parties.split(",")]
+
+    def create():
+        return create_federation(args.out, parties, args.days, args.force)
+
+    paths, status = attempt(PROG, create, f"to {args.out}", BAD_INPUT)
+    if paths is None:
+        return status
     if "ca.pem" not in paths:
-        print(f"{PROG}: issued by the existing CA in {args.out}", file=sys.stderr)
+        print(f"{PROG}: issued by the existing CA in {one_line(args.out)}", file=sys.stderr)
     for path in paths.values():
         print(path)
-    return 0
+    return OK

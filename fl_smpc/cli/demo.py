@@ -14,6 +14,7 @@ import tempfile
 
 from ..config import PEER_TIMEOUT, SECURITY_CHOICE
 from ..errors import FlSmpcError
+from .report import fail
 from .train import build_parser, output_mode, parse_args, run_and_report, spec_from_args
 
 PROG = "fl-smpc demo-network"
@@ -74,9 +75,8 @@ def main(argv) -> int:
                 print(f"{PROG}: started {len(addresses)} worker processes over {how}: {workers}", file=sys.stderr)
                 spec = spec_from_args(args, workers=workers, transport="websocket", certs=certs)
                 return run_and_report(spec, output_mode(args), args.plot, args.history, PROG, args.save_model)
-        except FlSmpcError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return 1
+        except FlSmpcError as err:  # bad --certs: 2; a worker that does not start: 1
+            return fail(PROG, err)
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted; workers stopped", file=sys.stderr)
             return 130

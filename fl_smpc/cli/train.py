@@ -1,7 +1,9 @@
 """``fl-smpc [flags]``: the training run. Parse flags, build a RunSpec, call :func:`fl_smpc.runner.run`, print."""
 
 import argparse
+import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,7 +26,8 @@ from ..config import (
     RunSpec,
     parse_addresses,
 )
-from ..errors import FlSmpcError
+from ..errors import ConfigError, FlSmpcError, one_line
+from .report import FAILED, OK, ArgumentParser, attempt, fail
 
 DEFAULTS = FLConfig()
 PROGRESS_MIN_ROUNDS = 6  # fewer rounds finish before a bar would tell anything
@@ -37,7 +40,35 @@ def output_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} of {text!r} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} of {text!r} is not writable")
     return path
+
+
+def plot_path(text: str) -> Path:
+    """An :func:`output_path` whose suffix names a picture format matplotlib writes (.png, .pdf, .svg...)."""
+    path = output_path(text)
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise argparse.ArgumentTypeError("pictures need matplotlib: pip install matplotlib==3.3.4") from None
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if path.suffix[1:].lower() not in formats:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the file name must end in a picture format: {', '.join('.' + f for f in formats)}"
+        )
+    return path
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--plot and --history name new files: neither each other, nor the checkpoint, the run resumed or the data."""
+    outputs = {"--plot": args.plot, "--history": args.history}
+    inputs = {"--checkpoint": args.checkpoint, "--resume": args.resume, "--data-file": args.data_file}
+    for flag, path in outputs.items():
+        for other, value in {**outputs, **inputs}.items():
+            same = path is not None and value is not None and os.path.realpath(path) == os.path.realpath(value)
+            if same and other != flag:
+                raise ConfigError(f"{flag} {str(path)!r} is also {other}'s file; give another file name")
 
 
 def finite_float(text: str) -> float:
@@ -56,9 +87,9 @@ def build_parser(
     omit: Sequence[str] = (),
     description: Optional[str] = None,
     epilog: Optional[str] = None,
-) -> argparse.ArgumentParser:
+) -> ArgumentParser:
     """The training flags; ``omit`` leaves flags out (their defaults stay set), for a command that fixes them."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog,
         description=description
         or "Federated learning with secure multiparty averaging on PySyft 0.2.9 (the seed tutorial: "
@@ -199,7 +230,7 @@ def build_parser(
     )
     add(
         "--plot",
-        type=output_path,
+        type=plot_path,
         metavar="PATH",
         help="save a picture of the losses per round, e.g. training.png (default: none)",
     )
@@ -281,6 +312,7 @@ def spec_from_args(
     certs: Optional[str] = None,
 ) -> RunSpec:
     """The RunSpec the flags describe (``workers``/``transport``/``certs`` override the flags: the demo's)."""
+    check_outputs(args)
     workers = args.workers if workers is None else workers
     transport = args.transport if transport is None else transport
     certs = args.certs if certs is None else certs
@@ -363,11 +395,11 @@ def run_and_report(
         result = run(spec, on_round=report.round_done)
     except FlSmpcError as err:
         report.failed(err)
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        status = fail(prog, err)
         done = getattr(err, "history", None)  # a long run that fails late still leaves its completed rounds on disk
         if done is not None and done.rounds:
             write_outputs(done, plot, history_csv, prog)
-        return 1
+        return status
     finally:
         if bar:
             bar.close()
@@ -493,17 +525,21 @@ def advance(bar, result) -> None:
 def write_outputs(
     history, plot: Optional[Path], history_csv: Optional[Path], prog: str = "fl-smpc", baseline: Optional[float] = None
 ) -> int:
-    """The optional files: --plot (PNG etc.) and --history (CSV); each path is reported on stderr."""
-    try:
-        if plot:
-            from ..plots import save_plot
+    """The optional files: --plot (PNG etc.) and --history (CSV); each path is reported on stderr.
 
-            print(f"{prog}: wrote {save_plot(history, plot, baseline)}", file=sys.stderr)
-        if history_csv:
-            from ..history_io import write_history_csv
+    Each is written whole or not at all (a temporary file renamed into place); 1 if one could not be.
+    """
+    from ..history_io import write_history_csv
 
-            print(f"{prog}: wrote {write_history_csv(history, history_csv)}", file=sys.stderr)
-    except OSError as err:
-        print(f"{prog}: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
-        return 1
-    return 0
+    def picture(path):
+        from ..plots import save_plot
+
+        return save_plot(history, path, baseline)
+
+    for path, write in ((plot, picture), (history_csv, lambda path: write_history_csv(history, path))):
+        if path is not None:
+            written, status = attempt(prog, functools.partial(write, path), str(path), FAILED)
+            if written is None:
+                return status
+            print(f"{prog}: wrote {one_line(str(written))}", file=sys.stderr)
+    return OK

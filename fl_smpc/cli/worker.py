@@ -1,7 +1,6 @@
 """``fl-smpc worker``: serve one data owner -- its data, its task, its bounds -- until SIGINT/SIGTERM."""
 
 import argparse
-import sys
 
 from ..config import (
     DEFAULT_BOUNDS,
@@ -17,12 +16,13 @@ from ..config import (
     parse_addresses,
 )
 from ..errors import FlSmpcError
+from .report import BAD_INPUT, FAILED, OK, ArgumentParser, report
 
 B = DEFAULT_BOUNDS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="fl-smpc worker",
         description="Serve one data owner: load its data with its task, and for each round the model owner asks "
         "for, check the settings against this owner's bounds, train on the owner's own rows with the task's code, "
@@ -131,9 +131,9 @@ def main(argv) -> int:
         server = create_owner_server(
             args.id, args.data, args.task, args.host, args.port, peers, args.certs, args.model_party, bounds, log
         )
-    except FlSmpcError as err:
-        print(f"fl-smpc worker: error: {err}", file=sys.stderr)
-        return 2
+    except FlSmpcError as err:  # the data file, the task, the certificates, a setting
+        report("fl-smpc worker", err)
+        return BAD_INPUT
     owner = server.owner
     rows, features = owner.data.shape[0], owner.data.shape[1]
     if args.certs:
@@ -152,11 +152,11 @@ def main(argv) -> int:
     try:
         server.serve(ready)
     except OSError as err:  # e.g. the port is taken
-        print(f"fl-smpc worker {args.id}: error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
-        return 1
+        report(f"fl-smpc worker {args.id}", f"cannot serve on {args.host}:{args.port}: {err}")
+        return FAILED
     print(
         f"fl-smpc worker {args.id}: stopped; {owner.contributions} contribution(s) released, "
         f"{owner.refused} request(s) refused",
         flush=True,
     )
-    return 0
+    return OK

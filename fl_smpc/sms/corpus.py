@@ -89,8 +89,8 @@ def _read_text(path: str) -> str:
     try:
         with open(path, "rb") as f:
             raw = f.read()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise DataError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -98,13 +98,25 @@ def _read_text(path: str) -> str:
         raise DataError(f"{path}, line {line}: not valid UTF-8 ({err.reason})") from None
 
 
+def _csv_rows(reader, path: str):
+    """The rows of ``reader``; a line the csv module refuses (a NUL byte, a field over its limit) is a DataError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(f"{path}, line {reader.line_num}: not a CSV line: {err}") from None
+        yield row
+
+
 def load_data_file(path: str) -> Messages:
     """A user's labelled messages: UCI ``SMSSpamCollection`` (``label<TAB>text``) or CSV ``label,text``.
 
     The format is chosen from the first non-blank line (a tab means UCI). A CSV may start with the
     header ``label,text``; texts containing commas must be quoted. Labels are ham/spam or 0/1.
-    Blank lines are skipped (they hold no message); any other malformed line raises ValueError
-    naming the file and line, so nothing is dropped silently.
+    Blank lines are skipped (they hold no message); any other malformed line raises DataError
+    naming the file and line (a DataError, a ValueError), so nothing is dropped silently.
     """
     text = _read_text(path)
     lines = text.splitlines()
@@ -123,7 +135,7 @@ def load_data_file(path: str) -> Messages:
     else:
         reader = csv.reader(io.StringIO(text, newline=""))
         end = 0
-        for row in reader:
+        for row in _csv_rows(reader, path):
             start, end = end + 1, reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
