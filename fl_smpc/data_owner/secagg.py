@@ -456,7 +456,8 @@ class SecAggOwner:
             streams.append((peer > self.me, key))
         masked = add_keystreams(vector.copy(), streams, round_)
         state.participants = members
-        state.private_key = state.self_mask_key = None  # the shares are all that is left of s_i and b_i
+        if self._check("round_order"):  # (a weakened owner keeps them, to mask again)
+            state.private_key = state.self_mask_key = None  # the shares are all that is left of s_i and b_i
         self._last_masked = round_
         self._contributions.add(digest)
         return masked
@@ -533,9 +534,9 @@ class SecAggOwner:
             raise self._refuse(f"the view from {peer!r} is not for session {self.session.id}")
         if state is None or state.number != round_ or state.participants is None:
             raise self._refuse(f"a view from {peer!r} for round {round_}, in which it masked nothing")
-        if state.views.get(peer, digest) != digest:
+        if state.views.get(peer, digest) != digest and self._check("once"):
             state.poisoned = f"round {round_}: {peer!r} sent two different views"
-        state.views[peer] = digest
+        state.views[peer] = digest  # compared with this owner's own view when it answers
 
     # 4. the unmasking answer, to the model owner -----------------------------------------------------------
 
@@ -558,7 +559,7 @@ class SecAggOwner:
             raise self._refuse(state.poisoned)
         if self._check("consistency"):
             others = asked - {self.me}
-            differing = sorted(p for p in others if p in state.views and state.views[p] != state.view)
+            differing = sorted(p for p, view in state.views.items() if view != state.view)  # from anyone
             if differing:
                 state.poisoned = f"round {round_}: {differing} were told a different story"
                 raise self._refuse(state.poisoned)
