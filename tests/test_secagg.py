@@ -498,3 +498,25 @@ def test_disconnected_survivors_are_refused():
     survivors = participants - set(cut)
     with pytest.raises(SecAggRefused, match="not connected"):
         fed.owners["o0"].consistency_view(1, survivors, set(cut), survivors)
+
+
+def test_an_owner_lost_during_the_consistency_step_is_left_out_by_a_second_announcement():
+    """o6's masked vector is in, but it sends no view: the others wait (ViewsMissing); the model owner announces
+    the same survivors again with fewer responders, and the round completes without a redo."""
+    fed = Federation(7)
+    encoded = encoded_values(fed.values())
+    fed.shares(1)
+    masked, keys = fed.mask(1, encoded, fed.names, fed.names)
+    everyone = set(fed.names)
+    alive = everyone - {"o6"}
+    for name in sorted(alive):
+        for peer, message in fed.owners[name].consistency_view(1, everyone, set(), everyone).items():
+            fed.owners[peer].receive_view(name, message)
+    for name in sorted(alive):
+        with pytest.raises(ViewsMissing, match="o6"):
+            fed.owners[name].unmask_answer(1, everyone, set(), everyone)
+    with pytest.raises(SecAggRefused, match="announced twice"):  # another story is not allowed
+        fed.owners["o0"].consistency_view(1, everyone - {"o6"}, {"o6"}, alive)
+    answers = fed.unmask(1, dict.fromkeys(alive, (everyone, set(), alive)))
+    assert set(answers) == alive - {"o0"}  # o0 refused the other story above, and stays out of this round
+    assert np.array_equal(unmask_sum(fed.session, 1, fed.names, masked, keys, answers), plain_sum(encoded, everyone))

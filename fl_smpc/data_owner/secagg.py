@@ -238,8 +238,11 @@ def round_pair_key(
     return pair_key(private_key, peer_public, f"{session}\0secagg round {round_}", me, peer)
 
 
-def add_keystreams(vector: np.ndarray, streams: Sequence[Tuple[bool, bytes]], round_: int) -> np.ndarray:
-    """Add (True) or subtract (False) the AES-CTR keystream of each key to the int64 ``vector``, in place.
+def add_keystreams(
+    vector: np.ndarray, streams: Sequence[Tuple[bool, bytes]], round_: int, out: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Add (True) or subtract (False) the AES-CTR keystream of each key to the int64 ``vector``: in place, or
+    into ``out`` (same size; ``vector`` is then left as it was).
 
     The counter block is :func:`fl_smpc.pairwise_owner.nonce` (round, 0); every key is used for one round
     only. Chunk by chunk with one running encryptor per key (the same keystream as one long call), as
@@ -251,24 +254,28 @@ def add_keystreams(vector: np.ndarray, streams: Sequence[Tuple[bool, bytes]], ro
     encryptors = [(add, Cipher(algorithms.AES(key), modes.CTR(start)).encryptor()) for add, key in streams]
     zeros = memoryview(bytes(min(CHUNK, vector.size) * RING.itemsize))
     buffer = bytearray(len(zeros) + 15)  # update_into wants room for one block more than it writes
+    target = vector if out is None else out
+    if target.shape != vector.shape or target.dtype != RING:
+        raise ValueError(f"out must be {RING} of shape {vector.shape}")
     for begin in range(0, vector.size, CHUNK):
-        part = vector[begin : begin + CHUNK]
+        part = target[begin : begin + CHUNK]
+        if out is not None:
+            np.copyto(part, vector[begin : begin + CHUNK])  # while the chunk is in the cache
         stream = np.frombuffer(buffer, dtype=RING, count=part.size)
         for add, encryptor in encryptors:
             encryptor.update_into(zeros[: part.size * RING.itemsize], buffer)
             (np.add if add else np.subtract)(part, stream, out=part)
-    return vector
+    return target
 
 
 def view_digest(
-    session: str,
-    round_: int,
-    participants: Iterable[str],
-    survivors: Iterable[str],
-    dropped: Iterable[str],
-    responders: Iterable[str],
+    session: str, round_: int, participants: Iterable[str], survivors: Iterable[str], dropped: Iterable[str]
 ) -> bytes:
-    """SHA-256 of an announcement in canonical JSON: what two owners compare in the consistency step."""
+    """SHA-256 of a round's story in canonical JSON: what two owners compare in the consistency step.
+
+    The story is who took part, whose vectors are in the sum and who dropped: what decides which kind of share
+    an owner gives for whom. Who is asked to answer (the responders) may differ from owner to owner.
+    """
     view = {
         "label": VIEW_LABEL,
         "session": session,
@@ -276,7 +283,6 @@ def view_digest(
         "participants": sorted(participants),
         "survivors": sorted(survivors),
         "dropped": sorted(dropped),
-        "responders": sorted(responders),
     }
     return hashlib.sha256(json.dumps(view, sort_keys=True, separators=(",", ":")).encode()).digest()
 
@@ -312,7 +318,7 @@ class _Round:
     private_key: Optional[X25519PrivateKey]  # forgotten once the vector is masked
     peers: Dict[str, _PeerShares] = field(default_factory=dict)
     participants: Optional[FrozenSet[str]] = None  # set when the vector is masked
-    announcement: Optional[Tuple[FrozenSet[str], FrozenSet[str], FrozenSet[str]]] = None  # S, D, R
+    story: Optional[Tuple[FrozenSet[str], FrozenSet[str]]] = None  # survivors, dropped
     view: Optional[bytes] = None
     views: Dict[str, bytes] = field(default_factory=dict)  # responder -> its view digest
     answered: bool = False
@@ -454,7 +460,7 @@ class SecAggOwner:
         for peer in sorted(partners):
             key = round_pair_key(private_key, state.peers[peer].public_key, self.session.id, round_, self.me, peer)
             streams.append((peer > self.me, key))
-        masked = add_keystreams(vector.copy(), streams, round_)
+        masked = add_keystreams(vector, streams, round_, out=np.empty_like(vector))
         state.participants = members
         if self._check("round_order"):  # (a weakened owner keeps them, to mask again)
             state.private_key = state.self_mask_key = None  # the shares are all that is left of s_i and b_i
@@ -480,6 +486,24 @@ class SecAggOwner:
         asked = alive if responders is None else frozenset(responders)
         return state, alive, lost, asked
 
+    def _check_announcement(self, state: _Round, alive: FrozenSet[str], lost: FrozenSet[str], asked: FrozenSet[str]):
+        assert state.participants is not None
+        problems = []
+        if self._check("partition"):
+            if alive & lost:
+                problems.append(f"{sorted(alive & lost)} both survived and dropped")
+            if alive | lost != state.participants:
+                problems.append(f"survivors and dropped are not the participants {sorted(state.participants)}")
+            if not asked <= alive or self.me not in asked:
+                problems.append("the responders must be survivors, and include it")
+        if self._check("threshold") and min(len(alive), len(asked)) < self.threshold:
+            problems.append(f"{len(alive)} survivors, {len(asked)} responders: t = {self.threshold}")
+        if self._check("consistency") and 2 * len(asked) <= len(self.session.owners):
+            problems.append(f"{len(asked)} responders are not a majority of the session's owners")
+        if self._check("connected") and not self.session.connected(alive):
+            problems.append("the survivors are not connected in the neighbour graph")
+        return problems
+
     def consistency_view(
         self, round_: int, survivors: Iterable[str], dropped: Iterable[str], responders: Optional[Iterable[str]] = None
     ) -> Dict[str, bytes]:
@@ -488,36 +512,24 @@ class SecAggOwner:
 
         ``survivors``: the owners whose masked vectors are in the sum; ``dropped``: the round's other participants;
         ``responders``: the survivors asked to answer (default: all of them; leave out one lost after masking).
+        Announcing again with the same survivors and dropped but other responders (one was lost during this
+        step) is allowed until this owner has answered; another story is refused and ends the round here.
         """
         state, alive, lost, asked = self._announced(round_, survivors, dropped, responders)
         assert state.participants is not None
-        announcement = (alive, lost, asked)
-        if state.announcement is not None and announcement != state.announcement:
+        if state.story is not None and (alive, lost) != state.story:
             if self._check("once"):
-                state.poisoned = f"round {round_} was announced twice, differently"
+                state.poisoned = f"round {round_} was announced twice, with different survivors"
                 raise self._refuse(state.poisoned)
-            state.announcement, state.view, state.views = None, None, {}  # the weakened owner starts over
-        if state.announcement is None:
-            problems = []
-            if self._check("partition"):
-                if alive & lost:
-                    problems.append(f"{sorted(alive & lost)} both survived and dropped")
-                if alive | lost != state.participants:
-                    problems.append(f"survivors and dropped are not the participants {sorted(state.participants)}")
-                if not asked <= alive or self.me not in asked:
-                    problems.append("the responders must be survivors, and include it")
-            if self._check("threshold") and min(len(alive), len(asked)) < self.threshold:
-                problems.append(f"{len(alive)} survivors, {len(asked)} responders: t = {self.threshold}")
-            if self._check("consistency") and 2 * len(asked) <= len(self.session.owners):
-                problems.append(f"{len(asked)} responders are not a majority of the session's owners")
-            if self._check("connected") and not self.session.connected(alive):
-                problems.append("the survivors are not connected in the neighbour graph")
-            if problems:
+            state.story, state.view, state.views = None, None, {}  # the weakened owner starts over
+        problems = self._check_announcement(state, alive, lost, asked)
+        if problems:
+            if state.story is None:  # a bad first story ends the round; bad responders for a good one do not
                 state.poisoned = f"round {round_}: " + "; ".join(problems)
-                raise self._refuse(state.poisoned)
-            state.announcement = announcement
-            participants = state.participants
-            state.view = view_digest(self.session.id, round_, participants, alive, lost, asked)
+            raise self._refuse(f"round {round_}: " + "; ".join(problems))
+        if state.story is None:
+            state.story = (alive, lost)
+            state.view = view_digest(self.session.id, round_, state.participants, alive, lost)
         assert state.view is not None
         message = VIEW_FORMAT.pack(VIEW_MAGIC, self._tag, round_, state.view)
         return dict.fromkeys(sorted(asked - {self.me}), message)
@@ -543,20 +555,24 @@ class SecAggOwner:
     def unmask_answer(
         self, round_: int, survivors: Iterable[str], dropped: Iterable[str], responders: Optional[Iterable[str]] = None
     ) -> Dict[str, Tuple[str, bytes]]:
-        """Once per round, after :meth:`consistency_view` with the same announcement and every other responder's
-        view: ``{owner: (kind, share)}`` for each participant among its neighbours and itself -- kind
-        :data:`SELF_MASK` (``b_j``) for a survivor, :data:`MASK_KEY` (``s_j``) for a dropped owner; ``share`` is
-        :func:`pack_share` bytes. Raises :class:`ViewsMissing` (retry later) while some view has not arrived.
+        """Once per round, after :meth:`consistency_view` with the same survivors and dropped, when every other
+        responder's view has arrived and equals this owner's (and no view from anyone differs from it):
+        ``{owner: (kind, share)}`` for each participant among its neighbours and itself -- kind :data:`SELF_MASK`
+        (``b_j``) for a survivor, :data:`MASK_KEY` (``s_j``) for a dropped owner; ``share`` is :func:`pack_share`
+        bytes. Raises :class:`ViewsMissing` (retry later, nothing is used up) while some view has not arrived.
         """
         state, alive, lost, asked = self._announced(round_, survivors, dropped, responders)
         assert state.participants is not None
         if self._check("once") and state.answered:
             raise self._refuse(f"it already answered for round {round_}")
-        if state.announcement is None:
+        if state.story is None:
             raise self._refuse(f"round {round_}: the consistency step comes first")
-        if (alive, lost, asked) != state.announcement:
-            state.poisoned = f"round {round_}: the unmasking request differs from the announcement"
+        if (alive, lost) != state.story:
+            state.poisoned = f"round {round_}: the unmasking request tells another story than the announcement"
             raise self._refuse(state.poisoned)
+        problems = self._check_announcement(state, alive, lost, asked)
+        if problems:
+            raise self._refuse(f"round {round_}: " + "; ".join(problems))
         if self._check("consistency"):
             others = asked - {self.me}
             differing = sorted(p for p, view in state.views.items() if view != state.view)  # from anyone
