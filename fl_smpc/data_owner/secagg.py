@@ -19,8 +19,8 @@ Every round, owner i:
    every PRG an AES-CTR keystream (+ if j's id sorts after i's, as in :mod:`fl_smpc.pairwise_owner`).
    Once per round; round numbers strictly increase.
 4. On the model owner's announcement (survivors S: vectors in the sum; dropped D; responders R within S):
-   :meth:`~SecAggOwner.consistency_view` -> a digest of the announcement for every other responder, over the
-   owner-to-owner links; :meth:`~SecAggOwner.receive_view` from each of them.
+   :meth:`~SecAggOwner.consistency_view` -> its view, a digest of the round's story (participants, S, D), for
+   every other responder, over the owner-to-owner links; :meth:`~SecAggOwner.receive_view` from each of them.
 5. :meth:`~SecAggOwner.unmask_answer`, once per round, only if every responder's view equals its own: for each
    participant j among its neighbours and itself, the share of ``b_j`` if j is in S, of ``s_j`` if j is in D.
 
@@ -35,17 +35,22 @@ Why 16-byte seeds: pycryptodome shares 16-byte secrets. ``b_i`` is the seed itse
 ``s_i`` is a seed from which HKDF derives the X25519 private key: one share per secret, and 128 bits of
 entropy, X25519's own security level.
 
-Why the consistency step without signatures (Bonawitz's ConsistencyCheck signs the survivor set because
-there the server relays every message): here the views travel over the owners' own mutually authenticated
-TLS links, so the model owner can drop or delay a view but not forge or alter one. Each owner holds one view
-per round and sends the same one to everyone. If owner a answers under view V_A and owner b under V_B != V_A,
-every responder of V_A holds V_A and every responder of V_B holds V_B, so the two responder sets are
-disjoint. Shares of ``s_j`` come only from j's neighbours in R_A (j gives none: it refuses when told it
-dropped); shares of ``b_j`` from j's neighbours in R_B, plus j itself. Getting t of each needs
-``2t - 1 <= deg(j)``, i.e. ``t <= n_j / 2`` with ``n_j = deg(j) + 1`` holders: the session requires
-``t > n_j / 2`` for every owner (:func:`min_threshold`), so no two stories yield both kinds for any owner.
+Why a lie about dropouts yields nothing. An honest owner answers once per round and gives, for each owner j,
+one kind of share, by the story it was told: who took part, whose vectors are in the sum (S), who dropped (D).
+Two barriers, each enough on its own (the tests switch each one off, and then both):
 
-Two more rules keep a consistent lie from isolating one owner:
+* the threshold: shares of ``s_j`` come only from j's holders told "j dropped" (never from j: it refuses when
+  told it dropped), shares of ``b_j`` from holders told "j survived" (j included). The two groups are disjoint,
+  so t of each needs ``2t - 1 <= deg(j)``: the session requires ``t > n_j / 2`` with ``n_j = deg(j) + 1``
+  holders (:func:`min_threshold`), and an owner refuses a session below it;
+* the consistency step: an owner answers only when every responder of its request has sent it, over their own
+  link, a view equal to its own, no view from anyone differs from it, and the responders are a majority of the
+  session's owners. Two stories would need two disjoint majorities: at most one story per round is answered.
+  Bonawitz's ConsistencyCheck has the users sign the survivor set because there the server relays every
+  message; here the views travel over the owners' own mutually authenticated TLS links, so the model owner can
+  withhold a view but not forge or alter one, and no signature is needed.
+
+Two more rules keep a single consistent story from isolating one owner:
 
 * an owner masks only if at least t of its share holders (itself included) take part: a model owner that told
   j a small participant set and everyone else a large one must declare j's partners dropped to strip its pair
@@ -53,7 +58,10 @@ Two more rules keep a consistent lie from isolating one owner:
 * a responder answers only if the survivors' subgraph of the neighbour graph is connected: an owner whose
   partners were all declared dropped would otherwise be a "sum" of one.
 
-With c owners colluding with the model owner the bound becomes ``t > (n_j + c) / 2`` and ``c < t``.
+Against c owners colluding with the model owner (they can answer both ways and send different views), the
+bounds become ``t > (n_j + c_j) / 2`` for the c_j colluders among j's holders, ``c_j < t``, and responders
+more than ``(N + c) / 2``. The threshold is a session parameter (Bonawitz et al. use t > 2n/3 against up to
+n/3 colluders); the responders' bound is fixed at a majority today.
 """
 
 import hashlib
