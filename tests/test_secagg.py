@@ -485,6 +485,7 @@ def test_views_missing_is_not_a_refusal():
         owner.receive_view(peer, views["o0"])
     answer = owner.unmask_answer(1, everyone, set(), everyone)
     assert set(answer) == everyone and {kind for kind, _ in answer.values()} == {SELF_MASK}
+    assert owner._round is not None and owner._round.peers == {}  # the peers' s shares are forgotten
 
 
 def test_disconnected_survivors_are_refused():

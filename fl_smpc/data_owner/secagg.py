@@ -605,4 +605,6 @@ class SecAggOwner:
         for owner, (kind, _) in answer.items():
             state.revealed[owner] = kind
         state.answered = True
+        if self._check("once") and self._check("round_order"):  # no second answer: the other kind is of no use
+            state.peers.clear()
         return answer
