@@ -354,6 +354,35 @@ def test_different_survivor_sets_told_to_different_owners_yield_nothing(skip, th
         assert recovered(estimate, encoded[victim]) is leaks
 
 
+@pytest.mark.parametrize(
+    ("skip", "threshold", "leaks"),
+    [
+        ((), None, False),
+        ({"consistency"}, None, False),  # too few of o0's holders are left to give its b shares
+        ({"min_threshold"}, 2, False),  # the responders are no majority
+        ({"consistency", "min_threshold"}, 2, True),
+    ],
+)
+def test_a_smaller_participant_set_told_to_one_owner_yields_nothing(skip, threshold, leaks):
+    """o0 is told only o1..o3 take part, the others that all seven do; then o1..o3 are declared dropped (their
+    s shares strip o0's pair masks) and o0 a survivor (its b shares strip its self mask)."""
+    fed = Federation(7, threshold=threshold, skip=skip)
+    encoded = encoded_values(fed.values())
+    fed.shares(1)
+    everyone = set(fed.names)
+    small = {"o0", "o1", "o2", "o3"}
+    y = fed.owners["o0"].masked_vector(1, encoded["o0"], small)
+    masked, keys = fed.mask(1, encoded, everyone, everyone - {"o0"})
+    masked["o0"] = y
+    responders = {"o4", "o5", "o6"}
+    story = (everyone - {"o1", "o2", "o3"}, {"o1", "o2", "o3"}, responders)
+    answers = fed.unmask(1, dict.fromkeys(responders, story))
+    if not skip:
+        assert answers == {}
+    estimate = attack(fed, 1, "o0", y, small - {"o0"}, keys, [answers])
+    assert recovered(estimate, encoded["o0"]) is leaks
+
+
 @pytest.mark.parametrize(("skip", "leaks"), [((), False), ({"round_order"}, True)])
 def test_a_replayed_round_number_is_refused(skip, leaks):
     """Round 1 runs honestly; the model owner then asks an owner to mask its next contribution under round 1
