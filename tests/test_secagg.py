@@ -550,3 +550,14 @@ def test_an_owner_lost_during_the_consistency_step_is_left_out_by_a_second_annou
     answers = fed.unmask(1, dict.fromkeys(alive, (everyone, set(), alive)))
     assert set(answers) == alive - {"o0"}  # o0 refused the other story above, and stays out of this round
     assert np.array_equal(unmask_sum(fed.session, 1, fed.names, masked, keys, answers), plain_sum(encoded, everyone))
+
+
+def test_a_low_order_public_key_is_refused():
+    fed = Federation(3)
+    messages = {name: fed.owners[name].outgoing_shares(1) for name in fed.names}
+    forged = bytearray(messages["o1"]["o0"])
+    forged[28:60] = bytes(32)  # the public key field: the all-zero point gives an all-zero X25519 secret
+    fed.owners["o0"].receive_shares("o1", bytes(forged))
+    fed.owners["o0"].receive_shares("o2", messages["o2"]["o0"])
+    with pytest.raises(SecAggRefused, match="unusable"):
+        fed.owners["o0"].masked_vector(1, np.zeros(8, dtype=RING), fed.names)

@@ -466,7 +466,10 @@ class SecAggOwner:
         assert private_key is not None and b_key is not None
         streams = [(True, b_key)] if self._check("self_mask") else []
         for peer in sorted(partners):
-            key = round_pair_key(private_key, state.peers[peer].public_key, self.session.id, round_, self.me, peer)
+            try:
+                key = round_pair_key(private_key, state.peers[peer].public_key, self.session.id, round_, self.me, peer)
+            except ValueError as err:  # a low-order point: the X25519 secret would be all zeros
+                raise self._refuse(f"round {round_}: {peer!r}'s public key is unusable ({err})") from None
             streams.append((peer > self.me, key))
         masked = add_keystreams(vector, streams, round_, out=np.empty_like(vector))
         state.participants = members
