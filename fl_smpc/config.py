@@ -157,6 +157,8 @@ class FLConfig:
     training: "tutorial" (the seed's loop: the model owner drives training through syft pointers; in-process
         only) or "owner" (each owner trains with its own code and releases only its contribution; the only
         way over the network).
+    neighbours: owner-side pairwise masking (SecAgg's double masking): each owner masks with and shares its
+        secrets among ``neighbours`` others (SecAgg+'s graph, Bell et al. 2020); ``None`` = all pairs.
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -172,6 +174,7 @@ class FLConfig:
     owners_per_round: Optional[int] = None
     aggregation: str = "additive"
     training: str = "tutorial"
+    neighbours: Optional[int] = None
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -217,6 +220,12 @@ class FLConfig:
             raise ConfigError(f"aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.training not in TRAININGS:
             raise ConfigError(f"training: must be one of {', '.join(TRAININGS)}, got {self.training!r}")
+        k = self.neighbours
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 2 or self.training != "owner"):
+            raise ConfigError(
+                f"neighbours: SecAgg+'s neighbour graph (an integer of at least 2) applies to owner-side training's "
+                f"pairwise masking, got {k!r}"
+            )
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

@@ -125,10 +125,14 @@ def local_models_and_data(history):
 def test_the_model_owner_receives_no_individual_model_loss_or_data(network_runs, aggregation):
     history, replies = network_runs[aggregation]
     kinds = {reply.kind for reply in replies}
-    expected = {"welcome", "masked"} if aggregation == "pairwise" else {"welcome", "shared", "sum_share"}
-    assert kinds == expected
-    arrays = [a for reply in replies for a in reply.arrays.values()]
-    assert len(arrays) >= 2 * 5 * 3 and all(a.dtype == np.int64 for a in arrays)  # train + evaluate, 5 rounds
+    if aggregation == "pairwise":  # double masking: prepared, masked, views sent, unmasking shares
+        assert kinds == {"welcome", "ready", "masked", "ok", "unmask_answer"}
+    else:
+        assert kinds == {"welcome", "shared", "sum_share"}
+    arrays = [a for reply in replies for a in reply.arrays.values() if a.dtype == np.int64]
+    assert len(arrays) >= 2 * 5 * 3  # one vector per owner, train + evaluate, 5 rounds
+    keys = [a for reply in replies for a in reply.arrays.values() if a.dtype != np.int64]
+    assert all(a.dtype == np.uint8 and a.shape == (32,) for a in keys)  # the rounds' X25519 public keys
     # the inspection works: the released arrays sum to the decoded aggregate
     secrets = local_models_and_data(history)
     for array in arrays:
@@ -146,6 +150,7 @@ def test_the_model_owner_receives_no_individual_model_loss_or_data(network_runs,
             "metrics",
             "min_owners",
             "unreached",
+            "answers",
         }
 
 
@@ -227,7 +232,7 @@ def test_demo_network_command_runs_owner_side_training_over_tls_and_stops_its_wo
 
 BAD_FILES = {
     "not text": (b"\xff\xfe\x00x0,label\n", "cannot read"),
-    "non-numeric": ("x0,x1,label\n1,abc,1\n", "line 2: non-numeric"),
+    "non-numeric": ("x0,x1,label\n1,abc,1\n", "line 2, column 2: non-numeric"),
     "column count": ("x0,x1,label\n1,0,1\n1,1\n", "line 3: expected 3 columns"),
     "label": ("x0,x1,label\n1,0,1\n0,1,2\n", "line 3: label (last column) must be 0 or 1"),
     "no rows": ("x0,x1,label\n", "no data rows"),

@@ -1,6 +1,5 @@
 """``fl-smpc worker``: serve one data owner -- its data, its task, its bounds -- until SIGINT/SIGTERM."""
 
-
 from ..config import (
     DEFAULT_BOUNDS,
     DEFAULT_TASK,

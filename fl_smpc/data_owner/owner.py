@@ -33,14 +33,14 @@ from ..config import DEFAULT_BOUNDS, WEIGHTINGS, OwnerBounds
 from ..data import check_dataset
 from ..errors import DataError
 from ..network.wire import Message, WireError, field_float, field_int, field_names, field_str
-from ..pairwise_owner import masked_encoding, pair_key, raw_public_key
+from ..pairwise_owner import encode
 from . import contribution
 from .local_training import evaluate_rows, load_parameters, train_steps
+from .secagg import SecAggOwner, SecAggRefused, SecAggSession, ViewsMissing
 from .task import Task, fingerprint, parameter_count
 
 MODEL = "model"  # the requester id of the model owner (its TLS party, whatever its certificate name)
 KINDS = ("train", "evaluate")
-NONCE_ATTEMPT = {"train": 0, "evaluate": 1}  # pairwise keystreams: (round, kind) never repeats in a run
 MAX_ROUND = 2**31 - 1
 
 
@@ -82,8 +82,8 @@ class Run:
     last_round: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending: Dict[Tuple[str, int], PendingRound] = field(default_factory=dict)
     early: Dict[Tuple[str, int], Dict[str, Tuple[Tuple[str, ...], np.ndarray]]] = field(default_factory=dict)
-    private_key: object = None  # X25519, made at hello (pairwise)
-    pair_keys: Dict[str, bytes] = field(default_factory=dict)
+    secagg: Dict[str, SecAggOwner] = field(default_factory=dict)  # pairwise: double masking, one per kind
+    prepared: Optional[Tuple[str, int, Tuple[str, ...], np.ndarray]] = None  # (kind, round, owners, encoded)
 
 
 class DataOwner:
@@ -150,9 +150,7 @@ class DataOwner:
             if run is not None and run.id != session and run.connection not in (None, connection):
                 raise Refusal("another connection's run is in progress; it ends when that connection closes")
             if run is None or run.id != session:
-                from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-                self.run = Run(session, connection, private_key=X25519PrivateKey.generate())
+                self.run = Run(session, connection, secagg=self._secagg_of(session, message.fields))
                 self.log(f"run {session} started")
             elif run.connection is None:
                 run.connection = connection
@@ -168,6 +166,34 @@ class DataOwner:
                 "min_owners": self.bounds.min_owners,
             },
         )
+
+    def _secagg_of(self, session: str, fields) -> Dict[str, SecAggOwner]:
+        """This owner's side of the run's double masking, from the public session the model owner announces
+        (the run's owners, the neighbour graph's degree and seed); an unsafe threshold or graph is refused.
+
+        One masking session per kind of contribution. An evaluation (the loss and metrics: a few numbers) may
+        repeat exactly once the model has converged, so only training contributions are refused when they
+        repeat one already masked in the run (the same trained parameters are never in two sums).
+        """
+        owners = field_names(fields, "owners", self.bounds.max_owners)
+        strangers = [o for o in owners if o != self.id and o not in self.peers]
+        if self.id not in owners or strangers:
+            raise Refusal(f"the run's owners must include this owner and only its peers, not {strangers}")
+        k = fields.get("neighbours")
+        if k is not None:
+            k = field_int(fields, "neighbours", 2, self.bounds.max_owners)
+        seed = field_str(fields, "graph_seed", 64)
+        try:
+            return {
+                kind: SecAggOwner(
+                    self.id,
+                    SecAggSession.create(f"{session}-{kind}", owners, k, bytes.fromhex(seed)),
+                    () if kind == "train" else ("fresh_vector",),
+                )
+                for kind in KINDS
+            }
+        except (SecAggRefused, ValueError) as err:
+            raise Refusal(f"the run's masking session is refused: {err}") from None
 
     def _contribute(self, requester, message: Message, connection) -> Message:
         kind = message.kind
@@ -194,10 +220,18 @@ class DataOwner:
             self.contributions += 1
             if settings["aggregation"] == "additive":  # peers' shares may arrive while this owner trains
                 self._join(run, kind, round_, owners)
+            else:  # double masking: the round's seeds, Shamir-shared with the neighbours
+                try:
+                    mask_shares = run.secagg[kind].outgoing_shares(round_)
+                except SecAggRefused as err:
+                    raise Refusal(str(err)) from None
+        unreached = [] if settings["aggregation"] == "additive" else self._send(run, kind, round_, owners, mask_shares)
         vector = self._vector(kind, settings, torch.from_numpy(params))
         vector = contribution.clipped(vector, len(owners), settings["precision"])
         if settings["aggregation"] == "pairwise":
-            reply = self._masked(run, kind, round_, owners, vector, settings["precision"])
+            with self._state:
+                run.prepared = (kind, round_, owners, encode(vector, settings["precision"]))
+            reply = Message("ready", {"unreached": unreached})
         else:
             reply = self._share(run, kind, round_, owners, vector, settings["precision"])
         self.log(
@@ -288,14 +322,6 @@ class DataOwner:
                 early[requester] = (owners, share)
         return Message("ok")
 
-    def _public_key(self, requester, message: Message, connection) -> Message:
-        with self._state:
-            run = self.run
-            if run is None or field_str(message.fields, "session", 64) != run.id:
-                raise Refusal("no such run on this owner")
-            key = raw_public_key(run.private_key)  # type: ignore[arg-type]
-        return Message("public_key", {}, {"key": np.frombuffer(key, dtype=np.uint8)})
-
     # --- the two protocols ----------------------------------------------------------------------------
 
     def _share(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
@@ -333,30 +359,125 @@ class DataOwner:
         for key in [key for key in run.pending if key[0] == kind and key[1] < round_]:
             del run.pending[key]
 
-    def _masked(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
-        """Pairwise: the vector encoded and masked with the keystream of each pair key of the round."""
+    def _send(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...], messages: Dict[str, bytes]) -> list:
+        """Each neighbour among the round's owners its mask shares, owner to owner (no lock held: a peer may be
+        sending us its own). Returns the neighbours that could not be reached."""
         unreached = []
-        for peer in owners:
-            if peer != self.id and peer not in run.pair_keys:
-                try:
-                    run.pair_keys[peer] = self._agree_key(run, peer)
-                except Exception as err:
-                    self.log(f"no pair key with {peer!r}: {err}")
-                    unreached.append(peer)
-        if unreached:
-            raise PeerUnreachable(unreached)
-        keys = {peer: run.pair_keys[peer] for peer in owners if peer != self.id}
-        masked = masked_encoding(vector, precision, keys, self.id, round_, NONCE_ATTEMPT[kind])
-        return Message("masked", {}, {"masked": masked})
+        for peer, data in messages.items():
+            if peer not in owners:
+                continue
+            fields = {"session": run.id, "kind": kind, "round": round_}
+            try:
+                reply = self.peers[peer].request(Message("mask_shares", fields, {"data": _bytes(data)}))
+            except Exception as err:
+                self.log(f"could not give {peer!r} its mask shares of round {round_}: {err}")
+                reply = None
+            if reply is None or reply.kind != "ok":
+                unreached.append(peer)
+        return unreached
 
-    def _agree_key(self, run: Run, peer: str) -> bytes:
-        """The pair key with ``peer``: its public key pulled over this owner's own link to it (never via the
-        model owner, who could substitute one), then X25519 + HKDF bound to the run and the pair."""
-        reply = self.peers[peer].request(Message("public_key", {"session": run.id}))
-        key = reply.arrays.get("key")
-        if reply.kind != "public_key" or key is None or key.dtype != np.uint8 or key.shape != (32,):
-            raise Refusal(f"peer {peer!r} gave no public key for this run")
-        return pair_key(run.private_key, key.tobytes(), run.id, self.id, peer)  # type: ignore[arg-type]
+    def _mask(self, requester, message: Message, connection) -> Message:
+        """Double masking, step 2: this owner's prepared vector, masked for the round's participants."""
+        run = self._run_of(message.fields, connection)
+        round_ = field_int(message.fields, "round", 1, MAX_ROUND)
+        participants = field_names(message.fields, "participants", self.bounds.max_owners)
+        with self._state:
+            prepared, run.prepared = run.prepared, None
+            if prepared is None or prepared[1] != round_:
+                raise Refusal(f"this owner prepared no contribution for round {round_}")
+            kind, _, owners, encoded = prepared
+            if not set(participants) <= set(owners):
+                raise Refusal(f"the participants must be among round {round_}'s owners")
+            try:
+                masked = run.secagg[kind].masked_vector(round_, encoded, participants)
+                key = run.secagg[kind].public_key(round_)
+            except SecAggRefused as err:
+                raise Refusal(str(err)) from None
+        self.log(
+            f"released the masked {kind} vector of round {round_} ({masked.size} values), {len(participants)} owners"
+        )
+        return Message("masked", {}, {"masked": masked, "key": _bytes(key)})
+
+    def _views(self, requester, message: Message, connection) -> Message:
+        """Double masking, step 3: record the model owner's story of the round and send this owner's view of
+        it to every other responder, over this owner's own links."""
+        run = self._run_of(message.fields, connection)
+        kind, round_, survivors, dropped, responders = self._story(message.fields)
+        with self._state:
+            try:
+                views = run.secagg[kind].consistency_view(round_, survivors, dropped, responders)
+            except SecAggRefused as err:
+                raise Refusal(str(err)) from None
+        unreached = []
+        for peer, data in views.items():
+            try:
+                fields = {"session": run.id, "kind": kind}
+                reply = self.peers[peer].request(Message("view", fields, {"data": _bytes(data)}))
+            except Exception:
+                reply = None
+            if reply is None or reply.kind != "ok":
+                unreached.append(peer)
+        return Message("ok", {"unreached": unreached})
+
+    def _unmask(self, requester, message: Message, connection) -> Message:
+        """Double masking, step 4: once per round, when every responder's view agrees with this owner's: for
+        each participant among its neighbours, its share of b (in the sum) or of s (dropped), never both."""
+        run = self._run_of(message.fields, connection)
+        kind, round_, survivors, dropped, responders = self._story(message.fields)
+        deadline = time.monotonic() + self.bounds.peer_timeout
+        with self._state:
+            while True:
+                try:
+                    answer = run.secagg[kind].unmask_answer(round_, survivors, dropped, responders)
+                    break
+                except ViewsMissing as err:
+                    if not self._state.wait(max(0.0, deadline - time.monotonic())):
+                        raise Refusal(str(err)) from None
+                except SecAggRefused as err:
+                    raise Refusal(str(err)) from None
+        self.log(f"released its unmasking shares of round {round_} ({len(answer)} owners)")
+        return Message("unmask_answer", {"answers": {o: [kind, share.hex()] for o, (kind, share) in answer.items()}})
+
+    def _story(self, fields) -> tuple:
+        names = self.bounds.max_owners
+        return (
+            field_str(fields, "kind", 16, KINDS),
+            field_int(fields, "round", 1, MAX_ROUND),
+            field_names(fields, "survivors", names),
+            field_names(fields, "dropped", names) if fields.get("dropped") else (),
+            field_names(fields, "responders", names),
+        )
+
+    def _receive_mask_shares(self, requester, message: Message, connection) -> Message:
+        with self._state:
+            run = self.run
+            data = message.arrays.get("data")
+            kind = field_str(message.fields, "kind", 16, KINDS)
+            if run is None or not run.secagg or field_str(message.fields, "session", 64) != run.id:
+                raise Refusal("no such run on this owner")
+            if data is None or data.dtype != np.uint8 or data.ndim != 1:
+                raise Refusal("mask shares are bytes")
+            try:
+                run.secagg[kind].receive_shares(requester, data.tobytes())
+            except SecAggRefused as err:
+                raise Refusal(str(err)) from None
+        return Message("ok")
+
+    def _receive_view(self, requester, message: Message, connection) -> Message:
+        with self._state:
+            run = self.run
+            data = message.arrays.get("data")
+            kind = field_str(message.fields, "kind", 16, KINDS)
+            if run is None or not run.secagg or field_str(message.fields, "session", 64) != run.id:
+                raise Refusal("no such run on this owner")
+            if data is None or data.dtype != np.uint8 or data.ndim != 1:
+                raise Refusal("a view is bytes")
+            try:
+                run.secagg[kind].receive_view(requester, data.tobytes())
+            except SecAggRefused as err:
+                raise Refusal(str(err)) from None
+            self._state.notify_all()
+        return Message("ok")
 
     # --- checks ---------------------------------------------------------------------------------------
 
@@ -407,10 +528,21 @@ class DataOwner:
         return contribution.train_length(self.parameters) if kind == "train" else contribution.evaluate_length(metrics)
 
 
+def _bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
 MODEL_REQUESTS = {
     "hello": DataOwner._hello,
     "train": DataOwner._contribute,
     "evaluate": DataOwner._contribute,
     "sum": DataOwner._sum,
+    "mask": DataOwner._mask,
+    "views": DataOwner._views,
+    "unmask": DataOwner._unmask,
 }
-PEER_REQUESTS = {"share": DataOwner._receive_share, "public_key": DataOwner._public_key}
+PEER_REQUESTS = {
+    "share": DataOwner._receive_share,
+    "mask_shares": DataOwner._receive_mask_shares,
+    "view": DataOwner._receive_view,
+}

@@ -102,7 +102,7 @@ def train_parts_in_process(
     for name, owner in owners.items():
         owner.peers.update({peer: InProcessLink(other, name) for peer, other in owners.items() if peer != name})
     links: Dict[str, Link] = {name: InProcessLink(owner, MODEL) for name, owner in owners.items()}
-    federation = Federation(links, task, concurrent=False)
+    federation = Federation(links, task, concurrent=False, neighbours=config.neighbours)
     federation.start()
     model = start_model(config, federation, model, history)
     return run_owner_rounds(model, federation, config, history, evaluate, on_round)
@@ -161,7 +161,7 @@ def train_with_owners(
     config = config.with_seed()
     connect_timeout = min(timeout, CONNECT_TIMEOUT) if connect_timeout is None else connect_timeout
     with owner_links(addresses, certs, party, timeout, connect_timeout) as links:
-        federation = Federation(dict(links), load_task(task))
+        federation = Federation(dict(links), load_task(task), neighbours=config.neighbours)
         federation.start()
         model = start_model(config, federation, model, history)
         return run_owner_rounds(

@@ -27,10 +27,12 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from ..config import FLConfig
 from ..data_owner.contribution import decode_sum, encodable_limit
 from ..data_owner.owner import Link
+from ..data_owner.secagg import SecAggSession, UnmaskingError
 from ..data_owner.task import Task, fingerprint, parameter_count
 from ..errors import FlSmpcError, RoundFailed, WorkerSetupError, WorkerUnreachable
 from ..history import History, RoundResult, owners_of_round, snapshot
 from ..network.wire import Message
+from .unmasking import unmask_sum
 
 
 class OwnersDropped(Exception):
@@ -61,6 +63,8 @@ class Federation:
     # ask the owners at once (separate processes); in one process one after another: syft's hook on torch
     # is not thread-safe
     concurrent: bool = True
+    masking: Dict[str, SecAggSession] = field(default_factory=dict)  # double masking, per kind (public)
+    neighbours: Optional[int] = None  # SecAgg+'s graph degree; None: all pairs
 
     def request(self, owner: str, message: Message) -> Message:
         reply = self.links[owner].request(message)
@@ -76,10 +80,16 @@ class Federation:
         round and asked again before the next), instead of failing the run.
         """
         self.session, self.next_round = secrets.token_hex(16), 1
+        owners, seed = list(self.links), secrets.token_hex(16)
+        self.masking = {
+            kind: SecAggSession.create(f"{self.session}-{kind}", owners, self.neighbours, bytes.fromhex(seed))
+            for kind in ("train", "evaluate")
+        }
+        hello = {"session": self.session, "owners": owners, "neighbours": self.neighbours, "graph_seed": seed}
         welcomes: Dict[str, Message] = {}
         for owner in self.links:
             try:
-                welcomes[owner] = self.request(owner, Message("hello", {"session": self.session}))
+                welcomes[owner] = self.request(owner, Message("hello", hello))
             except WorkerUnreachable:
                 if not skip_unreachable:
                     raise
@@ -120,10 +130,12 @@ class OwnerRefused(FlSmpcError, RuntimeError):
 
 def secure_round(
     federation: Federation, owners: Sequence[str], kind: str, params: torch.Tensor, settings: dict
-) -> np.ndarray:
-    """One attempt: every owner's contribution, summed in the int64 ring; only the sum is decoded.
+) -> Tuple[np.ndarray, List[str], Dict[str, str]]:
+    """One attempt: the owners' contributions, summed in the int64 ring; only the sum is decoded.
 
-    Raises OwnersDropped naming every owner that failed (the attempt is void then).
+    Returns (the decoded sum, its contributors, the owners lost on the way). Additive: every owner of the
+    attempt or none (OwnersDropped voids it; a redo trains afresh under a new round number). Pairwise (double
+    masking): the sum over the owners that sent a masked vector, even if some are lost afterwards.
     """
     round_ = federation.take_round()
     fields = {
@@ -139,27 +151,78 @@ def secure_round(
     dropped = {owner: why for owner, (reply, why) in replies.items() if why}
     if not dropped and any(reply is None for reply, _ in replies.values()):
         dropped = {owner: "refused" for owner, (reply, _) in replies.items() if reply is None}
+    for owner, (reply, _) in replies.items():
+        for peer in (reply.fields.get("unreached") or []) if reply is not None else []:
+            if peer in owners and peer not in dropped:
+                dropped[peer] = f"{owner!r} could not reach it"
     if settings["aggregation"] == "pairwise":
-        _raise_if(dropped)
-        vectors = [_array(reply, "masked", "masked", owner) for owner, (reply, _) in replies.items()]
-    else:
-        for owner, (reply, _) in replies.items():
-            if reply is not None:
-                for peer in reply.fields.get("unreached") or []:
-                    if peer in owners and peer not in dropped:
-                        dropped[peer] = f"{owner!r} could not give it its share"
-        _raise_if(dropped)
-        ask_sum = Message("sum", {"session": federation.session, "round": round_, "kind": kind})
-        sums = _ask_all(federation, owners, lambda owner: ask_sum)
-        _raise_if({owner: why for owner, (_, why) in sums.items() if why})
-        vectors = [_array(reply, "sum_share", "share", owner) for owner, (reply, _) in sums.items()]
-    lengths = {v.size for v in vectors}
-    if len(lengths) != 1:
+        alive = [o for o in owners if o not in dropped]
+        return double_masked_sum(federation, kind, round_, alive, dropped, settings)
+    _raise_if(dropped)
+    ask_sum = Message("sum", {"session": federation.session, "round": round_, "kind": kind})
+    sums = _ask_all(federation, owners, lambda owner: ask_sum)
+    _raise_if({owner: why for owner, (_, why) in sums.items() if why})
+    vectors = [_array(reply, "sum_share", "share", owner) for owner, (reply, _) in sums.items()]
+    if len({v.size for v in vectors}) != 1:
         raise OwnersDropped(dict.fromkeys(owners, "sent a vector of another length"))
     total = vectors[0].copy()
     for vector in vectors[1:]:
         np.add(total, vector, out=total)  # wraps modulo 2**64
-    return decode_sum(total, settings["precision"])
+    return decode_sum(total, settings["precision"]), list(owners), {}
+
+
+def double_masked_sum(
+    federation: Federation, kind: str, round_: int, participants: List[str], dropped: Dict[str, str], settings: dict
+) -> Tuple[np.ndarray, List[str], Dict[str, str]]:
+    """SecAgg's steps 2-4 over the owners that prepared a contribution: masked vectors, the owners' consistency
+    check of the round's story, one unmasking answer each; an owner lost at any step costs no redo."""
+    dropped = dict(dropped)
+    ask = {"session": federation.session, "round": round_}
+    replies = _ask_all(federation, participants, lambda o: Message("mask", {**ask, "participants": participants}))
+    masked, keys = {}, {}
+    for owner, (reply, why) in replies.items():
+        vector, key = (None, None) if reply is None else (reply.arrays.get("masked"), reply.arrays.get("key"))
+        if reply is None or reply.kind != "masked" or vector is None or vector.dtype != np.int64 or key is None:
+            dropped[owner] = why or "sent no masked vector"
+        else:
+            masked[owner], keys[owner] = vector, key.tobytes()
+    survivors = sorted(masked, key=participants.index)
+    responders = list(survivors)
+    while True:
+        if len(survivors) < 2 or len(responders) < 1:
+            raise OwnersDropped(dropped or dict.fromkeys(participants, "too few owners answered"))
+        story = {
+            **ask,
+            "kind": kind,
+            "survivors": survivors,
+            "dropped": [o for o in participants if o not in masked],
+            "responders": responders,
+        }
+        views = _ask_all(federation, responders, lambda o, story=story: Message("views", story))
+        lost = {o: why for o, (_, why) in views.items() if why}
+        if not lost:
+            answers = _ask_all(federation, responders, lambda o, story=story: Message("unmask", story))
+            lost = {o: why for o, (reply, why) in answers.items() if why or reply is None}
+        if lost:  # a responder lost during the unmasking: the same story, fewer responders
+            dropped.update({o: f"{why} (while unmasking)" for o, why in lost.items() if o not in dropped})
+            responders = [o for o in responders if o not in lost]
+            continue
+        break
+    shares = {
+        owner: {o: (kind, bytes.fromhex(share)) for o, (kind, share) in reply.fields["answers"].items()}
+        for owner, (reply, _) in answers.items()
+        if reply is not None
+    }
+    try:
+        total = unmask_sum(federation.masking[kind], round_, participants, masked, keys, shares)
+    except (UnmaskingError, ValueError, TypeError, KeyError) as err:
+        raise OwnersDropped(dict.fromkeys(participants, f"the round could not be unmasked: {err}")) from None
+    contributors = [o for o in participants if o in masked]
+    return (
+        decode_sum(total, settings["precision"]),
+        contributors,
+        {o: why for o, why in dropped.items() if o not in masked},
+    )
 
 
 def _ask_all(federation: Federation, owners, request_for) -> Dict[str, Tuple[Optional[Message], str]]:
@@ -212,7 +275,11 @@ def gather(
                 next(iter(dropped), None),
             )
         try:
-            return secure_round(federation, alive, kind, params, settings), alive, dropped
+            total, contributors, lost = secure_round(federation, alive, kind, params, settings)
+            if len(contributors) < min_owners:
+                raise OwnersDropped(lost or dict.fromkeys(alive, "too few owners"))
+            dropped.update({owner: f"{why} (during {kind})" for owner, why in lost.items()})
+            return total, contributors, dropped
         except OwnersDropped as failed:
             dropped.update({owner: f"{why} (during {kind})" for owner, why in failed.reasons.items()})
             alive = [o for o in alive if o not in failed.reasons]
