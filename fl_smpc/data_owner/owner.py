@@ -17,9 +17,17 @@ The rules that make a round's sum the only thing the model owner can learn:
 * a contribution is made only towards a sum over the round's owners (at least this owner's ``min_owners``),
   and for the additive protocol every share of it is accepted only from an owner that names the same
   owner set, so each owner's vector is in exactly one released sum, over the full set, or in none;
-* this owner's share of a sum is released once, only when it holds a share from every owner of the set.
+* this owner's share of a sum is released once, only when it holds a share from every owner of the set;
+* a contribution combines only with contributions to the very same request: the round's digest (session,
+  kind, round, owner set, settings and the exact params) goes with every additive share and is checked by
+  the owner receiving it, and keys every pairwise mask of the round (HMAC of the pair key). So a model owner
+  that sends one owner crafted params or settings and the others a request whose answer it can predict
+  (params 0, lr 1e-12) gets no sum at all, instead of the first owner's update (one of its rows, exact).
 """
 
+import hashlib
+import hmac
+import json
 import logging
 import threading
 import time
@@ -60,6 +68,7 @@ class PendingRound:
     """One additive round this owner joined: the set, its own share, its peers' shares, released or not."""
 
     owners: Tuple[str, ...]
+    digest: str  # of the request this owner answered: a peer's share must be of the same request
     own_share: Optional[np.ndarray] = None
     received: Dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -72,7 +81,7 @@ class Run:
     connection: object  # the connection that started it; None once that connection closed
     last_round: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending: Dict[Tuple[str, int], PendingRound] = field(default_factory=dict)
-    early: Dict[Tuple[str, int], Dict[str, Tuple[Tuple[str, ...], np.ndarray]]] = field(default_factory=dict)
+    early: Dict[Tuple[str, int], Dict[str, Tuple[str, np.ndarray]]] = field(default_factory=dict)  # (digest, share)
     private_key: object = None  # X25519, made at hello (pairwise)
     pair_keys: Dict[str, bytes] = field(default_factory=dict)
 
@@ -182,14 +191,15 @@ class DataOwner:
                 raise Refusal(f"this owner's limit of {self.bounds.max_rounds} contributions is reached")
             run.last_round[kind] = round_
             self.contributions += 1
+            digest = request_digest(run.id, kind, round_, owners, settings, params)
             if settings["aggregation"] == "additive":  # peers' shares may arrive while this owner trains
-                self._join(run, kind, round_, owners)
+                self._join(run, kind, round_, owners, digest)
         vector = self._vector(kind, settings, torch.from_numpy(params))
         vector = contribution.clipped(vector, len(owners), settings["precision"])
         if settings["aggregation"] == "pairwise":
-            reply = self._masked(run, kind, round_, owners, vector, settings["precision"])
+            reply = self._masked(run, kind, round_, owners, vector, settings["precision"], digest)
         else:
-            reply = self._share(run, kind, round_, owners, vector, settings["precision"])
+            reply = self._share(run, kind, round_, owners, vector, settings["precision"], digest)
         self.log(f"released {kind} round {round_}: {reply.kind} of {vector.size} values towards a sum over {', '.join(owners)}")
         return reply
 
@@ -245,6 +255,7 @@ class DataOwner:
         kind = field_str(fields, "kind", 16, KINDS)
         round_ = field_int(fields, "round", 1, MAX_ROUND)
         owners = self._owners_of(fields)
+        digest = field_str(fields, "request", 64)
         share = message.arrays.get("share")
         length = self._length(kind)
         if share is None or share.dtype != np.int64 or share.shape != (length,) or set(message.arrays) != {"share"}:
@@ -259,6 +270,8 @@ class DataOwner:
             if pending is not None:
                 if pending.owners != owners:
                     raise Refusal(f"{kind} round {round_} is among other owners on this owner")
+                if not same_request(pending.digest, digest):
+                    raise Refusal(f"{kind} round {round_} was asked with another request on this owner")
                 if requester in pending.received:
                     raise Refusal(f"a share of {kind} round {round_} from {requester!r} is already here")
                 pending.received[requester] = share
@@ -272,7 +285,7 @@ class DataOwner:
                 early = run.early.setdefault(key, {})
                 if requester in early:
                     raise Refusal(f"a share of {kind} round {round_} from {requester!r} is already here")
-                early[requester] = (owners, share)
+                early[requester] = (digest, share)
         return Message("ok")
 
     def _public_key(self, requester, message: Message, connection) -> Message:
@@ -285,7 +298,7 @@ class DataOwner:
 
     # --- the two protocols ----------------------------------------------------------------------------
 
-    def _share(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
+    def _share(self, run: Run, kind: str, round_: int, owners, vector, precision: int, digest: str) -> Message:
         """Additive: ``fix_prec().share()`` among the round's owners; each peer's share goes to it directly."""
         shares = contribution.additive_shares(vector, owners, precision)
         with self._state:
@@ -298,7 +311,7 @@ class DataOwner:
         for peer in owners:
             if peer == self.id:
                 continue
-            fields = {"session": run.id, "kind": kind, "round": round_, "owners": list(owners)}
+            fields = {"session": run.id, "kind": kind, "round": round_, "owners": list(owners), "request": digest}
             try:
                 reply = self.peers[peer].request(Message("share", fields, {"share": shares[peer]}))
             except Exception as err:  # a peer that cannot be reached is named; the round cannot complete
@@ -308,24 +321,25 @@ class DataOwner:
                 unreached.append(peer)
         return Message("shared", {"unreached": unreached})
 
-    def _join(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...]) -> None:
-        """Open this owner's side of an additive round (lock held): shares that came early move in, older
-        rounds of this kind are dropped (their sums were never asked for)."""
-        pending = run.pending[(kind, round_)] = PendingRound(owners)
-        for sender, (their_owners, share) in run.early.pop((kind, round_), {}).items():
-            if their_owners == owners:
+    def _join(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...], digest: str) -> None:
+        """Open this owner's side of an additive round (lock held): shares that came early move in if they
+        are of the same request, older rounds of this kind are dropped (their sums were never asked for)."""
+        pending = run.pending[(kind, round_)] = PendingRound(owners, digest)
+        for sender, (their_digest, share) in run.early.pop((kind, round_), {}).items():
+            if same_request(digest, their_digest):
                 pending.received[sender] = share
         for key in [key for key in run.early if key[0] == kind and key[1] <= round_]:
             del run.early[key]
         for key in [key for key in run.pending if key[0] == kind and key[1] < round_]:
             del run.pending[key]
 
-    def _masked(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
-        """Pairwise: the vector encoded and masked with the keystream of each pair key of the round."""
+    def _masked(self, run: Run, kind: str, round_: int, owners, vector, precision: int, digest: str) -> Message:
+        """Pairwise: the vector encoded and masked with the keystream of each pair key of the round, keyed by
+        the request's digest too: two owners' masks cancel only if both answered the same request."""
         for peer in owners:
             if peer != self.id and peer not in run.pair_keys:
                 run.pair_keys[peer] = self._agree_key(run, peer)
-        keys = {peer: run.pair_keys[peer] for peer in owners if peer != self.id}
+        keys = {peer: request_key(run.pair_keys[peer], digest) for peer in owners if peer != self.id}
         masked = masked_encoding(vector, precision, keys, self.id, round_, NONCE_ATTEMPT[kind])
         return Message("masked", {}, {"masked": masked})
 
@@ -385,6 +399,24 @@ class DataOwner:
     def _length(self, kind: str) -> int:
         metrics = len(self.task.metric_names)
         return contribution.train_length(self.parameters) if kind == "train" else contribution.evaluate_length(metrics)
+
+
+def request_digest(session: str, kind: str, round_: int, owners, settings: dict, params: np.ndarray) -> str:
+    """SHA-256 of everything the model owner chose for this contribution (the owner set as a set). The honest
+    model owner sends every owner of a round the same request, so every owner of the round computes the same."""
+    chosen = {"session": session, "kind": kind, "round": round_, "owners": sorted(owners), "settings": settings}
+    digest = hashlib.sha256(json.dumps(chosen, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(np.ascontiguousarray(params, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def same_request(digest: str, other: str) -> bool:
+    return hmac.compare_digest(digest, other)
+
+
+def request_key(pair_key_: bytes, digest: str) -> bytes:
+    """The pair's mask key for one request: HMAC-SHA256 of the pair key and the request's digest."""
+    return hmac.new(pair_key_, b"fl-smpc request v1\0" + digest.encode(), hashlib.sha256).digest()
 
 
 MODEL_REQUESTS = {
