@@ -281,7 +281,12 @@ class DataOwner:
             else:  # the peer was faster than our own request: hold it, within bounds
                 key = (kind, round_)
                 if key not in run.early and len(run.early) >= self.bounds.max_pending_rounds * len(KINDS):
-                    raise Refusal("too many rounds of shares ahead of this owner's own")
+                    # full: the farthest round goes if this one is nearer, so shares a peer sends for far
+                    # rounds cannot keep out the shares of the next ones
+                    farthest = max(run.early, key=lambda held: held[1])
+                    if farthest[1] <= round_:
+                        raise Refusal("too many rounds of shares ahead of this owner's own")
+                    del run.early[farthest]
                 early = run.early.setdefault(key, {})
                 if requester in early:
                     raise Refusal(f"a share of {kind} round {round_} from {requester!r} is already here")
