@@ -5,8 +5,10 @@ compression. With TLS (:mod:`fl_smpc.network.tls`) every connection is mutually 
 model owner's party and the owner's peers may connect (others get HTTP 403 before any message).
 
 Bounds, all from the owner's :class:`~fl_smpc.config.OwnerBounds`: the largest frame (``max_message``,
-checked by websockets before it buffers more), the number of open connections (``max_connections``; one
-more is refused at the upgrade), one request at a time per connection, and memory per connection: a
+checked by websockets before it buffers more), the number of open connections (``max_connections``, at
+most ``PARTY_CONNECTIONS`` of them per party, and the peers together leave the model owner
+``PARTY_CONNECTIONS``; one more is refused at the upgrade with 503), one request at a time per connection,
+and memory per connection: a
 connection holds nothing once its reply is sent (pending shares belong to the owner's run, bounded by
 ``max_pending_rounds``). Requests run in a thread pool, so a peer's ``share`` is stored while the model
 owner's ``train`` is still training: owner-to-owner traffic never waits on the handler serving the model owner.
@@ -33,6 +35,7 @@ from .task import Task, load_task
 PEER_PATH = "/peer/"  # without TLS a peer owner *claims* its id: ws://host:port/peer/<its id>
 CLOSE_POLICY_VIOLATION = 1008  # websocket close code: this client or frame is not allowed
 CLOSE_TOO_BIG = 1009
+PARTY_CONNECTIONS = 4  # open connections of one party at once: room to reconnect, none to fill the owner
 
 
 class OwnerServer:
@@ -50,6 +53,7 @@ class OwnerServer:
         self.allowed: FrozenSet[str] = frozenset({model_party, *owner.peers})
         self.bounds: OwnerBounds = owner.bounds
         self.open_connections = 0
+        self.party_connections: Dict[str, int] = {}  # requester ("model" or a peer id) -> open connections
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.bounds.max_connections)
 
     def requester_of(self, connection, path: str) -> str:
@@ -114,6 +118,25 @@ class OwnerServer:
             for link in self.owner.peers.values():
                 link.close()  # type: ignore[attr-defined]
 
+    def admit(self, requester: str) -> bool:
+        """Count a new connection of ``requester`` unless its party holds ``PARTY_CONNECTIONS`` already or the
+        owner is full; the peers together never take the model owner's last ``PARTY_CONNECTIONS`` slots."""
+        reserve = min(PARTY_CONNECTIONS, self.bounds.max_connections // 2)
+        peers = self.open_connections - self.party_connections.get(MODEL, 0)
+        if (
+            self.party_connections.get(requester, 0) >= PARTY_CONNECTIONS
+            or self.open_connections >= self.bounds.max_connections
+            or (requester != MODEL and peers >= self.bounds.max_connections - reserve)
+        ):
+            return False
+        self.party_connections[requester] = self.party_connections.get(requester, 0) + 1
+        self.open_connections += 1
+        return True
+
+    def release(self, requester: str) -> None:
+        self.party_connections[requester] -= 1
+        self.open_connections -= 1
+
 
 def authenticate(ssl_object: ssl.SSLObject, allowed: FrozenSet[str], worker_id: str) -> str:
     """The allowed party id in a verified peer certificate; PermissionError for any other party."""
@@ -134,23 +157,22 @@ class CheckingProtocol(websockets.WebSocketServerProtocol):
     def __init__(self, *args, server: OwnerServer, **kwargs):
         super().__init__(*args, **kwargs)
         self.owner_server = server
-        self.counted = False
+        self.counted: Optional[str] = None  # the requester whose connection this is, once admitted
 
     async def process_request(self, path, request_headers):
         try:
-            self.owner_server.requester_of(self, path)
+            requester = self.owner_server.requester_of(self, path)
         except PermissionError as err:
             return http.HTTPStatus.FORBIDDEN, [], f"{err}\n".encode()
-        if self.owner_server.open_connections >= self.owner_server.bounds.max_connections:
+        if not self.owner_server.admit(requester):
             return http.HTTPStatus.SERVICE_UNAVAILABLE, [], b"too many connections\n"
-        self.owner_server.open_connections += 1
-        self.counted = True
+        self.counted = requester
         return None
 
     def connection_lost(self, exc):
-        if self.counted:
-            self.owner_server.open_connections -= 1
-            self.counted = False
+        if self.counted is not None:
+            self.owner_server.release(self.counted)
+            self.counted = None
         super().connection_lost(exc)
 
 
@@ -192,13 +214,17 @@ def create_owner_server(
         tls, peer_tls = server_context(certs, worker_id), client_context(certs, worker_id)
     links = {
         peer: WebsocketLink(
-            peer, peer_host, peer_port, peer_tls, timeout=bounds.peer_timeout,
-            connect_timeout=bounds.peer_timeout, reconnect=True, max_message=bounds.max_message,
+            peer,
+            peer_host,
+            peer_port,
+            peer_tls,
+            timeout=bounds.peer_timeout,
+            connect_timeout=bounds.peer_timeout,
+            reconnect=True,
+            max_message=bounds.max_message,
             path="" if peer_tls else f"{PEER_PATH}{worker_id}",
         )  # fmt: skip
         for peer, (peer_host, peer_port) in peers.items()
     }
     owner = DataOwner(worker_id, data, target, the_task, bounds, links, log)
     return OwnerServer(owner, host, port, tls, model_party)
-
-
