@@ -4,11 +4,12 @@ It speaks only the owner-side protocol (:mod:`fl_smpc.network.wire`): no syft me
 compression. With TLS (:mod:`fl_smpc.network.tls`) every connection is mutually authenticated and only the
 model owner's party and the owner's peers may connect (others get HTTP 403 before any message).
 
-Bounds, all from the owner's :class:`~fl_smpc.config.OwnerBounds`: the largest frame (``max_message``,
-checked by websockets before it buffers more), the number of open connections (``max_connections``, at
-most ``PARTY_CONNECTIONS`` of them per party, and the peers together leave the model owner
-``PARTY_CONNECTIONS``; one more is refused at the upgrade with 503), one request at a time per connection,
-and memory per connection: a
+Bounds, all from the owner's :class:`~fl_smpc.config.OwnerBounds`: the largest frame (``max_message``, and
+never more than this owner's own largest request: a header and its params, or a peer's share of its train
+vector; checked by websockets at the frame's header, before it buffers more), the number of open
+connections (``max_connections``, at most ``PARTY_CONNECTIONS`` of them per party, and the peers together
+leave the model owner ``PARTY_CONNECTIONS``; one more is refused at the upgrade with 503), one request at a
+time per connection, and memory per connection: a
 connection holds nothing once its reply is sent (pending shares belong to the owner's run, bounded by
 ``max_pending_rounds``). Requests run in a thread pool, so a peer's ``share`` is stored while the model
 owner's ``train`` is still training: owner-to-owner traffic never waits on the handler serving the model owner.
@@ -28,7 +29,8 @@ from ..config import DEFAULT_BOUNDS, MODEL_PARTY, Address, OwnerBounds, check_na
 from ..errors import ConfigError, TLSConfigError
 from ..network.links import WebsocketLink
 from ..network.tls import client_context, peer_party, server_context
-from ..network.wire import WireError, decode, encode
+from ..network.wire import HEADER_PREFIX, MAX_HEADER, WireError, decode, encode
+from . import contribution
 from .owner import MODEL, DataOwner
 from .task import Task, load_task
 
@@ -54,6 +56,7 @@ class OwnerServer:
         self.bounds: OwnerBounds = owner.bounds
         self.open_connections = 0
         self.party_connections: Dict[str, int] = {}  # requester ("model" or a peer id) -> open connections
+        self.max_frame = frame_limit(owner)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.bounds.max_connections)
 
     def requester_of(self, connection, path: str) -> str:
@@ -71,7 +74,7 @@ class OwnerServer:
         try:
             async for frame in connection:
                 try:
-                    message = decode(frame, self.bounds.max_message)
+                    message = decode(frame, self.max_frame)
                 except WireError as err:
                     self.owner.refused += 1
                     self.owner.log(f"refused a frame from {requester}: {err}")
@@ -94,7 +97,7 @@ class OwnerServer:
                 self.host,
                 self.port,
                 ssl=self.tls,
-                max_size=self.bounds.max_message,
+                max_size=self.max_frame,
                 max_queue=1,  # one frame read ahead per connection: memory per connection is bounded
                 compression=None,  # no permessage-deflate: no decompression bomb
                 ping_interval=None,
@@ -136,6 +139,16 @@ class OwnerServer:
     def release(self, requester: str) -> None:
         self.party_connections[requester] -= 1
         self.open_connections -= 1
+
+
+def frame_limit(owner: DataOwner) -> int:
+    """The largest frame ``owner`` reads: a header and its largest array (the float32 params of a request, or
+    a peer's int64 share of a train or evaluate vector), and never above its ``max_message``."""
+    metrics = len(owner.task.metric_names)
+    values = max(
+        4 * owner.parameters, 8 * contribution.train_length(owner.parameters), 8 * contribution.evaluate_length(metrics)
+    )
+    return min(owner.bounds.max_message, HEADER_PREFIX.size + MAX_HEADER + values)
 
 
 def authenticate(ssl_object: ssl.SSLObject, allowed: FrozenSet[str], worker_id: str) -> str:
