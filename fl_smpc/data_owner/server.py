@@ -214,6 +214,8 @@ def create_owner_server(
     check_party(model_party)
     if model_party in (worker_id, *peers):
         raise TLSConfigError(f"{model_party!r} is the model owner's party id; a data owner needs another id")
+    if MODEL in (worker_id, *peers):  # the owner's requester id of the model owner, whatever --model-party says
+        raise TLSConfigError(f"{MODEL!r} names the model owner's requests on a worker; a data owner needs another id")
     if not 2 <= bounds.min_owners <= len(peers) + 1:
         raise ConfigError(
             f"min-owners: a sum covers 2 to {len(peers) + 1} owners (this worker and its {len(peers)} peer(s)), "
