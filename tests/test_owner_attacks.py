@@ -695,3 +695,90 @@ def test_a_large_frame_is_refused_before_it_is_read():
     with pytest.raises(WireError, match="exceeds the limit"):
         decode(b"\0" * 2049, 2048)
     assert decode(encode(Message("ok")), 2048).kind == "ok"
+
+
+# --- what the aggregate itself still tells, and the masks behind it -------------------------------------------
+
+
+def test_known_limit_a_batch_of_one_makes_the_sum_one_row_per_owner():
+    """NOT prevented (pinned): with every owner sent the same crafted request (so the round is honest as far
+    as any owner can tell) and batch size 1, the released sum is the sum over the owners of one row each:
+    ``sum_o 2 lr (1 + y_o) x_o`` for row j of every owner. No owner is isolated, but the aggregate is as
+    fine-grained as the model owner's batch size; only a larger minimum batch or noise (DP) coarsens it.
+    (An owner bound on the smallest batch size is not part of OwnerBounds today.)"""
+    federation = Federation()
+    requests = {name: federation.request("train", 1, crafted_params(), fl_round=3) for name in NAMES}
+    values = federation.released(requests)
+    expected = sum(2 * LR * (1 + true_row(federation, name, 2)[1]) * true_row(federation, name, 2)[0] for name in NAMES)
+    assert np.allclose(values[:FEATURES], expected, atol=1e-5)
+
+
+def test_additive_share_masks_are_fresh_whatever_torch_is_seeded_with():
+    """Route: predictable masks. syft's own sharing draws masks from torch's Mersenne Twister (seeded by
+    ``--seed``, or torch's fixed default seed in a fresh worker process): a model owner could then compute
+    every mask and read each sum share as its owner's vector. The owner's sharing (``create_hook`` installs
+    AES-CTR masks keyed from os.urandom) gives other shares under the same torch seed."""
+    from fl_smpc.data_owner.contribution import additive_shares
+
+    vector = np.arange(8, dtype=np.float64)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        draws.append(additive_shares(vector, NAMES, PRECISION))
+    assert not np.array_equal(draws[0]["bob"], draws[1]["bob"])
+    for shares in draws:
+        total = shares["bob"] + shares["alice"] + shares["jane"]
+        assert np.array_equal(decode_sum(total, PRECISION), vector)
+
+
+# --- bounded fuzzing of the one entry point -----------------------------------------------------------------
+
+
+def _valid_frames():
+    federation = Federation(hello=False)
+    train = federation.request("train", 1, crafted_params())
+    share = Message(
+        "share",
+        {"session": SESSION, "kind": "train", "round": 2, "owners": list(NAMES), "request": "0" * 64},
+        {"share": np.zeros(train_length(FEATURES + 1), dtype=np.int64)},
+    )
+    return [encode(m) for m in (Message("hello", {"session": SESSION}), train, federation.sum_request(1), share)]
+
+
+VALID_FRAMES = _valid_frames()
+
+
+def test_fuzzed_frames_end_in_a_refusal_or_a_reply_never_an_exception():
+    """Mutated protocol messages (bytes flipped, cut, inserted; from the model owner and from a peer): decode
+    either raises WireError or gives a Message, and ``handle`` then always answers a Message that encodes.
+    Bounded: 300 examples (~2 s)."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    federation = Federation()
+    bob = federation.owners["bob"]
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(
+        index=st.integers(0, len(VALID_FRAMES) - 1),
+        edits=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+        requester=st.sampled_from([MODEL, "alice", "mallory"]),
+    )
+    def fuzz(index, edits, requester):
+        data = bytearray(VALID_FRAMES[index])
+        for op, where, byte in edits:
+            where = where % (len(data) + 1)
+            if op == 0 and where < len(data):
+                data[where] = byte
+            elif op == 1:
+                del data[where : where + byte % 8]
+            else:
+                data[where:where] = bytes([byte])
+        try:
+            message = decode(bytes(data), 2**20)
+        except WireError:
+            return
+        reply = bob.handle(requester, message, connection=federation.links["bob"] if requester == MODEL else None)
+        assert isinstance(reply, Message)
+        decode(encode(reply), 2**20)
+
+    fuzz()

@@ -353,7 +353,7 @@ class Attackers:
                 close_code(ws, 2.0)
             finally:
                 ws.close()
-            extra = open_until_refused(self.cluster, self.certs, "model", most=2, owner=owner)  # leaves the model party room
+            extra = open_until_refused(self.cluster, self.certs, "model", most=2, owner=owner)  # leaves room
             for ws in extra:
                 ws.send_binary(MALFORMED["shape claims more than its bytes"])
                 close_code(ws, 2.0)
