@@ -782,3 +782,16 @@ def test_fuzzed_frames_end_in_a_refusal_or_a_reply_never_an_exception():
         decode(encode(reply), 2**20)
 
     fuzz()
+
+
+def test_known_limit_an_owner_is_protected_by_the_min_owners_of_the_others():
+    """NOT prevented (pinned): bob runs with ``min_owners`` 3, alice and jane with 2. The sum over all three
+    (bob agrees: 3 owners) minus the sum over {alice, jane} (they agree: 2 owners) of the same request is bob's
+    row: bob's own bound never comes into play in the round that isolates him. Every owner of a federation
+    must set ``min_owners`` to the federation's size for the bound to protect anyone (docs/attacks.md)."""
+    federation = Federation(min_owners=2)
+    federation.owners["bob"].bounds = OwnerBounds(min_owners=3, peer_timeout=0.2)
+    whole = federation.released({name: federation.request("train", 1, crafted_params()) for name in NAMES})
+    pair = ("alice", "jane")
+    rest = federation.released({name: federation.request("train", 2, crafted_params(), owners=pair) for name in pair})
+    assert is_row(whole - rest, federation, "bob", 0)
