@@ -199,9 +199,10 @@ def test_different_owner_sets_told_to_different_owners(aggregation):
 
     Now: additive -- no owner releases a sum share (each share names another set, or another request);
     pairwise -- no combination of the three masked vectors (each one, each pair, all three) is bob's row.
-    Without the owner-set check and the request binding (disabled by hand once): still no sum in additive
-    (bob waits for jane's share, which jane sends to nobody outside her set): the owner set alone never
-    isolated an owner; it is the per-owner request above that did."""
+    Without the owner-set check and the request binding (disabled by hand once): all three released a sum
+    share, each alone noise, and their total was the sum of the three owners' updates (bob's, alice's and
+    jane's rows 0 added), none isolated, no subset of them bob's row: with the same params for all, the
+    owner sets alone never isolated an owner; the per-owner request above did."""
     federation = Federation(min_owners=2)
     sets = {"bob": ("bob", "alice"), "alice": NAMES, "jane": ("alice", "jane")}
     requests = {
@@ -284,8 +285,9 @@ def test_the_same_round_twice_and_a_second_sum():
     """Routes: the same round number again (same or other kind of params), a lower one, a second ``sum``, and
     a ``sum`` of a round never asked. Each is refused with no array; the first sum was released once.
     Disabled by hand once (the ``round_ <= last_round`` check away, request binding on): the second request
-    for round 1 was answered, but its sum was a new sum of the same owners, nothing more; the weakened
-    pairwise test below shows what reusing a round's masks would give."""
+    for round 5 (params 0, lr 1e-12) was answered by all three, but alice and jane refused the shares of a
+    round they had closed; only bob released a sum share (noise alone), so there was no second sum. The
+    weakened pairwise test below shows what reusing a round's masks would give."""
     federation = Federation()
     requests = {name: federation.request("train", 5, crafted_params()) for name in NAMES}
     assert federation.released(requests) is not None
