@@ -17,9 +17,17 @@ The rules that make a round's sum the only thing the model owner can learn:
 * a contribution is made only towards a sum over the round's owners (at least this owner's ``min_owners``),
   and for the additive protocol every share of it is accepted only from an owner that names the same
   owner set, so each owner's vector is in exactly one released sum, over the full set, or in none;
-* this owner's share of a sum is released once, only when it holds a share from every owner of the set.
+* this owner's share of a sum is released once, only when it holds a share from every owner of the set;
+* a contribution combines only with contributions to the very same request: the round's digest (session,
+  kind, round, owner set, settings and the exact params) goes with every additive share and is checked by
+  the owner receiving it, and keys every pairwise mask of the round (HMAC of the pair key). So a model owner
+  that sends one owner crafted params or settings and the others a request whose answer it can predict
+  (params 0, lr 1e-12) gets no sum at all, instead of the first owner's update (one of its rows, exact).
 """
 
+import hashlib
+import hmac
+import json
 import logging
 import threading
 import time
@@ -69,6 +77,7 @@ class PendingRound:
     """One additive round this owner joined: the set, its own share, its peers' shares, released or not."""
 
     owners: Tuple[str, ...]
+    digest: str  # of the request this owner answered: a peer's share must be of the same request
     own_share: Optional[np.ndarray] = None
     received: Dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -81,9 +90,10 @@ class Run:
     connection: object  # the connection that started it; None once that connection closed
     last_round: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending: Dict[Tuple[str, int], PendingRound] = field(default_factory=dict)
-    early: Dict[Tuple[str, int], Dict[str, Tuple[Tuple[str, ...], np.ndarray]]] = field(default_factory=dict)
+    early: Dict[Tuple[str, int], Dict[str, Tuple[str, np.ndarray]]] = field(default_factory=dict)  # (digest, share)
     secagg: Dict[str, SecAggOwner] = field(default_factory=dict)  # pairwise: double masking, one per kind
     prepared: Optional[Tuple[str, int, Tuple[str, ...], np.ndarray]] = None  # (kind, round, owners, encoded)
+    requests: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # kind -> (round, digest of its request)
 
 
 class DataOwner:
@@ -218,9 +228,11 @@ class DataOwner:
                 raise Refusal(f"this owner's limit of {self.bounds.max_rounds} contributions is reached")
             run.last_round[kind] = round_
             self.contributions += 1
+            digest = request_digest(run.id, kind, round_, owners, settings, params)
             if settings["aggregation"] == "additive":  # peers' shares may arrive while this owner trains
-                self._join(run, kind, round_, owners)
+                self._join(run, kind, round_, owners, digest)
             else:  # double masking: the round's seeds, Shamir-shared with the neighbours
+                run.requests[kind] = (round_, digest)
                 try:
                     mask_shares = run.secagg[kind].outgoing_shares(round_)
                 except SecAggRefused as err:
@@ -233,7 +245,7 @@ class DataOwner:
                 run.prepared = (kind, round_, owners, encode(vector, settings["precision"]))
             reply = Message("ready", {"unreached": unreached})
         else:
-            reply = self._share(run, kind, round_, owners, vector, settings["precision"])
+            reply = self._share(run, kind, round_, owners, vector, settings["precision"], digest)
         self.log(
             f"released {kind} round {round_}: {reply.kind} of {vector.size} values, towards a sum over "
             f"{', '.join(owners)}"
@@ -292,6 +304,7 @@ class DataOwner:
         kind = field_str(fields, "kind", 16, KINDS)
         round_ = field_int(fields, "round", 1, MAX_ROUND)
         owners = self._owners_of(fields)
+        digest = field_str(fields, "request", 64)
         share = message.arrays.get("share")
         length = self._length(kind)
         if share is None or share.dtype != np.int64 or share.shape != (length,) or set(message.arrays) != {"share"}:
@@ -306,6 +319,8 @@ class DataOwner:
             if pending is not None:
                 if pending.owners != owners:
                     raise Refusal(f"{kind} round {round_} is among other owners on this owner")
+                if not same_request(pending.digest, digest):
+                    raise Refusal(f"{kind} round {round_} was asked with another request on this owner")
                 if requester in pending.received:
                     raise Refusal(f"a share of {kind} round {round_} from {requester!r} is already here")
                 pending.received[requester] = share
@@ -315,16 +330,21 @@ class DataOwner:
             else:  # the peer was faster than our own request: hold it, within bounds
                 key = (kind, round_)
                 if key not in run.early and len(run.early) >= self.bounds.max_pending_rounds * len(KINDS):
-                    raise Refusal("too many rounds of shares ahead of this owner's own")
+                    # full: the farthest round goes if this one is nearer, so shares a peer sends for far
+                    # rounds cannot keep out the shares of the next ones
+                    farthest = max(run.early, key=lambda held: held[1])
+                    if farthest[1] <= round_:
+                        raise Refusal("too many rounds of shares ahead of this owner's own")
+                    del run.early[farthest]
                 early = run.early.setdefault(key, {})
                 if requester in early:
                     raise Refusal(f"a share of {kind} round {round_} from {requester!r} is already here")
-                early[requester] = (owners, share)
+                early[requester] = (digest, share)
         return Message("ok")
 
     # --- the two protocols ----------------------------------------------------------------------------
 
-    def _share(self, run: Run, kind: str, round_: int, owners, vector, precision: int) -> Message:
+    def _share(self, run: Run, kind: str, round_: int, owners, vector, precision: int, digest: str) -> Message:
         """Additive: ``fix_prec().share()`` among the round's owners; each peer's share goes to it directly."""
         shares = contribution.additive_shares(vector, owners, precision)
         with self._state:
@@ -337,7 +357,7 @@ class DataOwner:
         for peer in owners:
             if peer == self.id:
                 continue
-            fields = {"session": run.id, "kind": kind, "round": round_, "owners": list(owners)}
+            fields = {"session": run.id, "kind": kind, "round": round_, "owners": list(owners), "request": digest}
             try:
                 reply = self.peers[peer].request(Message("share", fields, {"share": shares[peer]}))
             except Exception as err:  # a peer that cannot be reached is named; the round cannot complete
@@ -347,12 +367,12 @@ class DataOwner:
                 unreached.append(peer)
         return Message("shared", {"unreached": unreached})
 
-    def _join(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...]) -> None:
-        """Open this owner's side of an additive round (lock held): shares that came early move in, older
-        rounds of this kind are dropped (their sums were never asked for)."""
-        pending = run.pending[(kind, round_)] = PendingRound(owners)
-        for sender, (their_owners, share) in run.early.pop((kind, round_), {}).items():
-            if their_owners == owners:
+    def _join(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...], digest: str) -> None:
+        """Open this owner's side of an additive round (lock held): shares that came early move in if they
+        are of the same request, older rounds of this kind are dropped (their sums were never asked for)."""
+        pending = run.pending[(kind, round_)] = PendingRound(owners, digest)
+        for sender, (their_digest, share) in run.early.pop((kind, round_), {}).items():
+            if same_request(digest, their_digest):
                 pending.received[sender] = share
         for key in [key for key in run.early if key[0] == kind and key[1] <= round_]:
             del run.early[key]
@@ -404,8 +424,11 @@ class DataOwner:
         run = self._run_of(message.fields, connection)
         kind, round_, survivors, dropped, responders = self._story(message.fields)
         with self._state:
-            try:
-                views = run.secagg[kind].consistency_view(round_, survivors, dropped, responders)
+            asked, digest = run.requests.get(kind, (0, ""))
+            if asked != round_:
+                raise Refusal(f"this owner contributed to no {kind} round {round_}")
+            try:  # the view carries the digest of this owner's request: owners asked different things never answer
+                views = run.secagg[kind].consistency_view(round_, survivors, dropped, responders, bytes.fromhex(digest))
             except SecAggRefused as err:
                 raise Refusal(str(err)) from None
         unreached = []
@@ -440,6 +463,9 @@ class DataOwner:
 
     def _story(self, fields) -> tuple:
         names = self.bounds.max_owners
+        survivors = field_names(fields, "survivors", names)
+        if len(survivors) < max(2, self.bounds.min_owners):
+            raise Refusal(f"this owner unmasks only sums over at least {self.bounds.min_owners} owners")
         return (
             field_str(fields, "kind", 16, KINDS),
             field_int(fields, "round", 1, MAX_ROUND),
@@ -530,6 +556,19 @@ class DataOwner:
 
 def _bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
+
+
+def request_digest(session: str, kind: str, round_: int, owners, settings: dict, params: np.ndarray) -> str:
+    """SHA-256 of everything the model owner chose for this contribution (the owner set as a set). The honest
+    model owner sends every owner of a round the same request, so every owner of the round computes the same."""
+    chosen = {"session": session, "kind": kind, "round": round_, "owners": sorted(owners), "settings": settings}
+    digest = hashlib.sha256(json.dumps(chosen, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(np.ascontiguousarray(params, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def same_request(digest: str, other: str) -> bool:
+    return hmac.compare_digest(digest, other)
 
 
 MODEL_REQUESTS = {

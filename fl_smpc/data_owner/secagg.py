@@ -516,7 +516,12 @@ class SecAggOwner:
         return problems
 
     def consistency_view(
-        self, round_: int, survivors: Iterable[str], dropped: Iterable[str], responders: Optional[Iterable[str]] = None
+        self,
+        round_: int,
+        survivors: Iterable[str],
+        dropped: Iterable[str],
+        responders: Optional[Iterable[str]] = None,
+        request: bytes = b"",
     ) -> Dict[str, bytes]:
         """Record the model owner's announcement for ``round_`` and check it; returns this owner's view for
         every other responder (send each over this owner's own link to it).
@@ -525,6 +530,8 @@ class SecAggOwner:
         ``responders``: the survivors asked to answer (default: all of them; leave out one lost after masking).
         Announcing again with the same survivors and dropped but other responders (one was lost during this
         step) is allowed until this owner has answered; another story is refused and ends the round here.
+        ``request``: a digest of what this owner was asked to contribute, folded into its view, so owners that
+        were sent different requests (parameters, settings, owner sets) never answer: their views differ.
         """
         state, alive, lost, asked = self._announced(round_, survivors, dropped, responders)
         assert state.participants is not None
@@ -541,6 +548,8 @@ class SecAggOwner:
         if state.story is None:
             state.story = (alive, lost)
             state.view = view_digest(self.session.id, round_, state.participants, alive, lost)
+            if request:
+                state.view = hashlib.sha256(state.view + request).digest()
         assert state.view is not None
         message = VIEW_FORMAT.pack(VIEW_MAGIC, self._tag, round_, state.view)
         return dict.fromkeys(sorted(asked - {self.me}), message)

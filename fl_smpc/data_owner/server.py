@@ -4,9 +4,12 @@ It speaks only the owner-side protocol (:mod:`fl_smpc.network.wire`): no syft me
 compression. With TLS (:mod:`fl_smpc.network.tls`) every connection is mutually authenticated and only the
 model owner's party and the owner's peers may connect (others get HTTP 403 before any message).
 
-Bounds, all from the owner's :class:`~fl_smpc.config.OwnerBounds`: the largest frame (``max_message``,
-checked by websockets before it buffers more), the number of open connections (``max_connections``; one
-more is refused at the upgrade), one request at a time per connection, and memory per connection: a
+Bounds, all from the owner's :class:`~fl_smpc.config.OwnerBounds`: the largest frame (``max_message``, and
+never more than this owner's own largest request: a header and its params, or a peer's share of its train
+vector; checked by websockets at the frame's header, before it buffers more), the number of open
+connections (``max_connections``, at most ``PARTY_CONNECTIONS`` of them per party, and the peers together
+leave the model owner ``PARTY_CONNECTIONS``; one more is refused at the upgrade with 503), one request at a
+time per connection, and memory per connection: a
 connection holds nothing once its reply is sent (pending shares belong to the owner's run, bounded by
 ``max_pending_rounds``). Requests run in a thread pool, so a peer's ``share`` is stored while the model
 owner's ``train`` is still training: owner-to-owner traffic never waits on the handler serving the model owner.
@@ -26,13 +29,15 @@ from ..config import DEFAULT_BOUNDS, MODEL_PARTY, Address, OwnerBounds, check_na
 from ..errors import ConfigError, TLSConfigError
 from ..network.links import WebsocketLink
 from ..network.tls import client_context, peer_party, server_context
-from ..network.wire import WireError, decode, encode
+from ..network.wire import HEADER_PREFIX, MAX_HEADER, WireError, decode, encode
+from . import contribution
 from .owner import MODEL, DataOwner, Link
 from .task import Task, load_task
 
 PEER_PATH = "/peer/"  # without TLS a peer owner *claims* its id: ws://host:port/peer/<its id>
 CLOSE_POLICY_VIOLATION = 1008  # websocket close code: this client or frame is not allowed
 CLOSE_TOO_BIG = 1009
+PARTY_CONNECTIONS = 4  # open connections of one party at once: room to reconnect, none to fill the owner
 
 
 class OwnerServer:
@@ -50,6 +55,8 @@ class OwnerServer:
         self.allowed: FrozenSet[str] = frozenset({model_party, *owner.peers})
         self.bounds: OwnerBounds = owner.bounds
         self.open_connections = 0
+        self.party_connections: Dict[str, int] = {}  # requester ("model" or a peer id) -> open connections
+        self.max_frame = frame_limit(owner)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.bounds.max_connections)
 
     def requester_of(self, connection, path: str) -> str:
@@ -67,7 +74,7 @@ class OwnerServer:
         try:
             async for frame in connection:
                 try:
-                    message = decode(frame, self.bounds.max_message)
+                    message = decode(frame, self.max_frame)
                 except WireError as err:
                     self.owner.refused += 1
                     self.owner.log(f"refused a frame from {requester}: {err}")
@@ -90,7 +97,7 @@ class OwnerServer:
                 self.host,
                 self.port,
                 ssl=self.tls,
-                max_size=self.bounds.max_message,
+                max_size=self.max_frame,
                 max_queue=1,  # one frame read ahead per connection: memory per connection is bounded
                 compression=None,  # no permessage-deflate: no decompression bomb
                 ping_interval=None,  # type: ignore[arg-type]  # websockets documents None: no pings
@@ -114,6 +121,35 @@ class OwnerServer:
             for link in self.owner.peers.values():
                 link.close()
 
+    def admit(self, requester: str) -> bool:
+        """Count a new connection of ``requester`` unless its party holds ``PARTY_CONNECTIONS`` already or the
+        owner is full; the peers together never take the model owner's last ``PARTY_CONNECTIONS`` slots."""
+        reserve = min(PARTY_CONNECTIONS, self.bounds.max_connections // 2)
+        peers = self.open_connections - self.party_connections.get(MODEL, 0)
+        if (
+            self.party_connections.get(requester, 0) >= PARTY_CONNECTIONS
+            or self.open_connections >= self.bounds.max_connections
+            or (requester != MODEL and peers >= self.bounds.max_connections - reserve)
+        ):
+            return False
+        self.party_connections[requester] = self.party_connections.get(requester, 0) + 1
+        self.open_connections += 1
+        return True
+
+    def release(self, requester: str) -> None:
+        self.party_connections[requester] -= 1
+        self.open_connections -= 1
+
+
+def frame_limit(owner: DataOwner) -> int:
+    """The largest frame ``owner`` reads: a header and its largest array (the float32 params of a request, or
+    a peer's int64 share of a train or evaluate vector), and never above its ``max_message``."""
+    metrics = len(owner.task.metric_names)
+    values = max(
+        4 * owner.parameters, 8 * contribution.train_length(owner.parameters), 8 * contribution.evaluate_length(metrics)
+    )
+    return min(owner.bounds.max_message, HEADER_PREFIX.size + MAX_HEADER + values)
+
 
 def authenticate(ssl_object: ssl.SSLObject, allowed: FrozenSet[str], worker_id: str) -> str:
     """The allowed party id in a verified peer certificate; PermissionError for any other party."""
@@ -134,23 +170,22 @@ class CheckingProtocol(websockets.WebSocketServerProtocol):
     def __init__(self, *args, server: OwnerServer, **kwargs):
         super().__init__(*args, **kwargs)
         self.owner_server = server
-        self.counted = False
+        self.counted: Optional[str] = None  # the requester whose connection this is, once admitted
 
     async def process_request(self, path, request_headers):
         try:
-            self.owner_server.requester_of(self, path)
+            requester = self.owner_server.requester_of(self, path)
         except PermissionError as err:
             return http.HTTPStatus.FORBIDDEN, [], f"{err}\n".encode()
-        if self.owner_server.open_connections >= self.owner_server.bounds.max_connections:
+        if not self.owner_server.admit(requester):
             return http.HTTPStatus.SERVICE_UNAVAILABLE, [], b"too many connections\n"
-        self.owner_server.open_connections += 1
-        self.counted = True
+        self.counted = requester
         return None
 
     def connection_lost(self, exc):
-        if self.counted:
-            self.owner_server.open_connections -= 1
-            self.counted = False
+        if self.counted is not None:
+            self.owner_server.release(self.counted)
+            self.counted = None
         super().connection_lost(exc)
 
 
@@ -180,6 +215,8 @@ def create_owner_server(
     check_party(model_party)
     if model_party in (worker_id, *peers):
         raise TLSConfigError(f"{model_party!r} is the model owner's party id; a data owner needs another id")
+    if MODEL in (worker_id, *peers):  # the owner's requester id of the model owner, whatever --model-party says
+        raise TLSConfigError(f"{MODEL!r} names the model owner's requests on a worker; a data owner needs another id")
     if not 2 <= bounds.min_owners <= len(peers) + 1:
         raise ConfigError(
             f"min-owners: a sum covers 2 to {len(peers) + 1} owners (this worker and its {len(peers)} peer(s)), "

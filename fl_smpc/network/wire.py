@@ -95,6 +95,8 @@ def decode(frame: bytes, max_size: int) -> Message:
         size = count * dtype.itemsize
         if size > len(frame) - offset:
             raise WireError(f"array {name!r} needs {size} bytes, {len(frame) - offset} left")
+        if math.prod(n for n in shape if n) * dtype.itemsize > len(frame):  # [0, 2**39, 2**39]: numpy refuses
+            raise WireError(f"array {name!r}: shape {list(shape)} is too large")  # such shapes with ValueError
         arrays[name] = np.frombuffer(frame[offset : offset + size], dtype=dtype, count=count).reshape(shape).copy()
         offset += size
     if offset != len(frame):
