@@ -31,6 +31,9 @@ _LAZY = {
     "run_rounds": "federated",
     "run_round": "federated",
     "History": "federated",
+    # owner-side training: in one process, or with fl-smpc worker processes over mutual TLS
+    "train_in_process": "model_owner.connect",
+    "train_with_owners": "model_owner.connect",
     "RoundResult": "federated",
     "global_loss": "federated",
     # the plain-PyTorch FedAvg reference, to check your own runs

@@ -186,6 +186,13 @@ def build_parser(
         "(default: tutorial in-process, owner with --transport websocket, the only choice there)",
     )
     add(
+        "--neighbours",
+        type=int,
+        metavar="K",
+        help="owner-side pairwise masking: each owner masks with and Shamir-shares its seeds among K neighbours "
+        "(SecAgg+'s graph) instead of every other owner (default: all pairs)",
+    )
+    add(
         "--task",
         default=DEFAULT_TASK,
         help="websocket: what the owners train, as their workers' --task (toy, sms, mlp-regression, "
@@ -336,6 +343,7 @@ def spec_from_args(
         owners_per_round=args.owners_per_round,
         aggregation=args.aggregation,
         training=args.training or ("owner" if transport == "websocket" else "tutorial"),
+        neighbours=args.neighbours,
     )
     return RunSpec(
         config=config,
