@@ -197,8 +197,18 @@ def poisson_sample(n: int, q: float) -> torch.Tensor:
 
 def _bernoulli_exp_le1(num: int, den: int) -> bool:
     """Bernoulli(exp(-num/den)) for 0 <= num <= den (CKS 2020, Algorithm 1, first case)."""
-    k = 1
-    while secrets.randbelow(den * k) < num:  # Bernoulli(gamma / k)
+    below = secrets.randbelow
+    k = 2 if num == den else 1  # Bernoulli(gamma / 1) is certain for gamma = 1
+    while below(den * k) < num:  # Bernoulli(gamma / k)
+        k += 1
+    return k % 2 == 1
+
+
+def _bernoulli_exp_minus_one() -> bool:
+    """Bernoulli(exp(-1)): Algorithm 1 with gamma = 1, i.e. Bernoulli(1 / k) until the first failure."""
+    below = secrets.randbelow
+    k = 2
+    while below(k) == 0:
         k += 1
     return k % 2 == 1
 
@@ -206,7 +216,7 @@ def _bernoulli_exp_le1(num: int, den: int) -> bool:
 def _bernoulli_exp(num: int, den: int) -> bool:
     """Bernoulli(exp(-num/den)) for any rational num/den >= 0: one exp(-1) trial per whole unit, then the rest."""
     while num > den:
-        if not _bernoulli_exp_le1(1, 1):
+        if not _bernoulli_exp_minus_one():
             return False
         num -= den
     return _bernoulli_exp_le1(num, den)
@@ -216,13 +226,13 @@ def _discrete_laplace(t: int) -> int:
     """P(Y = y) proportional to exp(-|y| / t) on the integers, t >= 1 (CKS 2020, Algorithm 2)."""
     while True:
         u = secrets.randbelow(t)
-        if not _bernoulli_exp(u, t):
+        if not _bernoulli_exp_le1(u, t):
             continue
         v = 0
-        while _bernoulli_exp_le1(1, 1):
+        while _bernoulli_exp_minus_one():
             v += 1
         x = u + t * v
-        negative = secrets.randbelow(2)
+        negative = secrets.randbits(1)
         if negative and x == 0:
             continue
         return -x if negative else x
@@ -394,7 +404,11 @@ def clip_to_grid(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, preci
     factor = np.where(norms > bound, bound / np.maximum(norms, 1e-300), 1.0)
     x = x * factor[:, None]
     low = np.floor(x)
-    rounded = (low + (_uniform01(x.size).reshape(x.shape) < x - low)).astype(np.int64)
+    fraction = (x - low).ravel()
+    fractional = np.flatnonzero(fraction)  # draws only where there is something to round (hashed rows are sparse)
+    up = np.zeros(x.size, dtype=np.int64)
+    up[fractional] = _uniform01(fractional.size) < fraction[fractional]
+    rounded = low.astype(np.int64) + up.reshape(x.shape)
     if rounded.size and int((rounded * rounded).sum(axis=1).max()) > k * k:
         raise AssertionError("a rounded gradient exceeds the clip bound")  # impossible by the argument above
     return rounded
