@@ -89,3 +89,49 @@ def test_cli_runs_owner_side_training_in_process(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["config"]["training"] == "owner"
     assert all(r["worker_losses"] == {} and r["local_loss"] > 0 for r in doc["rounds"])
+
+
+class LostAfterMasking:
+    """A link to an owner that answers until it has sent its masked vector, then is gone (unreachable)."""
+
+    def __init__(self, link, kinds=("views", "unmask")):
+        self.link, self.kinds, self.id = link, kinds, link.id
+
+    def request(self, message):
+        from fl_smpc.errors import WorkerUnreachable
+
+        if message.kind in self.kinds:
+            raise WorkerUnreachable(self.id, "connection lost (test)")
+        return self.link.request(message)
+
+    def close(self):
+        self.link.close()
+
+
+@pytest.mark.parametrize("neighbours", [None, 2])
+def test_an_owner_lost_after_masking_is_in_the_sum_without_a_redo(neighbours, monkeypatch):
+    """Double masking, wired: dave answers `mask` and is then lost. The round's sum still holds dave's vector
+    (its self mask is removed with the others' shares): within a quantum of plaintext FedAvg over all four,
+    round numbers not redone. With SecAgg+'s graph (2 neighbours each) as with all pairs."""
+    import fl_smpc.model_owner.connect as connect
+
+    workers = ("bob", "alice", "jane", "dave")
+    x, y = torch.rand(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([[1.0], [0]] * 4)
+    config = FLConfig(workers=workers, rounds=1, seed=0, training="owner", aggregation="pairwise",
+                      neighbours=neighbours)
+    made = []
+    federation_class = connect.Federation
+
+    def federation_losing_dave(links, task, **kwargs):
+        links = dict(links)
+        links["dave"] = LostAfterMasking(links["dave"])
+        made.append(federation_class(links, task, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(connect, "Federation", federation_losing_dave)
+    history = train_federated(config, x, y, model=seed_model(0), loss_fn=lambda p, t: ((p - t) ** 2).sum())
+    (plain,) = fedavg_rounds(seed_model(0), split_dataset(x, y, 4, binary_labels=False), 1, 0.1, 5)
+    r = history.rounds[0]
+    assert r.contributors == list(workers)  # dave's vector is in the sum
+    assert (flat(r.model) - plain.params).abs().max().item() <= QUANTUM
+    assert made[0].next_round == 4  # the initial evaluation, one train and one evaluate round: no redo
