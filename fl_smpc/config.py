@@ -46,6 +46,8 @@ SMS_SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in e
 # bce: a mean over L2-normalised hashed rows has small gradients, hence the large step.
 # sse: a *sum* over ~1,200 rows per owner diverges unless lr < 1 / rows.
 SMS_DEFAULTS: Dict[str, Any] = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
+# With --dp (DP-FedSGD: one local step per round) on SMS; the rest of the DP settings are FLConfig's dp_* defaults.
+SMS_DP_DEFAULTS: Dict[str, Any] = {"rounds": 100, "local_steps": 1, "lr": 50.0}
 LOSSES = ("sse", "bce")
 DATASETS = ("toy", "sms")
 
@@ -78,6 +80,9 @@ class OwnerBounds:
     max_connections: int = 16  # open connections at once (model owner + peers + spares)
     peer_timeout: float = PEER_TIMEOUT  # seconds to reach a peer, and to wait for the shares of a round
     max_pending_rounds: int = 2  # rounds of peers' shares held before this owner has joined them
+    # the owner's own differential privacy (fl_smpc.data_owner.privacy.DPSettings): every training request must
+    # be at least as private, and the owner stops at its epsilon; None: it requires none
+    dp: Optional[Any] = None
 
 
 DEFAULT_BOUNDS = OwnerBounds()
@@ -159,6 +164,11 @@ class FLConfig:
         way over the network).
     neighbours: owner-side pairwise masking (SecAgg's double masking): each owner masks with and shares its
         secrets among ``neighbours`` others (SecAgg+'s graph, Bell et al. 2020); ``None`` = all pairs.
+    dp: differential privacy on each owner (owner-side training, one local step per round: DP-FedSGD):
+        ``"local"`` (each owner adds all the noise) or ``"distributed"`` (each adds its share, so that any
+        ``min_owners`` honest owners give the sum the full noise); ``None`` = off. ``dp_epsilon``/``dp_delta``:
+        each in-process owner's budget; ``dp_noise`` (noise multiplier z), ``dp_clip`` (per-example L2 clip C),
+        ``dp_sampling`` (Poisson sampling rate q): see fl_smpc/data_owner/privacy.py.
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -175,6 +185,12 @@ class FLConfig:
     aggregation: str = "additive"
     training: str = "tutorial"
     neighbours: Optional[int] = None
+    dp: Optional[str] = None
+    dp_epsilon: float = 3.0
+    dp_delta: float = 1e-5
+    dp_noise: float = 1.0
+    dp_clip: float = 1.0
+    dp_sampling: float = 0.05
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -220,12 +236,35 @@ class FLConfig:
             raise ConfigError(f"aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.training not in TRAININGS:
             raise ConfigError(f"training: must be one of {', '.join(TRAININGS)}, got {self.training!r}")
+        if self.dp is not None:
+            if self.dp not in ("local", "distributed") or self.training != "owner":
+                raise ConfigError(
+                    f"dp: 'local' or 'distributed' with owner-side training (training='owner', --training owner), "
+                    f"got {self.dp!r} with training {self.training!r}"
+                )
+            if self.local_steps != 1:
+                raise ConfigError(
+                    f"local_steps: differential privacy needs exactly 1 local step per round (DP-FedSGD), got "
+                    f"{self.local_steps}: the accountant counts one subsampled Gaussian release per round"
+                )
+            self.dp_settings()  # checks the numbers
         k = self.neighbours
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 2 or self.training != "owner"):
             raise ConfigError(
                 f"neighbours: SecAgg+'s neighbour graph (an integer of at least 2) applies to owner-side training's "
                 f"pairwise masking, got {k!r}"
             )
+
+    def dp_settings(self):
+        """The run's :class:`~fl_smpc.data_owner.privacy.DPSettings` (None without ``dp``); light: no torch."""
+        if self.dp is None:
+            return None
+        from .data_owner.privacy import DPSettings
+
+        return DPSettings(
+            self.dp, self.dp_noise, self.dp_clip, self.dp_sampling, self.dp_epsilon, self.dp_delta,
+            self.min_owners if self.dp == "distributed" else 1,
+        )  # fmt: skip
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

@@ -29,6 +29,8 @@ class RoundResult:
     dropped: Dict[str, str] = field(default_factory=dict)  # owner -> why it was left out of this round
     # owner-side training: no single owner's loss leaves it; this is the owners' weighted mean last local loss
     local_loss: Optional[float] = None
+    # differential privacy: each contributing owner's epsilon spent so far (public: settings and rounds only)
+    epsilon: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready form: one item of the ``--json`` document's ``rounds`` (a ``--jsonl`` line's body)."""
@@ -42,6 +44,8 @@ class RoundResult:
         }
         if self.local_loss is not None:
             item["local_loss"] = self.local_loss
+        if self.epsilon:
+            item["epsilon"] = dict(self.epsilon)
         if self.metrics:
             item["metrics"] = dict(self.metrics)
         return item
@@ -56,6 +60,7 @@ class History:
     initial_loss: float
     rounds: List[RoundResult] = field(default_factory=list)
     initial_metrics: Dict[str, float] = field(default_factory=dict)
+    stopped: Optional[str] = None  # why the run ended before config.rounds (e.g. owners' privacy budgets spent)
 
     def latest_state(self) -> Dict[str, torch.Tensor]:
         """The global model after the last completed round (the initial model if none completed)."""
@@ -71,6 +76,8 @@ class History:
         }
         if self.initial_metrics:
             doc["initial_metrics"] = dict(self.initial_metrics)
+        if self.stopped:
+            doc["stopped"] = self.stopped
         doc["rounds"] = [r.to_dict() for r in self.rounds]
         return doc
 

@@ -287,6 +287,8 @@ def format_round(r, rounds: int) -> str:
         lines.append(f"  avg {name}: {[round(v, 4) for v in value.flatten().tolist()]}")
     if r.worker_losses:
         lines.append("  " + " ".join(f"{name.capitalize()}_loss: {loss:.4f}" for name, loss in r.worker_losses.items()))
+    if r.epsilon:  # differential privacy: each owner's epsilon spent so far (public)
+        lines.append("  epsilon spent: " + ", ".join(f"{owner} {eps:.3f}" for owner, eps in r.epsilon.items()))
     if r.local_loss is not None:  # owner-side training: only the owners' weighted mean leaves them
         lines.append(f"  local loss (owners' weighted mean): {r.local_loss:.4f}; owners {', '.join(r.contributors)}")
     return "\n".join(lines)
@@ -305,6 +307,22 @@ def format_sms_settings(history, spec) -> str:
         f"seed {history.config.seed}; loss {spec.loss}; lr {history.config.lr}; {history.config.local_steps} "
         f"local steps; {spec.features} hashed features"
     )
+
+
+def format_privacy(history) -> str:
+    """With differential privacy: each owner's epsilon spent (delta, budget) and why the run stopped, if it did."""
+    config = history.config
+    if config.dp is None:
+        return ""
+    spent = history.rounds[-1].epsilon if history.rounds else {}
+    lines = [
+        f"differential privacy ({config.dp}): epsilon spent per owner after {len(history.rounds)} rounds "
+        f"(delta {config.dp_delta:g}, budget {config.dp_epsilon:g}): "
+        + (", ".join(f"{owner} {eps:.3f}" for owner, eps in spent.items()) or "none")
+    ]
+    if history.stopped:
+        lines.append(f"stopped early: {history.stopped}")
+    return "\n".join(lines)
 
 
 def format_sms_result(result) -> str:

@@ -65,11 +65,11 @@ def test_table_and_flags(boston, one_epoch, capsys):
 @pytest.fixture(scope="module")
 def over_tls(boston):
     """Part 10 over mutual TLS: 2 worker processes train with examples/boston_housing.py as their task."""
-    return boston.run(epochs=1, seed=0, transport="websocket", aggregation="pairwise")
+    return boston.run(epochs=1, seed=0, transport="websocket")  # two owners: additive (SecAgg needs three)
 
 
 def test_part10_over_tls_equals_in_process_owner_training_and_plaintext(boston, over_tls):
-    in_process = boston.run(epochs=1, seed=0, training="owner", aggregation="pairwise")
+    in_process = boston.run(epochs=1, seed=0, training="owner")
     assert over_tls["config"].training == "owner" and len(over_tls["history"].rounds) == 26
     quantum = 10.0 ** -over_tls["config"].precision_fractional
     for net, local in zip(over_tls["history"].rounds, in_process["history"].rounds):

@@ -117,8 +117,9 @@ def test_an_owner_lost_after_masking_is_in_the_sum_without_a_redo(neighbours, mo
 
     workers = ("bob", "alice", "jane", "dave")
     x, y = torch.rand(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([[1.0], [0]] * 4)
-    config = FLConfig(workers=workers, rounds=1, seed=0, training="owner", aggregation="pairwise",
-                      neighbours=neighbours)
+    config = FLConfig(
+        workers=workers, rounds=1, seed=0, training="owner", aggregation="pairwise", neighbours=neighbours
+    )
     made = []
     federation_class = connect.Federation
 

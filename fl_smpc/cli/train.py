@@ -17,6 +17,7 @@ from ..config import (
     MODEL_PARTY,
     REPLY_TIMEOUT,
     SMS_DEFAULTS,
+    SMS_DP_DEFAULTS,
     SMS_FEATURES,
     SMS_PARTITIONS,
     TRAININGS,
@@ -193,6 +194,38 @@ def build_parser(
         "(SecAgg+'s graph) instead of every other owner (default: all pairs)",
     )
     add(
+        "--dp",
+        choices=("local", "distributed"),
+        help="differential privacy on each owner (DP-FedSGD: owner-side training, 1 local step per round): local, "
+        "each owner adds all the noise; distributed, each adds its share of it under secure aggregation "
+        "(default: off)",
+    )
+    add(
+        "--dp-epsilon",
+        type=finite_float,
+        default=DEFAULTS.dp_epsilon,
+        help="each owner's budget (default: %(default)s)",
+    )
+    add("--dp-delta", type=finite_float, default=DEFAULTS.dp_delta, help="(default: %(default)s)")
+    add(
+        "--dp-noise",
+        type=finite_float,
+        default=DEFAULTS.dp_noise,
+        help="noise multiplier z: noise std / the sensitivity (default: %(default)s)",
+    )
+    add(
+        "--dp-clip",
+        type=finite_float,
+        default=DEFAULTS.dp_clip,
+        help="per-example L2 clip norm C (default: %(default)s)",
+    )
+    add(
+        "--dp-sampling",
+        type=finite_float,
+        default=DEFAULTS.dp_sampling,
+        help="Poisson sampling rate q of each owner's examples per round (default: %(default)s)",
+    )
+    add(
         "--task",
         default=DEFAULT_TASK,
         help="websocket: what the owners train, as their workers' --task (toy, sms, mlp-regression, "
@@ -309,6 +342,10 @@ def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
             lr=SMS_DEFAULTS["lr"][loss],
             loss=loss,
         )
+    if known.dp:  # DP-FedSGD: one local step per round (FLConfig refuses more)
+        parser.set_defaults(local_steps=1, training="owner")
+        if known.dataset == "sms":
+            parser.set_defaults(**SMS_DP_DEFAULTS)
     return parser.parse_args(argv)
 
 
@@ -342,8 +379,14 @@ def spec_from_args(
         min_owners=args.min_owners,
         owners_per_round=args.owners_per_round,
         aggregation=args.aggregation,
-        training=args.training or ("owner" if transport == "websocket" else "tutorial"),
+        training=args.training or ("owner" if transport == "websocket" or args.dp else "tutorial"),
         neighbours=args.neighbours,
+        dp=args.dp,
+        dp_epsilon=args.dp_epsilon,
+        dp_delta=args.dp_delta,
+        dp_noise=args.dp_noise,
+        dp_clip=args.dp_clip,
+        dp_sampling=args.dp_sampling,
     )
     return RunSpec(
         config=config,
@@ -472,7 +515,7 @@ class Report:
         self.shown = len(history.rounds)
 
     def finished(self, result) -> None:
-        from ..history_io import format_sms_data, format_sms_summary, to_json
+        from ..history_io import format_privacy, format_sms_data, format_sms_summary, to_json
 
         doc = result.to_dict()
         if self.mode == "json":
@@ -485,6 +528,9 @@ class Report:
         elif self.spec.dataset == "sms":
             self.emit(format_sms_summary(result))
             self.emit(format_sms_data(result))
+        privacy = format_privacy(result.history) if self.mode == "text" else ""
+        if privacy:
+            self.emit(privacy)
 
     def failed(self, err: FlSmpcError) -> None:
         from ..history_io import to_json

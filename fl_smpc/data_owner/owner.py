@@ -32,14 +32,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
 
 from ..config import DEFAULT_BOUNDS, WEIGHTINGS, OwnerBounds
 from ..data import check_dataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..network.wire import Message, WireError, field_float, field_int, field_names, field_str
 from ..pairwise_owner import encode
 from . import contribution
@@ -120,6 +120,8 @@ class DataOwner:
         self.peers: Dict[str, Link] = dict(peers or {})
         self.log = log or logging.getLogger(f"fl_smpc.owner.{owner_id}").info
         self.contributions = 0  # over this owner's lifetime (bounded by bounds.max_rounds)
+        self.budget: Optional[Any] = None  # its privacy budget (OwnerBudget), counted with its own settings
+        self.budget_precision: Optional[int] = None
         self.refused = 0
         self.run: Optional[Run] = None
         self._state = threading.Condition()
@@ -189,6 +191,8 @@ class DataOwner:
         strangers = [o for o in owners if o != self.id and o not in self.peers]
         if self.id not in owners or strangers:
             raise Refusal(f"the run's owners must include this owner and only its peers, not {strangers}")
+        if len(owners) < 3:  # a masked "sum" of two owners tells each the other's vector: additive only
+            return {}
         k = fields.get("neighbours")
         if k is not None:
             k = field_int(fields, "neighbours", 2, self.bounds.max_owners)
@@ -226,12 +230,21 @@ class DataOwner:
                 raise Refusal(f"{kind} round {round_} is not after round {run.last_round[kind]}: one contribution each")
             if self.contributions >= self.bounds.max_rounds:
                 raise Refusal(f"this owner's limit of {self.bounds.max_rounds} contributions is reached")
+            if kind == "train" and self.bounds.dp is not None:
+                self._budget_for(settings["precision"])
+            if kind == "train" and self.budget is not None and not self.budget.can_take_round():
+                raise Refusal(
+                    f"privacy budget spent: one more round would take epsilon to "
+                    f"{self.budget.epsilon_after(self.budget.rounds + 1):.4g} > {self.budget.epsilon:g}"
+                )
             run.last_round[kind] = round_
             self.contributions += 1
-            digest = request_digest(run.id, kind, round_, owners, settings, params)
+            digest = request_digest(run.id, kind, round_, owners, fields["settings"], params)
             if settings["aggregation"] == "additive":  # peers' shares may arrive while this owner trains
                 self._join(run, kind, round_, owners, digest)
             else:  # double masking: the round's seeds, Shamir-shared with the neighbours
+                if not run.secagg:
+                    raise Refusal("pairwise masking (SecAgg) needs a run of at least 3 owners; use additive")
                 run.requests[kind] = (round_, digest)
                 try:
                     mask_shares = run.secagg[kind].outgoing_shares(round_)
@@ -240,12 +253,17 @@ class DataOwner:
         unreached = [] if settings["aggregation"] == "additive" else self._send(run, kind, round_, owners, mask_shares)
         vector = self._vector(kind, settings, torch.from_numpy(params))
         vector = contribution.clipped(vector, len(owners), settings["precision"])
+        epsilon: Dict[str, float] = {}
+        if kind == "train" and self.budget is not None:  # public: it depends on the settings and the count only
+            with self._state:
+                epsilon = {"epsilon": self.budget.take_round()}
         if settings["aggregation"] == "pairwise":
             with self._state:
                 run.prepared = (kind, round_, owners, encode(vector, settings["precision"]))
-            reply = Message("ready", {"unreached": unreached})
+            reply = Message("ready", {"unreached": unreached, **epsilon})
         else:
             reply = self._share(run, kind, round_, owners, vector, settings["precision"], digest)
+            reply.fields.update(epsilon)
         self.log(
             f"released {kind} round {round_}: {reply.kind} of {vector.size} values, towards a sum over "
             f"{', '.join(owners)}"
@@ -261,6 +279,14 @@ class DataOwner:
                 loss, metrics = evaluate_rows(model, self.data, self.target, self.task)
                 extra = [float(rows), contribution.loss_part(loss, rows, self.task.reduction)]
                 return np.array(extra + [rows * metrics[m] for m in self.task.metric_names], dtype=np.float64)
+            if settings.get("dp") is not None:  # DP-FedSGD: the noised sum of clipped per-example gradients
+                from .privacy import noised_contribution
+
+                grid = noised_contribution(
+                    model, self.task.loss_fn, self.data, self.target, settings["dp"], settings["precision"],
+                    self.task.reduction,
+                )  # fmt: skip
+                return grid.astype(np.float64) / 10.0 ** settings["precision"]  # exact: the encoder gives it back
             first_step = (settings["fl_round"] - 1) * settings["local_steps"]
             trained, local_loss = train_steps(
                 model, self.data, self.target, self.task, settings["lr"], settings["local_steps"],
@@ -306,9 +332,11 @@ class DataOwner:
         owners = self._owners_of(fields)
         digest = field_str(fields, "request", 64)
         share = message.arrays.get("share")
-        length = self._length(kind)
-        if share is None or share.dtype != np.int64 or share.shape != (length,) or set(message.arrays) != {"share"}:
-            raise Refusal(f"a {kind} share is {length} int64 values")
+        lengths = self._lengths(kind)
+        if share is None or share.dtype != np.int64 or share.ndim != 1 or share.size not in lengths:
+            raise Refusal(f"a {kind} share is {' or '.join(map(str, lengths))} int64 values")
+        if set(message.arrays) != {"share"}:
+            raise Refusal("a share message carries the share array only")
         if requester not in owners:
             raise Refusal("a share must come from an owner of the round")
         with self._state:
@@ -532,7 +560,7 @@ class DataOwner:
         if not isinstance(settings, dict):
             raise Refusal("settings must be an object")
         b = self.bounds
-        out = {
+        out: Dict[str, Any] = {
             "precision": field_int(settings, "precision", 0, b.max_precision),
             "aggregation": field_str(settings, "aggregation", 16, b.aggregations),
         }
@@ -544,14 +572,57 @@ class DataOwner:
                 weighting=field_str(settings, "weighting", 16, WEIGHTINGS),
                 batch_size=None if settings.get("batch_size") is None else field_int(settings, "batch_size", 1, 2**31),
             )
-        unknown = set(settings) - set(out) - ({"batch_size"} if kind == "train" else set())
+            out["dp"] = self._dp_of(settings.get("dp"), settings["local_steps"])
+        elif self.bounds.dp is not None:
+            raise Refusal("with differential privacy this owner releases only noised gradient sums: no evaluation")
+        unknown = set(settings) - set(out) - ({"batch_size", "dp"} if kind == "train" else set())
         if unknown:
             raise Refusal(f"unknown settings {sorted(unknown)}")
         return out
 
-    def _length(self, kind: str) -> int:
-        metrics = len(self.task.metric_names)
-        return contribution.train_length(self.parameters) if kind == "train" else contribution.evaluate_length(metrics)
+    def _budget_for(self, precision: int) -> None:
+        """The owner's accountant, made at its first private round (the noise's grid depends on the precision,
+        which then stays fixed: one mechanism, composed round after round). Counted with the owner's own
+        settings: requests may only be stronger, so this over-counts, never under-counts."""
+        from .privacy import OwnerBudget
+
+        assert self.bounds.dp is not None  # called for an owner with its own DP settings only
+        if self.budget is None:
+            self.budget = OwnerBudget.for_settings(self.bounds.dp, precision, self.parameters + 1)
+            self.budget_precision = precision
+        elif precision != self.budget_precision:
+            raise Refusal(f"this owner's private rounds are at precision {self.budget_precision}")
+
+    def _dp_of(self, requested, local_steps: int):
+        """The round's DP settings (None: no DP), refused if weaker than this owner's own."""
+        own = self.bounds.dp
+        if requested is None:
+            if own is not None:
+                raise Refusal("this owner trains only with differential privacy at least as strong as its own")
+            return None
+        if not isinstance(requested, dict) or set(requested) != set(DP_FIELDS):
+            raise Refusal(f"dp settings hold exactly {', '.join(DP_FIELDS)}")
+        try:
+            from .privacy import DPSettings
+
+            dp = DPSettings(**requested, epsilon=own.epsilon if own else 1e3, delta=own.delta if own else 0.5)
+        except (ConfigError, TypeError) as err:
+            raise Refusal(str(err)) from None
+        weaker = dp.weaker_than(own) if own is not None else []
+        if weaker:
+            raise Refusal(f"dp settings weaker than this owner's: {'; '.join(weaker)}")
+        if local_steps != 1:
+            raise Refusal("differential privacy needs exactly 1 local step per round (DP-FedSGD)")
+        return dp
+
+    def _lengths(self, kind: str) -> Tuple[int, ...]:
+        """The sizes a peer's share of a ``kind`` contribution may have (training: FedAvg's, or DP-FedSGD's P + 1)."""
+        if kind == "train":
+            return (contribution.train_length(self.parameters), self.parameters + 1)
+        return (contribution.evaluate_length(len(self.task.metric_names)),)
+
+
+DP_FIELDS = ("mode", "noise_multiplier", "clip_norm", "sampling_rate", "min_owners")
 
 
 def _bytes(data: bytes) -> np.ndarray:

@@ -452,7 +452,10 @@ def noised_contribution(
     parameters = sum(p.numel() for p in _trainable(model))
     check_grid(settings.clip_norm, precision, parameters)
     kept = poisson_sample(int(data.shape[0]), settings.sampling_rate)
-    grads = per_example_gradients(model, loss_fn, data[kept], target[kept], reduction, method)
+    # index_select, not data[kept]: syft's hook on torch turns a one-element index tensor into an int
+    grads = per_example_gradients(
+        model, loss_fn, data.index_select(0, kept), target.index_select(0, kept), reduction, method
+    )
     total = clipped_sum(grads, settings.clip_norm, precision)
     return total + discrete_gaussian_sq(noise_variance(settings, precision), total.size)
 

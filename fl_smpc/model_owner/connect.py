@@ -95,7 +95,7 @@ def train_parts_in_process(
 ) -> History:
     """Owner-side training in this process, owner i holding ``parts[i]`` = (data, target) and training ``task``."""
     config = config.with_seed()
-    bounds = bounds or OwnerBounds(min_owners=config.min_owners)
+    bounds = bounds or OwnerBounds(min_owners=config.min_owners, dp=config.dp_settings())
     owners: Dict[str, DataOwner] = {}
     for name, (x, y) in zip(config.workers, parts):
         owners[name] = DataOwner(name, x, y, task, bounds)

@@ -17,7 +17,7 @@ among the others under a new round number (owners never reuse one), as long as `
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ class Federation:
     concurrent: bool = True
     masking: Dict[str, SecAggSession] = field(default_factory=dict)  # double masking, per kind (public)
     neighbours: Optional[int] = None  # SecAgg+'s graph degree; None: all pairs
+    epsilon: Dict[str, float] = field(default_factory=dict)  # DP: each owner's epsilon spent, as it reported
 
     def request(self, owner: str, message: Message) -> Message:
         reply = self.links[owner].request(message)
@@ -84,6 +85,7 @@ class Federation:
         self.masking = {
             kind: SecAggSession.create(f"{self.session}-{kind}", owners, self.neighbours, bytes.fromhex(seed))
             for kind in ("train", "evaluate")
+            if len(owners) >= 3  # pairwise masking of two owners is refused on the owners
         }
         hello = {"session": self.session, "owners": owners, "neighbours": self.neighbours, "graph_seed": seed}
         welcomes: Dict[str, Message] = {}
@@ -148,6 +150,10 @@ def secure_round(
     }
     request = Message(kind, fields, {"params": params.detach().to(torch.float32).numpy()})
     replies = _ask_all(federation, owners, lambda owner: request)
+    for owner, (reply, _) in replies.items():
+        spent = None if reply is None else reply.fields.get("epsilon")
+        if isinstance(spent, (int, float)) and not isinstance(spent, bool):
+            federation.epsilon[owner] = float(spent)
     dropped = {owner: why for owner, (reply, why) in replies.items() if why}
     if not dropped and any(reply is None for reply, _ in replies.values()):
         dropped = {owner: "refused" for owner, (reply, _) in replies.items() if reply is None}
@@ -292,7 +298,13 @@ class RoundFailedEarly(FlSmpcError, RuntimeError):
 
 
 def evaluation(federation: Federation, owners: List[str], params, config: FLConfig, reduction: str):
-    """The global loss of ``params`` over the owners' rows and the task's metrics (weighted means)."""
+    """The global loss of ``params`` over the owners' rows and the task's metrics (weighted means).
+
+    With differential privacy the owners release nothing but their noised gradient sums: no evaluation on
+    their rows (NaN; the model owner's own ``evaluate`` hook, e.g. a held-out test set, still runs).
+    """
+    if config.dp is not None:
+        return float("nan"), {}, list(owners), {}
     settings = {"precision": config.precision_fractional, "aggregation": config.aggregation}
     total, contributors, dropped = gather(federation, owners, "evaluate", params, settings, config.min_owners)
     rows = max(total[0], 1.0)
@@ -339,6 +351,9 @@ def run_owner_rounds(
             model.load_state_dict(history.latest_state())
             if not isinstance(err, Exception):
                 raise
+            if config.dp is not None and "privacy budget spent" in str(err):
+                history.stopped = f"round {r}: too few owners with privacy budget left ({err})"
+                return history
             raise RoundFailed(r, err, history, getattr(err, "worker", None)) from err
         dropped = result.dropped
         history.rounds.append(result)
@@ -352,7 +367,7 @@ def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: i
     names = list(federation.links)
     chosen = [names[i] for i in owners_of_round(config, r) if names[i] in federation.available]
     away = {n: "not reachable when the run (re)started" for n in names if n not in federation.available}
-    settings = {
+    settings: Dict[str, Any] = {
         "lr": config.lr,
         "local_steps": config.local_steps,
         "batch_size": config.batch_size,
@@ -361,9 +376,28 @@ def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: i
         "precision": config.precision_fractional,
         "aggregation": config.aggregation,
     }
+    dp = config.dp_settings()
+    if dp is not None:
+        fields = ("mode", "noise_multiplier", "clip_norm", "sampling_rate", "min_owners")
+        settings["dp"] = {name: getattr(dp, name) for name in fields}
     params = parameters_to_vector(model.parameters()).detach()
+    federation.epsilon = {}
     total, contributors, dropped = gather(federation, chosen, "train", params, settings, config.min_owners)
     dropped = {**away, **dropped}
+    epsilon = {o: e for o, e in federation.epsilon.items() if o in contributors}
+    if dp is not None:  # DP-FedSGD: one step along the noised mean of the clipped per-example gradients
+        from ..data_owner.privacy import grid_clip_bound
+
+        count = max(
+            total[-1] * 10.0**config.precision_fractional / grid_clip_bound(dp.clip_norm, config.precision_fractional),
+            1.0,
+        )
+        with torch.no_grad():
+            step = torch.from_numpy((total[:-1] / count).astype(np.float32))
+            vector_to_parameters(params - config.lr * step, model.parameters())
+        result = RoundResult(r, {}, float("nan"), snapshot(model), evaluate(model), contributors, dropped)
+        result.epsilon = epsilon
+        return result
     size = federation.parameters
     # every owner clips to this bound: a sum this large means some owner's values were clipped (diverged)
     limit = encodable_limit(len(contributors), config.precision_fractional)
@@ -378,7 +412,11 @@ def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: i
     new_params = parameters_to_vector(model.parameters()).detach()
     reachable = [n for n in federation.available if n not in dropped]
     loss, metrics, _, _ = evaluation(federation, reachable, new_params, config, reduction)
-    return RoundResult(r, {}, loss, snapshot(model), {**metrics, **evaluate(model)}, contributors, dropped, local_loss)
+    result = RoundResult(
+        r, {}, loss, snapshot(model), {**metrics, **evaluate(model)}, contributors, dropped, local_loss
+    )
+    result.epsilon = epsilon
+    return result
 
 
 class DivergedError(FlSmpcError, ArithmeticError):
