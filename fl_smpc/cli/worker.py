@@ -7,6 +7,7 @@ from ..config import (
     SECURITY_CHOICE,
     WORKER_HOST,
     WORKER_PORT,
+    FLConfig,
     OwnerBounds,
     check_party,
     check_port,
@@ -17,6 +18,7 @@ from ..errors import FlSmpcError
 from .report import BAD_INPUT, FAILED, OK, ArgumentParser, report
 
 B = DEFAULT_BOUNDS
+DP = FLConfig()  # the DP defaults (FLConfig's dp_* fields), the same on both sides
 
 
 def build_parser() -> ArgumentParser:
@@ -85,6 +87,19 @@ def build_parser() -> ArgumentParser:
         metavar="BYTES",
         help="largest message accepted (default: %(default)s)",
     )
+    privacy = p.add_argument_group(
+        "this owner's differential privacy (its own budget; a training request with weaker settings is refused)"
+    )
+    privacy.add_argument("--dp", choices=("local", "distributed"), help="require DP-FedSGD training (default: off)")
+    privacy.add_argument("--dp-epsilon", type=float, default=DP.dp_epsilon, help="budget (default: %(default)s)")
+    privacy.add_argument("--dp-delta", type=float, default=DP.dp_delta, help="(default: %(default)s)")
+    privacy.add_argument(
+        "--dp-noise", type=float, default=DP.dp_noise, help="least noise multiplier (default: %(default)s)"
+    )
+    privacy.add_argument("--dp-clip", type=float, default=DP.dp_clip, help="clip norm C (default: %(default)s)")
+    privacy.add_argument(
+        "--dp-sampling", type=float, default=DP.dp_sampling, help="largest sampling rate q (default: %(default)s)"
+    )
     bounds.add_argument(
         "--timeout",
         type=float,
@@ -93,6 +108,16 @@ def build_parser() -> ArgumentParser:
         "(default: %(default)s)",
     )
     return p
+
+
+def owner_dp(args):
+    """The owner's own DPSettings from its flags (None without --dp); ConfigError names a bad value."""
+    if args.dp is None:
+        return None
+    from ..data_owner.privacy import DPSettings
+
+    shares = args.min_owners if args.dp == "distributed" else 1
+    return DPSettings(args.dp, args.dp_noise, args.dp_clip, args.dp_sampling, args.dp_epsilon, args.dp_delta, shares)
 
 
 def main(argv) -> int:
@@ -119,6 +144,7 @@ def main(argv) -> int:
             max_rounds=args.max_rounds,
             max_message=args.max_message,
             peer_timeout=args.timeout,
+            dp=owner_dp(args),
         )
     except FlSmpcError as err:
         parser.error(str(err))
@@ -142,7 +168,13 @@ def main(argv) -> int:
     def ready(port):
         print(
             f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data}; task {owner.task.name} "
-            f"({owner.parameters} parameters); sums over >= {bounds.min_owners} owners; serving on "
+            f"({owner.parameters} parameters); sums over >= {bounds.min_owners} owners; "
+            + (
+                f"differential privacy {args.dp}, epsilon {args.dp_epsilon:g} at delta {args.dp_delta:g}; "
+                if args.dp
+                else ""
+            )
+            + "serving on "
             f"{scheme}://{args.host}:{port} ({security}; Ctrl-C to stop)",
             flush=True,
         )

@@ -183,6 +183,8 @@ def double_masked_sum(
     """SecAgg's steps 2-4 over the owners that prepared a contribution: masked vectors, the owners' consistency
     check of the round's story, one unmasking answer each; an owner lost at any step costs no redo."""
     dropped = dict(dropped)
+    if len(participants) < 2:
+        raise OwnersDropped(dropped or {"(none)": "no owner prepared a contribution"})
     ask = {"session": federation.session, "round": round_}
     replies = _ask_all(federation, participants, lambda o: Message("mask", {**ask, "participants": participants}))
     masked, keys = {}, {}
@@ -235,6 +237,8 @@ def _ask_all(federation: Federation, owners, request_for) -> Dict[str, Tuple[Opt
     """Ask every owner at once (one thread each, as separate machines work): {owner: (reply, why it failed)}."""
 
     blamed: Dict[str, str] = {}
+    if not owners:
+        return {}
 
     def ask(owner):
         try:

@@ -1,0 +1,105 @@
+"""Differential privacy enforced by each data owner (owner-side training): the owner's budget, its refusal of
+weaker settings, what leaves it with DP on -- in-process and over mutual TLS."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fl_smpc import FLConfig, train_federated
+from fl_smpc.config import OwnerBounds
+from fl_smpc.data import split_dataset, toy_dataset
+from fl_smpc.data_owner.owner import MODEL, DataOwner
+from fl_smpc.data_owner.privacy import DPSettings, _prv_accountant
+from fl_smpc.data_owner.task import fingerprint, load_task
+from fl_smpc.model_owner.connect import train_with_owners
+from fl_smpc.network.csvdata import split_to_csv
+from fl_smpc.network.launcher import local_workers
+from fl_smpc.network.tls import create_federation
+from fl_smpc.network.wire import Message
+
+PRIVATE = dict(training="owner", dp="distributed", local_steps=1, lr=0.5, dp_noise=3.0, dp_sampling=0.5)
+
+
+def rounds_within(epsilon, delta, z, q):
+    """The most rounds whose epsilon (prv-accountant's upper bound on the Poisson-subsampled Gaussian) stays
+    within the budget, counted here with one accountant (tests/test_privacy.py checks it against RDP)."""
+    accountant = _prv_accountant(q, z, 64, delta)
+    n = 0
+    while accountant.compute_epsilon(delta, [n + 1])[2] <= epsilon:
+        n += 1
+    return n
+
+
+def test_the_budget_stops_every_owner_at_the_round_that_would_exceed_it():
+    config = FLConfig(seed=0, rounds=50, dp_epsilon=2.0, aggregation="additive", **PRIVATE)
+    history = train_federated(config)
+    expected = rounds_within(2.0, 1e-5, 3.0, 0.5)
+    assert 0 < expected < 50 and len(history.rounds) == expected
+    assert history.stopped and "privacy budget spent" in history.stopped
+    spent = history.rounds[-1].epsilon
+    assert set(spent) == {"bob", "alice", "jane"} and max(spent.values()) <= 2.0
+    assert all(math.isnan(r.global_loss) for r in history.rounds)  # no evaluation on the owners' rows
+
+
+def owner_with_dp(**own):
+    data, target = split_dataset(*toy_dataset(), 3)[0]
+    settings = DPSettings(**{"mode": "distributed", "noise_multiplier": 2.0, "sampling_rate": 0.5, "min_owners": 3,
+                             **own})
+    owner = DataOwner("bob", data, target, load_task("toy"), OwnerBounds(dp=settings),
+                      peers={"alice": None, "jane": None})
+    hello = {"session": "s", "owners": ["bob", "alice", "jane"], "neighbours": None, "graph_seed": "00" * 16}
+    assert owner.handle(MODEL, Message("hello", hello)).kind == "welcome"
+    return owner
+
+
+def train_request(owner, dp, round_=1, kind="train"):
+    settings = {"precision": 3, "aggregation": "pairwise"}
+    if kind == "train":
+        settings.update(lr=0.1, local_steps=1, fl_round=1, weighting="samples", batch_size=None, dp=dp)
+    fields = {"session": "s", "round": round_, "owners": ["bob", "alice", "jane"], "task": "toy",
+              "fingerprint": fingerprint("toy", owner.model), "settings": settings}
+    return owner.handle(MODEL, Message(kind, fields, {"params": np.zeros(4, dtype=np.float32)}))
+
+
+DP = {"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": 1.0, "sampling_rate": 0.5, "min_owners": 3}
+
+
+@pytest.mark.parametrize("weaker, reason", [
+    ({"noise_multiplier": 1.0}, "noise multiplier 1 < the owner's 2"),
+    ({"sampling_rate": 0.9}, "sampling rate 0.9 > the owner's 0.5"),
+    ({"min_owners": 4}, "noise split over 4 owners"),
+    (None, "at least as strong as its own"),
+])
+def test_an_owner_refuses_settings_weaker_than_its_own(weaker, reason):
+    owner = owner_with_dp()
+    reply = train_request(owner, None if weaker is None else {**DP, **weaker})
+    assert reply.kind == "refused" and reason in reply.fields["reason"], reply.fields
+    assert owner.contributions == 0 and (owner.budget is None or owner.budget.rounds == 0)
+    # the owner's own settings (or stronger) are accepted; epsilon spent is reported, and is the owner's count
+    stronger = train_request(owner, {**DP, "noise_multiplier": 3.0}, round_=2)
+    assert stronger.kind != "refused" or "mask shares" not in stronger.fields.get("reason", "")
+    assert owner.budget is not None and owner.budget.rounds == 1
+    assert stronger.fields.get("epsilon") == pytest.approx(owner.budget.epsilon_after(1))
+
+
+def test_with_dp_an_owner_releases_no_evaluation():
+    reply = train_request(owner_with_dp(), None, kind="evaluate")
+    assert reply.kind == "refused" and "no evaluation" in reply.fields["reason"]
+
+
+def test_over_tls_each_worker_enforces_its_own_budget(tmp_path):
+    names = ("bob", "alice", "jane")
+    paths = split_to_csv(str(tmp_path / "data"), names)
+    certs = str(tmp_path / "certs")
+    create_federation(certs, ["model", *names], days=1)
+    flags = ("--dp", "distributed", "--dp-epsilon", "2", "--dp-noise", "3", "--dp-sampling", "0.5")
+    config = FLConfig(seed=0, rounds=50, dp_epsilon=2.0, aggregation="pairwise", **PRIVATE)
+    with local_workers(paths, timeout=5.0, certs=certs, worker_args=flags) as addresses:
+        weak = FLConfig(seed=0, rounds=2, aggregation="pairwise", **{**PRIVATE, "dp_noise": 1.0})
+        with pytest.raises(Exception, match="noise multiplier 1 < the owner's 3"):
+            train_with_owners(weak, addresses, certs=certs, timeout=20.0)
+        history = train_with_owners(config, addresses, certs=certs, timeout=20.0)
+    assert len(history.rounds) == rounds_within(2.0, 1e-5, 3.0, 0.5)
+    assert "privacy budget spent" in history.stopped
+    assert torch.isfinite(torch.cat([t.flatten() for t in history.rounds[-1].model.values()])).all()
