@@ -56,14 +56,6 @@ class Refusal(Exception):
     """A request this owner does not serve; the text (about the request, never the data) goes back."""
 
 
-class PeerUnreachable(Refusal):
-    """A request needed peers this owner could not reach; they, not this owner, are at fault."""
-
-    def __init__(self, peers):
-        super().__init__(f"could not reach peer(s) {', '.join(peers)}")
-        self.peers = list(peers)
-
-
 class Link(Protocol):
     """Something that carries a request to another party and brings back its reply (a peer owner, here)."""
 
@@ -140,8 +132,7 @@ class DataOwner:
         except (Refusal, WireError) as err:
             self.refused += 1
             self.log(f"refused {message.kind} from {requester}: {err}")
-            unreached = {"unreached": err.peers} if isinstance(err, PeerUnreachable) else {}
-            return Message("refused", {"reason": str(err), **unreached})
+            return Message("refused", {"reason": str(err)})
         except Exception as err:  # the task's code or ours failed on this owner's data: the detail stays here
             self.refused += 1
             self.log(f"{message.kind} from {requester} failed: {type(err).__name__}: {err}")
@@ -503,34 +494,27 @@ class DataOwner:
         )
 
     def _receive_mask_shares(self, requester, message: Message, connection) -> Message:
-        with self._state:
-            run = self.run
-            data = message.arrays.get("data")
-            kind = field_str(message.fields, "kind", 16, KINDS)
-            if run is None or not run.secagg or field_str(message.fields, "session", 64) != run.id:
-                raise Refusal("no such run on this owner")
-            if data is None or data.dtype != np.uint8 or data.ndim != 1:
-                raise Refusal("mask shares are bytes")
-            try:
-                run.secagg[kind].receive_shares(requester, data.tobytes())
-            except SecAggRefused as err:
-                raise Refusal(str(err)) from None
-        return Message("ok")
+        return self._to_secagg(requester, message, "receive_shares")
 
     def _receive_view(self, requester, message: Message, connection) -> Message:
+        return self._to_secagg(requester, message, "receive_view")
+
+    def _to_secagg(self, requester: str, message: Message, method: str) -> Message:
+        """A peer's double-masking message (its mask shares, or its view of a round) for the run's masking of
+        one kind; the sender is the peer of the authenticated link, never a field of the message."""
         with self._state:
             run = self.run
             data = message.arrays.get("data")
             kind = field_str(message.fields, "kind", 16, KINDS)
             if run is None or not run.secagg or field_str(message.fields, "session", 64) != run.id:
                 raise Refusal("no such run on this owner")
-            if data is None or data.dtype != np.uint8 or data.ndim != 1:
-                raise Refusal("a view is bytes")
+            if data is None or data.dtype != np.uint8 or data.ndim != 1 or set(message.arrays) != {"data"}:
+                raise Refusal(f"{message.kind} carries one array of bytes")
             try:
-                run.secagg[kind].receive_view(requester, data.tobytes())
+                getattr(run.secagg[kind], method)(requester, data.tobytes())
             except SecAggRefused as err:
                 raise Refusal(str(err)) from None
-            self._state.notify_all()
+            self._state.notify_all()  # an unmasking request may be waiting for this view
         return Message("ok")
 
     # --- checks ---------------------------------------------------------------------------------------

@@ -70,8 +70,7 @@ class Federation:
     def request(self, owner: str, message: Message) -> Message:
         reply = self.links[owner].request(message)
         if reply.kind == "refused":
-            unreached = [p for p in reply.fields.get("unreached") or [] if p in self.links and p != owner]
-            raise OwnerRefused(owner, str(reply.fields.get("reason", "no reason given"))[:300], unreached)
+            raise OwnerRefused(owner, str(reply.fields.get("reason", "no reason given"))[:300])
         return reply
 
     def start(self, skip_unreachable: bool = False) -> None:
@@ -123,11 +122,11 @@ class Federation:
 
 
 class OwnerRefused(FlSmpcError, RuntimeError):
-    """An owner refused a request; ``unreached`` names the peers it blames (they are dropped, not it)."""
+    """An owner refused a request (the reason is about the request, never the owner's data)."""
 
-    def __init__(self, owner: str, reason: str, unreached: Sequence[str] = ()):
+    def __init__(self, owner: str, reason: str):
         super().__init__(f"owner {owner!r} refused: {reason}")
-        self.worker, self.unreached = owner, list(unreached)
+        self.worker = owner
 
 
 def secure_round(
@@ -155,8 +154,6 @@ def secure_round(
         if isinstance(spent, (int, float)) and not isinstance(spent, bool):
             federation.epsilon[owner] = float(spent)
     dropped = {owner: why for owner, (reply, why) in replies.items() if why}
-    if not dropped and any(reply is None for reply, _ in replies.values()):
-        dropped = {owner: "refused" for owner, (reply, _) in replies.items() if reply is None}
     for owner, (reply, _) in replies.items():
         for peer in (reply.fields.get("unreached") or []) if reply is not None else []:
             if peer in owners and peer not in dropped:
@@ -234,29 +231,21 @@ def double_masked_sum(
 
 
 def _ask_all(federation: Federation, owners, request_for) -> Dict[str, Tuple[Optional[Message], str]]:
-    """Ask every owner at once (one thread each, as separate machines work): {owner: (reply, why it failed)}."""
+    """Ask every owner at once (one thread each, as separate machines work): {owner: (reply, why it failed)}.
 
-    blamed: Dict[str, str] = {}
+    An owner that could not reach a peer names it in its reply (``unreached``); the callers drop that peer.
+    """
     if not owners:
         return {}
 
     def ask(owner):
         try:
             return federation.request(owner, request_for(owner)), ""
-        except OwnerRefused as err:
-            if err.unreached:
-                blamed.update(dict.fromkeys(err.unreached, f"{owner!r} could not reach it"))
-                return None, ""
-            return None, str(err)
-        except WorkerUnreachable as err:
+        except (OwnerRefused, WorkerUnreachable) as err:
             return None, str(err)
 
     with ThreadPoolExecutor(max_workers=len(owners) if federation.concurrent else 1) as pool:
-        replies = dict(zip(owners, pool.map(ask, owners)))
-    for peer, why in blamed.items():
-        if peer in replies and not replies[peer][1]:
-            replies[peer] = (None, why)
-    return replies
+        return dict(zip(owners, pool.map(ask, owners)))
 
 
 def _array(reply: Optional[Message], kind: str, name: str, owner: str) -> np.ndarray:
