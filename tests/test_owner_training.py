@@ -3,6 +3,8 @@ plain-PyTorch FedAvg (``fl_smpc.reference``) with fixed seeds."""
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -136,3 +138,61 @@ def test_an_owner_lost_after_masking_is_in_the_sum_without_a_redo(neighbours, mo
     assert r.contributors == list(workers)  # dave's vector is in the sum
     assert (flat(r.model) - plain.params).abs().max().item() <= QUANTUM
     assert made[0].next_round == 4  # the initial evaluation, one train and one evaluate round: no redo
+
+
+def federation_of_four(aggregation):
+    from fl_smpc.config import OwnerBounds
+    from fl_smpc.data_owner.owner import MODEL, DataOwner
+    from fl_smpc.data_owner.task import load_task
+    from fl_smpc.model_owner.rounds import Federation
+    from fl_smpc.network.links import InProcessLink
+
+    x, y = torch.rand(8, 3, generator=torch.Generator().manual_seed(2)), torch.tensor([[1.0], [0]] * 4)
+    owners = {
+        n: DataOwner(n, px, py, load_task("toy"), OwnerBounds())
+        for n, (px, py) in zip(("bob", "alice", "jane", "dave"), split_dataset(x, y, 4))
+    }
+    for name, owner in owners.items():
+        owner.peers.update({p: InProcessLink(o, name) for p, o in owners.items() if p != name})
+    federation = Federation({n: InProcessLink(o, MODEL) for n, o in owners.items()}, load_task("toy"), concurrent=False)
+    federation.start()
+    return federation, x, y
+
+
+@pytest.mark.parametrize("aggregation", ["additive", "pairwise"])
+@pytest.mark.parametrize("weakened", [False, True])
+def test_the_same_parameters_again_without_one_owner_gives_nothing(aggregation, weakened, monkeypatch):
+    """Issue 17's lie: after a round over all four, the model owner sends the same global parameters again to
+    three (dave "dropped") and subtracts the two sums: with deterministic training that is dave's update. Each
+    owner refuses trained parameters it already released towards a sum over another set. Weakened (the rule
+    switched off), the difference is dave's weighted model exactly, within a quantum."""
+    from fl_smpc.data_owner.owner import DataOwner
+    from fl_smpc.model_owner.rounds import OwnersDropped, secure_round
+
+    if weakened:
+        monkeypatch.setattr(DataOwner, "_never_in_two_sums", lambda self, encoded, owners: "")
+    federation, x, y = federation_of_four(aggregation)
+    params = torch.zeros(4)
+    settings = {
+        "lr": 0.1,
+        "local_steps": 5,
+        "batch_size": None,
+        "weighting": "samples",
+        "fl_round": 1,
+        "precision": 3,
+        "aggregation": aggregation,
+    }
+    everyone, _, _ = secure_round(federation, ["bob", "alice", "jane", "dave"], "train", params, settings)
+    if not weakened:
+        with pytest.raises(OwnersDropped, match="already went towards a sum over other owners"):
+            secure_round(federation, ["bob", "alice", "jane"], "train", params, settings)
+        return
+    three, _, _ = secure_round(federation, ["bob", "alice", "jane"], "train", params, settings)
+    model = seed_model(0)
+    torch.nn.utils.vector_to_parameters(params, model.parameters())
+    dave_x, dave_y = split_dataset(x, y, 4)[3]
+    from reference import local_train
+
+    local_train(model, dave_x, dave_y, 0.1, 5)
+    dave = torch.nn.utils.parameters_to_vector(model.parameters()).detach().double() * len(dave_x)
+    assert np.abs((everyone - three)[:4] - dave.numpy()).max() <= QUANTUM

@@ -72,6 +72,7 @@ class PendingRound:
     digest: str  # of the request this owner answered: a peer's share must be of the same request
     own_share: Optional[np.ndarray] = None
     received: Dict[str, np.ndarray] = field(default_factory=dict)
+    trained: str = ""  # digest of this owner's trained parameters in it (recorded once its sum share is released)
 
 
 @dataclass
@@ -84,7 +85,8 @@ class Run:
     pending: Dict[Tuple[str, int], PendingRound] = field(default_factory=dict)
     early: Dict[Tuple[str, int], Dict[str, Tuple[str, np.ndarray]]] = field(default_factory=dict)  # (digest, share)
     secagg: Dict[str, SecAggOwner] = field(default_factory=dict)  # pairwise: double masking, one per kind
-    prepared: Optional[Tuple[str, int, Tuple[str, ...], np.ndarray]] = None  # (kind, round, owners, encoded)
+    # (kind, round, owners, encoded vector, digest of its trained parameters): awaiting the mask request
+    prepared: Optional[Tuple[str, int, Tuple[str, ...], np.ndarray, str]] = None
     requests: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # kind -> (round, digest of its request)
 
 
@@ -112,6 +114,7 @@ class DataOwner:
         self.peers: Dict[str, Link] = dict(peers or {})
         self.log = log or logging.getLogger(f"fl_smpc.owner.{owner_id}").info
         self.contributions = 0  # over this owner's lifetime (bounded by bounds.max_rounds)
+        self.released: Dict[str, frozenset] = {}  # digest of trained parameters given -> the sum's owner set
         self.budget: Optional[Any] = None  # its privacy budget (OwnerBudget), counted with its own settings
         self.budget_precision: Optional[int] = None
         self.refused = 0
@@ -174,9 +177,9 @@ class DataOwner:
         """This owner's side of the run's double masking, from the public session the model owner announces
         (the run's owners, the neighbour graph's degree and seed); an unsafe threshold or graph is refused.
 
-        One masking session per kind of contribution. An evaluation (the loss and metrics: a few numbers) may
-        repeat exactly once the model has converged, so only training contributions are refused when they
-        repeat one already masked in the run (the same trained parameters are never in two sums).
+        One masking session per kind of contribution. A repeated contribution is this owner's rule, not the
+        masking's: the same trained parameters may go to sums over the same owners (a converged model), never
+        to sums over different owner sets (:meth:`_never_in_two_sums`).
         """
         owners = field_names(fields, "owners", self.bounds.max_owners)
         strangers = [o for o in owners if o != self.id and o not in self.peers]
@@ -193,7 +196,7 @@ class DataOwner:
                 kind: SecAggOwner(
                     self.id,
                     SecAggSession.create(f"{session}-{kind}", owners, k, bytes.fromhex(seed)),
-                    () if kind == "train" else ("fresh_vector",),
+                    ("fresh_vector",),
                 )
                 for kind in KINDS
             }
@@ -244,16 +247,17 @@ class DataOwner:
         unreached = [] if settings["aggregation"] == "additive" else self._send(run, kind, round_, owners, mask_shares)
         vector = self._vector(kind, settings, torch.from_numpy(params))
         vector = contribution.clipped(vector, len(owners), settings["precision"])
+        trained = self._never_in_two_sums(encode(vector, settings["precision"]), owners) if kind == "train" else ""
         epsilon: Dict[str, float] = {}
         if kind == "train" and self.budget is not None:  # public: it depends on the settings and the count only
             with self._state:
                 epsilon = {"epsilon": self.budget.take_round()}
         if settings["aggregation"] == "pairwise":
             with self._state:
-                run.prepared = (kind, round_, owners, encode(vector, settings["precision"]))
+                run.prepared = (kind, round_, owners, encode(vector, settings["precision"]), trained)
             reply = Message("ready", {"unreached": unreached, **epsilon})
         else:
-            reply = self._share(run, kind, round_, owners, vector, settings["precision"], digest)
+            reply = self._share(run, kind, round_, owners, vector, settings["precision"], digest, trained)
             reply.fields.update(epsilon)
         self.log(
             f"released {kind} round {round_}: {reply.kind} of {vector.size} values, towards a sum over "
@@ -308,6 +312,7 @@ class DataOwner:
             if missing:
                 raise Refusal(f"no share of {kind} round {round_} arrived from {', '.join(missing)}")
             del run.pending[(kind, round_)]  # released once: a second request finds nothing
+            self._record_release(pending.trained, pending.owners)
             total = pending.own_share.copy()
             for share in pending.received.values():
                 np.add(total, share, out=total)  # wraps modulo 2**64, as syft's ring does
@@ -363,14 +368,16 @@ class DataOwner:
 
     # --- the two protocols ----------------------------------------------------------------------------
 
-    def _share(self, run: Run, kind: str, round_: int, owners, vector, precision: int, digest: str) -> Message:
+    def _share(
+        self, run: Run, kind: str, round_: int, owners, vector, precision: int, digest: str, trained: str = ""
+    ) -> Message:
         """Additive: ``fix_prec().share()`` among the round's owners; each peer's share goes to it directly."""
         shares = contribution.additive_shares(vector, owners, precision)
         with self._state:
             pending = run.pending.get((kind, round_))
             if pending is None:  # a newer round replaced it meanwhile
                 raise Refusal(f"{kind} round {round_} was overtaken by a later round")
-            pending.own_share = shares[self.id]
+            pending.own_share, pending.trained = shares[self.id], trained
             self._state.notify_all()
         unreached = []
         for peer in owners:
@@ -398,6 +405,26 @@ class DataOwner:
         for key in [key for key in run.pending if key[0] == kind and key[1] < round_]:
             del run.pending[key]
 
+    def _never_in_two_sums(self, encoded: np.ndarray, owners: Tuple[str, ...]) -> str:
+        """Refuse to contribute trained parameters identical to ones already released towards a sum over another
+        owner set: the difference of the two sums would be the other owners' difference (the model owner
+        re-sending an earlier round's parameters to fewer owners). Identical ones for the same set (a model
+        that has converged) add nothing the model owner does not know. Returns the parameters' digest."""
+        digest = hashlib.sha256(memoryview(np.ascontiguousarray(encoded)).cast("B")).hexdigest()
+        with self._state:
+            earlier = self.released.get(digest)
+        if earlier is not None and earlier != frozenset(owners):
+            raise Refusal("these trained parameters already went towards a sum over other owners")
+        return digest
+
+    def _record_release(self, trained: str, owners) -> None:
+        """Remember (lock held) that trained parameters ``trained`` went towards a sum over ``owners``: when
+        this owner's additive sum share leaves, or its masked vector (whose unmasking it cannot veto)."""
+        if trained:
+            self.released[trained] = frozenset(owners)
+            while len(self.released) > RELEASED_REMEMBERED:
+                self.released.pop(next(iter(self.released)))
+
     def _send(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...], messages: Dict[str, bytes]) -> list:
         """Each neighbour among the round's owners its mask shares, owner to owner (no lock held: a peer may be
         sending us its own). Returns the neighbours that could not be reached."""
@@ -424,7 +451,7 @@ class DataOwner:
             prepared, run.prepared = run.prepared, None
             if prepared is None or prepared[1] != round_:
                 raise Refusal(f"this owner prepared no contribution for round {round_}")
-            kind, _, owners, encoded = prepared
+            kind, _, owners, encoded, trained = prepared
             if not set(participants) <= set(owners):
                 raise Refusal(f"the participants must be among round {round_}'s owners")
             try:
@@ -432,6 +459,7 @@ class DataOwner:
                 key = run.secagg[kind].public_key(round_)
             except SecAggRefused as err:
                 raise Refusal(str(err)) from None
+            self._record_release(trained, participants)
         self.log(
             f"released the masked {kind} vector of round {round_} ({masked.size} values), {len(participants)} owners"
         )
@@ -606,6 +634,7 @@ class DataOwner:
         return (contribution.evaluate_length(len(self.task.metric_names)),)
 
 
+RELEASED_REMEMBERED = 10_000  # trained-parameter digests an owner keeps (32 bytes + a set each)
 DP_FIELDS = ("mode", "noise_multiplier", "clip_norm", "sampling_rate", "min_owners")
 
 
