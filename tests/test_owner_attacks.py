@@ -39,6 +39,12 @@ LR = 0.25
 SESSION = "s1"
 
 
+def hello_message(session, owners=NAMES, neighbours=None, seed="00" * 16):
+    """The model owner's ``hello``: the run's session, its owners and the neighbour graph (all pairs)."""
+    fields = {"session": session, "owners": list(owners), "neighbours": neighbours, "graph_seed": seed}
+    return Message("hello", fields)
+
+
 def owner_rows(index: int):
     generator = torch.Generator().manual_seed(100 + index)
     data = (torch.rand(ROWS, FEATURES, generator=generator) > 0.5).float()
@@ -78,7 +84,7 @@ class Federation:
         self.fingerprint = next(iter(self.owners.values())).fingerprint
         if hello:
             for link in self.links.values():
-                assert link.request(Message("hello", {"session": SESSION})).kind == "welcome"
+                assert link.request(hello_message(SESSION)).kind == "welcome"
 
     def request(self, kind, round_, params, owners=NAMES, session=SESSION, **settings) -> Message:
         chosen = {"precision": PRECISION, "aggregation": "additive"}
@@ -438,7 +444,7 @@ def test_refusals_name_the_request_never_the_data():
         federation.request("train", 1, crafted_params(), precision=99),
         federation.request("train", 1, crafted_params(), extra=1),
         federation.request("train", 0, crafted_params()),
-        Message("hello", {"session": "x" * 65}),
+        hello_message("x" * 65),
         Message("sum", {"session": SESSION, "round": 1, "kind": "other"}),
         Message("upload", {}),
     ]
@@ -460,7 +466,7 @@ def test_a_peer_or_a_stranger_cannot_act_as_the_model_owner():
     for requester in ("alice", "mallory", "Model", ""):
         link = InProcessLink(bob, requester)
         for message in [
-            Message("hello", {"session": "s2"}),
+            hello_message("s2"),
             federation.request("train", 1, crafted_params()),
             federation.sum_request(1),
             Message("evaluate", {}),
@@ -482,16 +488,16 @@ def test_a_second_model_owner_connection_cannot_take_over_a_live_run():
     federation = Federation()
     bob = federation.owners["bob"]
     hostile = InProcessLink(bob, MODEL)
-    reply = hostile.request(Message("hello", {"session": "evil"}))
+    reply = hostile.request(hello_message("evil"))
     assert reply.kind == "refused" and "another connection" in reply.fields["reason"]
-    assert hostile.request(Message("hello", {"session": SESSION})).kind == "welcome"
+    assert hostile.request(hello_message(SESSION)).kind == "welcome"
     for message in [federation.request("train", 1, crafted_params()), federation.sum_request(1)]:
         reply = hostile.request(message)
         assert reply.kind == "refused" and "another connection" in reply.fields["reason"]
     requests = {name: federation.request("train", 1, crafted_params()) for name in NAMES}
     assert federation.released(requests) is not None  # the legitimate run is unaffected
     federation.links["bob"].close()
-    assert hostile.request(Message("hello", {"session": "next"})).kind == "welcome"
+    assert hostile.request(hello_message("next")).kind == "welcome"
     assert bob.run.id == "next"
 
 
@@ -600,7 +606,7 @@ def test_a_peer_cannot_reset_a_run_or_replace_keys():
     alice = InProcessLink(bob, "alice")
     for message in [
         Message("public_key", {"session": "new"}),
-        Message("hello", {"session": "new"}),
+        hello_message("new"),
         Message("public_key", {}),
     ]:
         assert alice.request(message).kind == "refused"
@@ -616,7 +622,7 @@ def test_the_lifetime_contribution_cap_survives_new_sessions():
     federation = Federation(max_rounds=4)
     bob = federation.links["bob"]
     for session in ("a", "b", "c", "d", "e"):
-        assert bob.request(Message("hello", {"session": session})).kind == "welcome"
+        assert bob.request(hello_message(session)).kind == "welcome"
         message = federation.request("evaluate", 1, crafted_params(), session=session)
         reply = bob.request(message)
         assert reply.kind == ("refused" if session == "e" else "shared")
@@ -744,7 +750,7 @@ def _valid_frames():
         {"session": SESSION, "kind": "train", "round": 2, "owners": list(NAMES), "request": "0" * 64},
         {"share": np.zeros(train_length(FEATURES + 1), dtype=np.int64)},
     )
-    return [encode(m) for m in (Message("hello", {"session": SESSION}), train, federation.sum_request(1), share)]
+    return [encode(m) for m in (hello_message(SESSION), train, federation.sum_request(1), share)]
 
 
 VALID_FRAMES = _valid_frames()

@@ -65,6 +65,11 @@ def connect(cluster, certs, party="model", owner="bob", timeout=5.0, retry=5.0):
     return open_websocket(f"wss://{host}:{port}", owner, timeout, retry, client_context(certs[0], party))
 
 
+def hello(session):
+    """The model owner's ``hello``: the run's session and its public double-masking session (all pairs)."""
+    return Message("hello", {"session": session, "owners": list(OWNERS), "neighbours": None, "graph_seed": "00" * 16})
+
+
 def ask(ws, message):
     ws.send_binary(encode(message))
     opcode, data = ws.recv_data()
@@ -125,7 +130,7 @@ def log_of(cluster, owner="bob"):
 def still_serves(cluster, certs, owner="bob"):
     ws = connect(cluster, certs, owner=owner)
     try:
-        return ask(ws, Message("hello", {"session": f"check-{time.monotonic()}"})).kind == "welcome"
+        return ask(ws, hello(f"check-{time.monotonic()}")).kind == "welcome"
     finally:
         ws.close()
 
@@ -155,7 +160,7 @@ def test_a_peer_certificate_is_not_the_model_owner(cluster, certs):
     Each is refused ("not a request this owner serves for 'eve'"); the worker logs each refusal."""
     ws = connect(cluster, certs, party="eve")
     try:
-        for message in [Message("hello", {"session": "eve"}), Message("train", {"session": "eve"}),
+        for message in [hello("eve"), Message("train", {"session": "eve"}),
                         Message("sum", {"session": "eve", "round": 1, "kind": "train"})]:  # fmt: skip
             reply = ask(ws, message)
             assert reply.kind == "refused" and "for 'eve'" in reply.fields["reason"] and not reply.arrays
@@ -172,15 +177,15 @@ def test_a_second_model_owner_connection_cannot_hijack_the_run(cluster, certs):
     replaced the live session (issue 18)."""
     legit, hostile = connect(cluster, certs), connect(cluster, certs)
     try:
-        assert ask(legit, Message("hello", {"session": "legit"})).kind == "welcome"
-        reply = ask(hostile, Message("hello", {"session": "hijack"}))
+        assert ask(legit, hello("legit")).kind == "welcome"
+        reply = ask(hostile, hello("hijack"))
         assert reply.kind == "refused" and "another connection" in reply.fields["reason"]
         assert ask(hostile, Message("sum", {"session": "hijack", "round": 1, "kind": "train"})).kind == "refused"
-        assert ask(legit, Message("hello", {"session": "legit"})).kind == "welcome"  # still its run
+        assert ask(legit, hello("legit")).kind == "welcome"  # still its run
     finally:
         legit.close()
     deadline = time.monotonic() + 5
-    while ask(hostile, Message("hello", {"session": "after"})).kind != "welcome":
+    while ask(hostile, hello("after")).kind != "welcome":
         assert time.monotonic() < deadline, "the closed connection's run was never released"
         time.sleep(0.05)
     hostile.close()
@@ -364,7 +369,7 @@ class Attackers:
         for owner in OWNERS:
             ws = connect(self.cluster, self.certs, owner=owner, timeout=3.0)
             try:
-                assert ask(ws, Message("hello", {"session": f"hijack-{time.monotonic()}"})).kind == "refused"
+                assert ask(ws, hello(f"hijack-{time.monotonic()}")).kind == "refused"
                 assert ask(ws, Message("sum", {"session": "x", "round": 1, "kind": "train"})).kind == "refused"
                 ws.sock.sendall(raw_frame(b"\0" * 1024, claimed=200 * 2**20)[:1038])
                 close_code(ws, 2.0)
@@ -385,7 +390,7 @@ class Attackers:
                              "request": "0" * 64}  # fmt: skip
                     ask(ws, Message("share", share, {"share": np.zeros(7, dtype=np.int64)}))
                     ask(ws, Message("public_key", {"session": "guess"}))
-                    ask(ws, Message("hello", {"session": "eve"}))
+                    ask(ws, hello("eve"))
                 for ws in held[1:2]:
                     ws.sock.sendall(raw_frame(claimed=200 * 2**20)[:14])
                 time.sleep(0.2)
