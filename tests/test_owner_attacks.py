@@ -110,10 +110,10 @@ class Federation:
         }  # fmt: skip
         return Message(kind, fields, {"params": np.asarray(params, dtype=np.float32)})
 
-    def sum_request(self, round_, kind="train"):
-        return Message("sum", {"session": SESSION, "round": round_, "kind": kind})
+    def sum_request(self, round_, kind="train", session=SESSION):
+        return Message("sum", {"session": session, "round": round_, "kind": kind})
 
-    def released(self, requests, aggregation="additive", kind="train"):
+    def released(self, requests, aggregation="additive", kind="train", session=SESSION):
         """Send each owner its request, then (additive) ask each for its sum share, or (pairwise) for its masked
         vector and its unmasking answer with every owner a survivor and a responder; the decoded sum of what was
         released, or None if some owner released nothing (so no sum exists)."""
@@ -122,11 +122,11 @@ class Federation:
         round_ = next(iter(requests.values())).fields["round"]
         if aggregation == "pairwise":  # double masking: mask, views, unmask, all owners survive and answer
             names = list(requests)
-            masked = self.mask(round_, names)
-            answers = self.unmask_answers(self.story(round_, names, kind=kind))
-            return self.unmasked(round_, names, masked, answers, kind=kind)
+            masked = self.mask(round_, names, session=session)
+            answers = self.unmask_answers(self.story(round_, names, kind=kind, session=session))
+            return self.unmasked(round_, names, masked, answers, kind=kind, session=session)
         else:
-            sums = [self.links[name].request(self.sum_request(round_, kind)) for name in requests]
+            sums = [self.links[name].request(self.sum_request(round_, kind, session)) for name in requests]
             arrays = [reply.arrays.get("share") for reply in sums]
         if any(array is None for array in arrays):
             return None
@@ -254,13 +254,13 @@ def test_one_owner_update_is_one_of_its_rows():
 
 
 def weaken_request_binding(monkeypatch):
-    """The owner without the request binding (the code before this test file): a peer's share of any request
-    combines with this owner's, and pairwise masks are keyed by the pair only."""
-    monkeypatch.setattr(owner_module, "same_request", lambda digest, other: True)
-    monkeypatch.setattr(owner_module, "request_key", lambda key, digest: key)
+    """The owner without the request binding (the code before 4a01f4d): every request has the same digest, so a
+    peer's additive share of any request combines with this owner's, mask shares of any request are taken, and
+    the consistency views of owners sent different requests agree."""
+    monkeypatch.setattr(owner_module, "request_digest", lambda *chosen: "0" * 64)
 
 
-@pytest.mark.parametrize("aggregation", ["additive", "pairwise"])
+@pytest.mark.parametrize("aggregation", ["additive", "pairwise", "pairwise-views"])
 @pytest.mark.parametrize("weakened", [False, True], ids=["bound", "weakened"])
 def test_crafted_request_to_one_owner_and_null_requests_to_the_others(monkeypatch, aggregation, weakened):
     """Route: one round, every owner named, but bob is sent the crafted request and alice and jane params 0
@@ -268,26 +268,40 @@ def test_crafted_request_to_one_owner_and_null_requests_to_the_others(monkeypatc
     round's sum would be bob's update alone.
 
     Measured on 345e836 (= ``[weakened]``): the released sum is bob's row j, exact, one row per round, with both
-    protocols. Now: additive -- every share is refused by its receiver (another request), no owner releases a
-    sum share; pairwise -- the masks do not cancel, the decoded "sum" is noise of magnitude ~1e12."""
+    protocols; on 30dc2b3's double masking too, with the request digest constant. Now: additive -- every share
+    is refused by its receiver (another request), no owner releases a sum share; pairwise -- no owner masks (its
+    partners' mask shares are of another request); ``pairwise-views`` (that mask-share check away, the digest
+    still in the consistency views): every owner masks, every owner is a responder, and none answers ``unmask``
+    (bob's view differs from alice's and jane's): no sum, and the masked vectors' sum is noise (~1e12).
+    (A new session each round: an owner never masks one training vector twice in a session.)"""
     if weakened:
         weaken_request_binding(monkeypatch)
+    elif aggregation == "pairwise-views":
+        monkeypatch.setattr(owner_module, "same_request", lambda digest, other: True)
+    protocol = aggregation.split("-")[0]
     federation = Federation()
     for j in range(3):
-        round_ = j + 1
-        requests = {
-            "bob": federation.request("train", round_, crafted_params(), fl_round=j + 1, aggregation=aggregation)
-        }
+        session = f"s-{j}"
+        federation.start(session)
+
+        def request(params, session=session, **settings):
+            return federation.request("train", 1, params, session=session, aggregation=protocol, **settings)
+
+        requests = {"bob": request(crafted_params(), fl_round=j + 1)}
         for name in ("alice", "jane"):
-            requests[name] = federation.request("train", round_, null_params(), lr=1e-12, aggregation=aggregation)
-        values = federation.released(requests, aggregation)
+            requests[name] = request(null_params(), lr=1e-12)
+        values = federation.released(requests, protocol, session=session)
         if weakened:
             assert values is not None and is_row(values, federation, "bob", j)
-        elif aggregation == "additive":
-            assert values is None
-        else:
-            assert values is not None and not is_row(values, federation, "bob", j)
-            assert np.median(np.abs(values)) > 1e9  # uniform in the ring: nothing of bob's values
+            continue
+        assert values is None
+        if aggregation == "pairwise":
+            assert not any(reply.kind == "masked" for link in federation.links.values() for reply in link.replies)
+        elif aggregation == "pairwise-views":
+            replies = [link.replies[-1] for link in federation.links.values()]  # to unmask
+            assert all(reply.kind == "refused" and "different story" in reply.fields["reason"] for reply in replies)
+            masked = [link.replies[-3].arrays["masked"] for link in federation.links.values()]
+            assert np.median(np.abs(decode_sum(masked[0] + masked[1] + masked[2], PRECISION))) > 1e9
 
 
 @pytest.mark.parametrize("weakened", [False, True], ids=["bound", "weakened"])
