@@ -346,32 +346,47 @@ def test_crafted_request_to_an_owner_left_out_of_the_responders(monkeypatch, wea
                 assert any("refused mask" in line and "another request" in line for line in federation.logs[name])
 
 
-@pytest.mark.parametrize("aggregation", ["additive", "pairwise"])
-def test_different_owner_sets_told_to_different_owners(aggregation):
+@pytest.mark.parametrize("aggregation", ["additive", "pairwise", "pairwise-unbound"])
+def test_different_owner_sets_told_to_different_owners(monkeypatch, aggregation):
     """Route: one round, the same crafted params, but each owner is told another owner set (min_owners 2, so
     every set is allowed alone): bob {bob, alice}, alice {bob, alice, jane}, jane {alice, jane}.
 
     Now: additive -- no owner releases a sum share (each share names another set, or another request);
-    pairwise -- no combination of the three masked vectors (each one, each pair, all three) is bob's row.
-    Without the owner-set check and the request binding (disabled by hand once): all three released a sum
-    share, each alone noise, and their total was the sum of the three owners' updates (bob's, alice's and
-    jane's rows 0 added), none isolated, no subset of them bob's row: with the same params for all, the
-    owner sets alone never isolated an owner; the per-owner request above did."""
+    pairwise -- no owner masks (the owner set is in the request digest its partners' mask shares carry);
+    ``pairwise-unbound`` (that check away): each owner masks for its own set, no combination of the three
+    masked vectors (each one, each pair, all three) is bob's row, and no responder answers an unmasking with
+    any story (the views differ). Without the owner-set check and the request binding (additive, disabled by
+    hand once on 4a01f4d): all three released a sum share, each alone noise, and their total was the sum of
+    the three owners' updates (rows 0 added), none isolated: with the same params for all, the owner sets
+    alone never isolated an owner; the per-owner request above did."""
+    if aggregation == "pairwise-unbound":
+        monkeypatch.setattr(owner_module, "same_request", lambda digest, other: True)
+    protocol = aggregation.split("-")[0]
     federation = Federation(min_owners=2)
     sets = {"bob": ("bob", "alice"), "alice": NAMES, "jane": ("alice", "jane")}
     requests = {
-        name: federation.request("train", 1, crafted_params(), owners=owners, aggregation=aggregation)
+        name: federation.request("train", 1, crafted_params(), owners=owners, aggregation=protocol)
         for name, owners in sets.items()
     }
-    if aggregation == "additive":
+    if protocol == "additive":
         assert federation.released(requests, aggregation) is None
         return
-    masked = {name: federation.links[name].request(message).arrays["masked"] for name, message in requests.items()}
+    for name, message in requests.items():
+        assert federation.links[name].request(message).kind == "ready"
+    masked = {}
+    for name, owners in sets.items():
+        masked.update(federation.mask(1, [name], participants=owners))
+    if aggregation == "pairwise":
+        assert masked == {}
+        return
+    assert set(masked) == set(NAMES)
     combos = [("bob",), ("bob", "alice"), ("bob", "jane"), ("bob", "alice", "jane")]
     for combo in combos:
-        total = sum((masked[name] for name in combo[1:]), masked[combo[0]].copy())
+        total = sum((masked[name][0] for name in combo[1:]), masked[combo[0]][0].copy())
         values = decode_sum(total, PRECISION)
         assert not is_row(values, federation, "bob", 0)
+    for survivors in [NAMES, ("bob", "alice")]:
+        assert federation.unmask_answers(federation.story(1, survivors, responders=("bob", "alice"))) == {}
 
 
 def test_subset_sums_are_refused_at_the_federation_size():
@@ -393,36 +408,55 @@ def test_subset_sums_are_refused_at_the_federation_size():
 def test_known_limit_differencing_when_min_owners_is_below_the_federation(aggregation):
     """NOT prevented (a limit of any secure sum, pinned here so a change is noticed): with ``min_owners`` 2 in
     a federation of 3, the sum over {bob, alice, jane} minus the sum over {alice, jane} of the same request is
-    bob's update: his row j, exact, every two rounds. The honest model owner's own redo after a dropped owner
-    has exactly this shape. Only ``min_owners`` = the federation's size (or noise, DP) prevents it."""
+    bob's update: his row j, exact, every two sums. The honest model owner's own redo after a dropped owner
+    has exactly this shape. Only ``min_owners`` = the federation's size (or noise, DP) prevents it.
+    Double masking: the second sum is asked in a new session (the model owner's own ``hello``): within one
+    session alice and jane refuse to mask a training vector they masked before ("never in two sums"), but a
+    new session forgets that (and a slightly different lr would give another vector, a difference as exact)."""
     federation = Federation(min_owners=2)
     for j in range(2):
-        first, second = 2 * j + 1, 2 * j + 2
 
-        def request(round_, owners, j=j):
+        def request(owners, session, j=j):
             return federation.request(
-                "train", round_, crafted_params(), owners, fl_round=j + 1, aggregation=aggregation
+                "train", 1, crafted_params(), owners, session=session, fl_round=j + 1, aggregation=aggregation
             )
 
-        whole = federation.released({name: request(first, NAMES) for name in NAMES}, aggregation)
-        rest = federation.released(
-            {name: request(second, ("alice", "jane")) for name in ("alice", "jane")}, aggregation
-        )
+        federation.start(f"whole-{j}")
+        whole = federation.released({name: request(NAMES, f"whole-{j}") for name in NAMES}, aggregation, session=f"whole-{j}")
+        federation.start(f"rest-{j}")
+        pair = ("alice", "jane")
+        rest = federation.released({name: request(pair, f"rest-{j}") for name in pair}, aggregation, session=f"rest-{j}")
         assert is_row(whole - rest, federation, "bob", j)
+    if aggregation == "pairwise":  # the same request again within the session: refused at the mask
+        for name in pair:
+            again = federation.request("train", 2, crafted_params(), pair, session="rest-1", fl_round=2,
+                                       aggregation=aggregation)  # fmt: skip
+            assert federation.links[name].request(again).kind == "ready"
+        assert federation.mask(2, pair, session="rest-1") == {}
+        assert any("already masked in this session" in line for line in federation.logs["alice"])
 
 
 @pytest.mark.parametrize("weakened", [False, True], ids=["checked", "weakened"])
 def test_a_sum_over_fewer_than_min_owners(monkeypatch, weakened):
     """Route: a "sum" over bob alone, over bob and alice (min_owners 3), over owners without bob, or naming a
     stranger. Now every one is refused before any work, with no array. ``[weakened]`` (the owner-set check
-    away): bob alone, pairwise, releases a "masked" vector that is his update (no pair to mask it), his row."""
+    away): bob alone, pairwise, prepares a contribution but double masking refuses to mask it (only 1 of his
+    3 share holders takes part, t = 2); with SecAgg's threshold and self mask away too (single masking, as on
+    345e836) his "masked" vector is his update (no pair to mask it), his row."""
     if weakened:
         monkeypatch.setattr(DataOwner, "_owners_of", lambda self, fields: tuple(fields["owners"]))
     federation = Federation()
     bob = federation.links["bob"]
-    if weakened:  # (additive sharing among 1 is refused by the sharing code itself; pairwise masks nothing)
-        reply = bob.request(federation.request("train", 1, crafted_params(), owners=("bob",), aggregation="pairwise"))
-        assert is_row(decode_sum(reply.arrays["masked"], PRECISION), federation, "bob", 0)
+    if weakened:  # (additive sharing among 1 is refused by the sharing code itself)
+        alone = federation.request("train", 1, crafted_params(), owners=("bob",), aggregation="pairwise")
+        assert bob.request(alone).kind == "ready"
+        assert federation.mask(1, ["bob"]) == {}
+        assert "share holders take part" in federation.links["bob"].replies[-1].fields["reason"]
+        skip_secagg_checks(monkeypatch, "threshold", "self_mask")
+        federation = Federation()
+        assert federation.links["bob"].request(alone).kind == "ready"
+        (masked, _key) = federation.mask(1, ["bob"])["bob"]
+        assert is_row(decode_sum(masked, PRECISION), federation, "bob", 0)
         return
     for round_, owners, why in [
         (1, ("bob",), "at least 3 owners"),
@@ -433,6 +467,17 @@ def test_a_sum_over_fewer_than_min_owners(monkeypatch, weakened):
         reply = bob.request(federation.request("train", round_, crafted_params(), owners=owners))
         assert reply.kind == "refused" and why in reply.fields["reason"] and not reply.arrays
     assert federation.owners["bob"].contributions == 0
+
+
+def skip_secagg_checks(monkeypatch, *checks):
+    """Owners whose double masking skips ``checks`` (:data:`fl_smpc.data_owner.secagg.CHECKS`), from their next
+    ``hello`` on."""
+    real = owner_module.SecAggOwner
+
+    def weakened(me, session, skip=()):
+        return real(me, session, {*skip, *checks})
+
+    monkeypatch.setattr(owner_module, "SecAggOwner", weakened)
 
 
 def test_the_same_round_twice_and_a_second_sum():
@@ -460,13 +505,21 @@ def test_the_same_round_twice_and_a_second_sum():
 
 @pytest.mark.parametrize("weakened", [False, True], ids=["checked", "weakened"])
 def test_pairwise_same_round_twice(monkeypatch, weakened):
-    """Route: bob alone asked twice for pairwise round 1, once with the crafted request and once with params 0
-    and lr 1e-12: if both used the same masks, the difference of the two masked vectors would be bob's update,
-    with no other owner involved. ``[weakened]`` (round check and request binding both away): bob's row,
-    exact, from bob's two replies. Now the second request is refused; and with the round check alone away
-    (tried once by hand), the masks differ (another request) and the difference is noise."""
+    """Route: pairwise round 1 asked twice, once with the crafted request and once with params 0 and lr 1e-12:
+    if both used the same masks, the difference of bob's two masked vectors would be his update, with no other
+    owner involved. Now the second ``train`` and a second ``mask`` of the round are refused; every ``train``
+    draws fresh seeds b and s (os.urandom), so even a repeated round would mask with other masks.
+    ``[weakened]`` (the round checks of the owner and of SecAgg away, the request binding away, and the seeds
+    fixed: masks that depend on the pair and the round only, as single masking's on 345e836): bob's row,
+    exact, from bob's two masked vectors."""
+    import types
+
+    from fl_smpc.data_owner import secagg as secagg_module
+
     if weakened:
         weaken_request_binding(monkeypatch)
+        skip_secagg_checks(monkeypatch, "round_order")
+        monkeypatch.setattr(secagg_module, "os", types.SimpleNamespace(urandom=lambda n: b"\x07" * n))
         real = DataOwner._contribute
 
         def forgetful(self, requester, message, connection):
@@ -476,13 +529,20 @@ def test_pairwise_same_round_twice(monkeypatch, weakened):
         monkeypatch.setitem(owner_module.MODEL_REQUESTS, "train", forgetful)
     federation = Federation()
     bob = federation.links["bob"]
-    first = bob.request(federation.request("train", 1, crafted_params(), aggregation="pairwise"))
-    second = bob.request(federation.request("train", 1, null_params(), lr=1e-12, aggregation="pairwise"))
-    if weakened:
-        difference = first.arrays["masked"] - second.arrays["masked"]
-        assert is_row(decode_sum(difference, PRECISION), federation, "bob", 0)
-    else:
-        assert first.kind == "masked" and second.kind == "refused" and not second.arrays
+    vectors = []
+    for params, settings in [(crafted_params(), {}), (null_params(), {"lr": 1e-12})]:
+        replies = [
+            federation.links[name].request(federation.request("train", 1, params, aggregation="pairwise", **settings))
+            for name in NAMES
+        ]
+        if not weakened and vectors:
+            assert all(reply.kind == "refused" and "not after round" in reply.fields["reason"] for reply in replies)
+            masks = federation.mask(1, NAMES)
+            assert masks == {} and "prepared no contribution" in bob.replies[-1].fields["reason"]
+            return
+        assert all(reply.kind == "ready" for reply in replies)
+        vectors.append(federation.mask(1, NAMES)["bob"][0])
+    assert is_row(decode_sum(vectors[0] - vectors[1], PRECISION), federation, "bob", 0)
 
 
 def test_sum_before_all_shares_waits_then_refuses():
