@@ -421,11 +421,13 @@ def test_known_limit_differencing_when_min_owners_is_below_the_federation(aggreg
                 "train", 1, crafted_params(), owners, session=session, fl_round=j + 1, aggregation=aggregation
             )
 
-        federation.start(f"whole-{j}")
-        whole = federation.released({name: request(NAMES, f"whole-{j}") for name in NAMES}, aggregation, session=f"whole-{j}")
-        federation.start(f"rest-{j}")
         pair = ("alice", "jane")
-        rest = federation.released({name: request(pair, f"rest-{j}") for name in pair}, aggregation, session=f"rest-{j}")
+        sums = []
+        for session, owners in [(f"whole-{j}", NAMES), (f"rest-{j}", pair)]:
+            federation.start(session)
+            requests = {name: request(owners, session) for name in owners}
+            sums.append(federation.released(requests, aggregation, session=session))
+        whole, rest = sums
         assert is_row(whole - rest, federation, "bob", j)
     if aggregation == "pairwise":  # the same request again within the session: refused at the mask
         for name in pair:
@@ -561,9 +563,11 @@ def test_sum_before_all_shares_waits_then_refuses():
 @pytest.mark.parametrize("aggregation", ["additive", "pairwise"])
 def test_an_honest_run_releases_only_the_aggregate(aggregation):
     """What the model owner receives in honest rounds (train + evaluate, 3 rounds): welcomes with public fields
-    only, ``shared`` with no array, and arrays only in ``sum_share``/``masked``; none of those arrays, alone,
-    decodes to an owner's vector (each looks uniform in the ring); their sum is the aggregate: counts and
-    losses arrive only summed (no reply has a loss, count or metric field)."""
+    only, ``shared`` / ``ready`` / the views' ``ok`` with no array, and arrays only in ``sum_share`` and
+    ``masked`` (with its round public key); none of those arrays, alone, decodes to an owner's vector (each
+    looks uniform in the ring); ``unmask_answer`` holds Shamir shares of the survivors' self-mask seeds only
+    (no share of a mask key: nobody dropped); their sum is the aggregate: counts and losses arrive only summed
+    (no reply has a loss, count or metric field)."""
     federation = Federation()
     params = torch.zeros(FEATURES + 1)
     for round_ in range(1, 4):
@@ -584,14 +588,20 @@ def test_an_honest_run_releases_only_the_aggregate(aggregation):
     for name, link in federation.links.items():
         own = federation.owners[name]
         for reply in link.replies:
-            assert reply.kind in ("welcome", "shared", "sum_share", "masked"), reply
+            assert reply.kind in ("welcome", "shared", "sum_share", "ready", "masked", "ok", "unmask_answer"), reply
             if reply.kind == "welcome":
                 assert set(reply.fields) == public and not reply.arrays
-            elif reply.kind == "shared":
+            elif reply.kind in ("shared", "ready", "ok"):
                 assert reply.fields == {"unreached": []} and not reply.arrays
+            elif reply.kind == "unmask_answer":
+                assert set(reply.fields) == {"answers"} and not reply.arrays
+                assert set(reply.fields["answers"]) == set(NAMES)
+                assert all(kind == SELF_MASK for kind, _ in reply.fields["answers"].values())
             else:
-                assert not reply.fields and len(reply.arrays) == 1
-                (array,) = reply.arrays.values()
+                assert not reply.fields
+                if reply.kind == "masked":
+                    assert set(reply.arrays) == {"masked", "key"} and reply.arrays["key"].shape == (32,)
+                array = reply.arrays["masked" if reply.kind == "masked" else "share"]
                 assert array.dtype == np.int64
                 if array.size == train_length(FEATURES + 1):  # a train contribution: not bob's update in the clear
                     assert np.median(np.abs(decode_sum(array, PRECISION))) > 1e9, (name, array)
@@ -805,23 +815,24 @@ def test_a_flood_of_future_shares_is_bounded_and_cannot_block_the_next_round(mon
 
 
 def test_a_peer_cannot_reset_a_run_or_replace_keys():
-    """Route: a peer (alice) sends ``public_key`` or ``share`` messages with another session id, or ``hello``:
-    refused, and bob's run (its id, its X25519 key, its rounds) is unchanged. A peer's ``public_key`` for
-    the live session gets bob's public key only (public by design)."""
+    """Route: a peer (alice) sends ``hello``, or ``share``, ``mask_shares`` or ``view`` messages with another
+    session id, or asks for a ``public_key`` (the single-masking request, gone): refused, and bob's run (its
+    id, its double-masking state, its rounds) is unchanged."""
     federation = Federation()
     bob = federation.owners["bob"]
-    key_before = bob.run.private_key
+    secagg_before = dict(bob.run.secagg)
     alice = InProcessLink(bob, "alice")
     for message in [
-        Message("public_key", {"session": "new"}),
+        Message("public_key", {"session": SESSION}),
         hello_message("new"),
-        Message("public_key", {}),
-    ]:
+        Message("mask_shares", {"session": "new", "kind": "train", "round": 1, "request": "0" * 64},
+                {"data": np.zeros(124, dtype=np.uint8)}),
+        Message("view", {"session": "new", "kind": "train"}, {"data": np.zeros(60, dtype=np.uint8)}),
+    ]:  # fmt: skip
         assert alice.request(message).kind == "refused"
     assert peer_share(federation, "alice", "bob", 1, session="new").kind == "refused"
-    assert bob.run.id == SESSION and bob.run.private_key is key_before
-    reply = alice.request(Message("public_key", {"session": SESSION}))
-    assert reply.kind == "public_key" and reply.arrays["key"].shape == (32,)
+    assert bob.run.id == SESSION and bob.run.secagg == secagg_before
+    assert all(bob.run.secagg[kind] is secagg_before[kind] for kind in secagg_before)
 
 
 def test_the_lifetime_contribution_cap_survives_new_sessions():
