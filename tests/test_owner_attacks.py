@@ -547,6 +547,181 @@ def test_pairwise_same_round_twice(monkeypatch, weakened):
     assert is_row(decode_sum(vectors[0] - vectors[1], PRECISION), federation, "bob", 0)
 
 
+# --- double masking: the model owner's lies about the round, a peer's forged messages ----------------------
+
+
+def masked_round(federation, session=SESSION, round_=1, params=None, **settings):
+    """Every owner sent the same pairwise ``train`` request (the crafted one by default) and asked to mask for
+    all three: the model owner's ``{owner: (masked vector, public key)}``."""
+    for name in NAMES:
+        message = federation.request(
+            "train", round_, params or crafted_params(), session=session, aggregation="pairwise", **settings
+        )
+        assert federation.links[name].request(message).kind == "ready"
+    masked = federation.mask(round_, NAMES, session=session)
+    assert set(masked) == set(NAMES)
+    return masked
+
+
+@pytest.mark.parametrize("weakened", [False, True], ids=["checked", "weakened"])
+def test_a_present_owner_claimed_dropped_keeps_its_self_mask(monkeypatch, weakened):
+    """Route: bob sent his masked vector, but the model owner tells alice and jane (the responders) "bob
+    dropped" (min_owners 2, so a sum over alice and jane is allowed): they give shares of bob's mask key s,
+    and the model owner removes bob's pair masks from bob's masked vector. Bob himself is no responder (not a
+    survivor). Now what is left is bob's update under his self mask b (noise, ~1e12): no owner gives a share of
+    b_bob in a round where it gave one of s_bob. ``[weakened]`` (SecAgg's self mask away: single masking, the
+    old pairwise protocol): the same steps give bob's row, exact."""
+    if weakened:
+        skip_secagg_checks(monkeypatch, "self_mask")
+    federation = Federation(min_owners=2)
+    masked = masked_round(federation)
+    pair = ("alice", "jane")
+    answers = federation.unmask_answers(federation.story(1, pair, dropped=("bob",)))
+    assert set(answers) == set(pair) and all(answer["bob"][0] == MASK_KEY for answer in answers.values())
+    assert federation.unmasked(1, NAMES, {name: masked[name] for name in pair}, answers) is not None
+    values = stripped(1, "bob", masked, answers)
+    if weakened:
+        assert is_row(values, federation, "bob", 0)
+    else:
+        assert not is_row(values, federation, "bob", 0) and np.median(np.abs(values)) > 1e9
+        reply = federation.links["bob"].request(Message("views", federation.story(1, pair, dropped=("bob",))))
+        assert reply.kind == "refused"  # and bob, told he dropped, is no responder
+
+
+@pytest.mark.parametrize("weakened", [False, True], ids=["checked", "weakened"])
+def test_a_second_unmask_with_another_story(monkeypatch, weakened):
+    """Route: the round is unmasked honestly (every owner survived; alice and jane answer: shares of b of all
+    three), then the model owner announces a second story, "bob dropped", and asks alice and jane to unmask
+    again: shares of s_bob, which with b_bob would strip bob's masked vector bare. Now the second ``views`` and
+    ``unmask`` are refused (the round was announced twice; each owner answers once). ``[weakened]`` (SecAgg's
+    "once" and "one kind of share per owner" checks away): bob's row, exact, from bob's masked vector and the
+    two answers."""
+    if weakened:
+        skip_secagg_checks(monkeypatch, "once", "one_kind")
+    federation = Federation(min_owners=2)
+    masked = masked_round(federation)
+    pair = ("alice", "jane")
+    first = federation.unmask_answers(federation.story(1, NAMES, responders=pair))
+    assert federation.unmasked(1, NAMES, masked, first) is not None  # the honest sum
+    story = federation.story(1, pair, dropped=("bob",))
+    for name in pair:  # (a weakened owner starts the round's views over on a new story: let each one resend)
+        federation.links[name].request(Message("views", story))
+    second = federation.unmask_answers(story)
+    both = {**{f"{name} 1": answer for name, answer in first.items()}, **second}
+    values = stripped(1, "bob", masked, both)
+    if weakened:
+        assert is_row(values, federation, "bob", 0)
+    else:
+        assert second == {} and np.median(np.abs(values)) > 1e9
+        assert any("refused views" in line and "announced twice" in line for line in federation.logs["alice"])
+
+
+def test_unmask_with_another_story_than_the_views():
+    """Route: the model owner sends ``views`` with one story (every owner survived) and ``unmask`` with another
+    (bob dropped), hoping for shares of s_bob while bob's vector is in the views' sum; then the first story
+    again. Every responder refuses both: a story that changes between the two steps ends the round on that
+    owner (the comparison is inline in SecAgg's ``unmask_answer``, not one of its named checks; the second-unmask
+    test shows what two answered stories give)."""
+    federation = Federation(min_owners=2)
+    masked_round(federation)
+    pair = ("alice", "jane")
+    for name in pair:
+        assert (
+            federation.links[name].request(Message("views", federation.story(1, NAMES, responders=pair))).kind == "ok"
+        )
+    assert federation.unmask_answers(federation.story(1, pair, dropped=("bob",)), views=False) == {}
+    assert federation.unmask_answers(federation.story(1, NAMES, responders=pair), views=False) == {}
+    assert all(any("another story" in line for line in federation.logs[name]) for name in pair)
+
+
+@pytest.mark.parametrize("weakened", [False, True], ids=["checked", "weakened"])
+def test_survivors_fewer_than_min_owners_are_not_unmasked(monkeypatch, weakened):
+    """Route: differencing through a dropout. min_owners 3: the sum over {bob, alice, jane} of the crafted
+    request; then, in a new session, the same request to all three, every owner masks, and the model owner
+    claims bob dropped after masking: survivors {alice, jane}. Now alice and jane refuse ``views`` and
+    ``unmask`` ("unmasks only sums over at least 3 owners"): no second sum. ``[weakened]`` (the owner's bound
+    on survivors away, as on 043f4f4 before 30dc2b3): the sum over {alice, jane}, and the first sum minus it
+    is bob's row, exact."""
+    import dataclasses
+
+    if weakened:
+        real = DataOwner._story
+
+        def lenient(self, fields):
+            bounds, self.bounds = self.bounds, dataclasses.replace(self.bounds, min_owners=2)
+            try:
+                return real(self, fields)
+            finally:
+                self.bounds = bounds
+
+        monkeypatch.setattr(DataOwner, "_story", lenient)
+    federation = Federation(min_owners=3)
+    whole = federation.released({name: federation.request("train", 1, crafted_params(), aggregation="pairwise")
+                                 for name in NAMES}, "pairwise")  # fmt: skip
+    federation.start("again")
+    masked = masked_round(federation, session="again")
+    pair = ("alice", "jane")
+    answers = federation.unmask_answers(federation.story(1, pair, dropped=("bob",), session="again"))
+    rest = federation.unmasked(1, NAMES, {name: masked[name] for name in pair}, answers, session="again")
+    if weakened:
+        assert is_row(whole - rest, federation, "bob", 0)
+    else:
+        assert answers == {} and rest is None
+        assert any("at least 3 owners" in line for line in federation.logs["alice"])
+
+
+def test_a_hostile_peer_forging_mask_shares_and_views():
+    """Routes of a hostile peer: eve (a peer of bob's, not an owner of the run) sends bob mask shares and a view;
+    alice (an owner of the run) sends him mask shares of the wrong size, of another session, at another index,
+    then again with another request digest or other shares. All refused; the honest round completes with the
+    honest sum. Then alice sends bob a view of another story: bob refuses to unmask that round (an owner of the
+    run can block a responder, as it could by not answering), but alice's lie cannot make bob answer anything
+    else, and the model owner still gets the sum from alice's and jane's answers (t = 2). A stranger (mallory,
+    no peer) is refused by the dispatch."""
+    from fl_smpc.data_owner.secagg import SHARES_FORMAT, SHARES_MAGIC, VIEW_FORMAT, VIEW_MAGIC, session_tag
+
+    federation = Federation()
+    bob = federation.owners["bob"]
+    bob.peers["eve"] = bob.peers["alice"]  # eve: a certified peer of bob's, in no run
+    tag = session_tag(f"{SESSION}-train")
+    digest = "0" * 64
+
+    def shares(sender, round_=1, session_tag=tag, index=1, size=SHARES_FORMAT.size, request=digest, fill=b"\1"):
+        data = SHARES_FORMAT.pack(SHARES_MAGIC, session_tag, round_, fill * 32, index, fill * 16, fill * 16)
+        fields = {"session": SESSION, "kind": "train", "round": round_, "request": request}
+        array = np.frombuffer((data + bytes(size))[:size], dtype=np.uint8)
+        return InProcessLink(bob, sender).request(Message("mask_shares", fields, {"data": array}))
+
+    def view(sender, round_=1, digest=b"\2" * 32):
+        data = np.frombuffer(VIEW_FORMAT.pack(VIEW_MAGIC, tag, round_, digest), dtype=np.uint8)
+        return InProcessLink(bob, sender).request(
+            Message("view", {"session": SESSION, "kind": "train"}, {"data": data})
+        )
+
+    alice_index = masking().share_index("alice", "bob")
+    assert shares("eve").kind == "refused" and view("eve").kind == "refused"
+    assert InProcessLink(bob, "mallory").request(Message("view", {})).kind == "refused"
+    for reply in [shares("alice", size=93), shares("alice", session_tag=b"\0" * 16), shares("alice", index=9)]:
+        assert reply.kind == "refused", reply
+    requests = {name: federation.request("train", 1, crafted_params(), aggregation="pairwise") for name in NAMES}
+    for name, message in requests.items():
+        assert federation.links[name].request(message).kind == "ready"
+    honest = bob.run.peer_requests[("train", 1)]["alice"]
+    assert shares("alice", index=alice_index, request="f" * 64).kind == "refused"  # another request
+    assert shares("alice", index=alice_index, request=honest).kind == "refused"  # other shares
+    masked = federation.mask(1, NAMES)
+    answers = federation.unmask_answers(federation.story(1, NAMES))
+    assert view("eve").kind == "refused"
+    assert federation.unmasked(1, NAMES, masked, answers)[FEATURES + 1] == 3  # the honest sum: three weights
+    masked = masked_round(federation, round_=2, fl_round=2)
+    for name in NAMES:
+        assert federation.links[name].request(Message("views", federation.story(2, NAMES))).kind == "ok"
+    assert view("alice", round_=2).kind == "ok"  # alice's lie reaches bob (she may speak for herself)
+    answers = federation.unmask_answers(federation.story(2, NAMES), views=False)
+    assert set(answers) == {"alice", "jane"}
+    assert federation.unmasked(2, NAMES, masked, answers)[FEATURES + 1] == 3
+
+
 def test_sum_before_all_shares_waits_then_refuses():
     """Route: ``sum`` from bob when only bob was asked to train (alice's and jane's shares never came). Bob
     waits for them up to his peer timeout (0.2 s here), then refuses: his own share is never released alone.
@@ -826,7 +1001,7 @@ def test_a_peer_cannot_reset_a_run_or_replace_keys():
         Message("public_key", {"session": SESSION}),
         hello_message("new"),
         Message("mask_shares", {"session": "new", "kind": "train", "round": 1, "request": "0" * 64},
-                {"data": np.zeros(124, dtype=np.uint8)}),
+                {"data": np.zeros(94, dtype=np.uint8)}),
         Message("view", {"session": "new", "kind": "train"}, {"data": np.zeros(60, dtype=np.uint8)}),
     ]:  # fmt: skip
         assert alice.request(message).kind == "refused"
