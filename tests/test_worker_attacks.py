@@ -391,6 +391,9 @@ class Attackers:
                     ask(ws, Message("share", share, {"share": np.zeros(7, dtype=np.int64)}))
                     ask(ws, Message("public_key", {"session": "guess"}))
                     ask(ws, hello("eve"))
+                    forged = {"session": "guess", "kind": "train", "round": 2, "request": "0" * 64}
+                    ask(ws, Message("mask_shares", forged, {"data": np.zeros(94, dtype=np.uint8)}))
+                    ask(ws, Message("view", {"session": "guess", "kind": "train"}, {"data": np.zeros(60, np.uint8)}))
                 for ws in held[1:2]:
                     ws.sock.sendall(raw_frame(claimed=200 * 2**20)[:14])
                 time.sleep(0.2)
@@ -420,9 +423,10 @@ class Attackers:
 
 
 def test_a_20_round_run_under_attack_ends_with_the_same_model(cluster, certs, capsys):
-    """Route (issue 18, item 6): the legitimate 20-round run (``--seed 0``, additive) over TLS, once alone and
-    once while a hostile model-owner connection, a hostile peer (eve), a slow sender and an outsider do all of
-    the above at once against every owner. Both end with the in-process ``--training owner`` model, within one
+    """Route (issue 18, item 6): the legitimate 20-round run (``--seed 0``) over TLS, once alone (additive) and
+    once with double masking (``--aggregation pairwise``) while a hostile model-owner connection, a hostile peer
+    (eve: shares, mask shares and views for guessed sessions too), a slow sender and an outsider do all of the
+    above at once against every owner. Both end with the in-process ``--training owner`` model, within one
     quantum. Wall times are printed (docs/attacks.md records them: 3.9 s alone, 6.2 s under attack, on 2
     shared cores with the attackers in the model owner's own process)."""
     config = FLConfig(seed=0, rounds=20, training="owner")
@@ -440,7 +444,8 @@ def test_a_20_round_run_under_attack_ends_with_the_same_model(cluster, certs, ca
 
     start = time.monotonic()
     try:
-        attacked = train_with_owners(config, addresses, certs=certs[0], timeout=20.0, on_round=begin)
+        pairwise = FLConfig(seed=0, rounds=20, training="owner", aggregation="pairwise")
+        attacked = train_with_owners(pairwise, addresses, certs=certs[0], timeout=20.0, on_round=begin)
     finally:
         if attackers is not None:
             attackers.__exit__(None, None, None)
@@ -451,7 +456,7 @@ def test_a_20_round_run_under_attack_ends_with_the_same_model(cluster, certs, ca
         assert not any(result.dropped for result in history.rounds)
     assert attackers is not None and all(count > 0 for count in attackers.counts.values()), attackers.counts
     with capsys.disabled():
-        print(f"\n20 rounds over TLS: {quiet:.1f} s alone, {loud:.1f} s under attack; attacks: {attackers.counts}")
+        print(f"\n20 rounds over TLS: {quiet:.1f} s additive alone, {loud:.1f} s pairwise attacked; {attackers.counts}")
     for owner in OWNERS:
         log = log_of(cluster, owner)
         assert "Traceback" not in log and "Error in connection handler" not in log
