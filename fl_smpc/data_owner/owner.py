@@ -20,7 +20,8 @@ The rules that make a round's sum the only thing the model owner can learn:
 * this owner's share of a sum is released once, only when it holds a share from every owner of the set;
 * a contribution combines only with contributions to the very same request: the round's digest (session,
   kind, round, owner set, settings and the exact params) goes with every additive share and is checked by
-  the owner receiving it, and keys every pairwise mask of the round (HMAC of the pair key). So a model owner
+  the owner receiving it; pairwise, it goes with every owner's mask shares (an owner masks only if each
+  partner among the participants was sent the same request) and into its consistency view. So a model owner
   that sends one owner crafted params or settings and the others a request whose answer it can predict
   (params 0, lr 1e-12) gets no sum at all, instead of the first owner's update (one of its rows, exact).
 """
@@ -88,6 +89,8 @@ class Run:
     # (kind, round, owners, encoded vector, digest of its trained parameters): awaiting the mask request
     prepared: Optional[Tuple[str, int, Tuple[str, ...], np.ndarray, str]] = None
     requests: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # kind -> (round, digest of its request)
+    # pairwise: (kind, round) -> {neighbour: the digest of the request it was sent}, from its mask shares
+    peer_requests: Dict[Tuple[str, int], Dict[str, str]] = field(default_factory=dict)
 
 
 class DataOwner:
@@ -240,11 +243,16 @@ class DataOwner:
                 if not run.secagg:
                     raise Refusal("pairwise masking (SecAgg) needs a run of at least 3 owners; use additive")
                 run.requests[kind] = (round_, digest)
+                for key in [key for key in run.peer_requests if key[0] == kind and key[1] < round_]:
+                    del run.peer_requests[key]
                 try:
                     mask_shares = run.secagg[kind].outgoing_shares(round_)
                 except SecAggRefused as err:
                     raise Refusal(str(err)) from None
-        unreached = [] if settings["aggregation"] == "additive" else self._send(run, kind, round_, owners, mask_shares)
+        if settings["aggregation"] == "additive":
+            unreached = []
+        else:
+            unreached = self._send(run, kind, round_, owners, mask_shares, digest)
         vector = self._vector(kind, settings, torch.from_numpy(params))
         vector = contribution.clipped(vector, len(owners), settings["precision"])
         trained = self._never_in_two_sums(encode(vector, settings["precision"]), owners) if kind == "train" else ""
@@ -425,14 +433,16 @@ class DataOwner:
             while len(self.released) > RELEASED_REMEMBERED:
                 self.released.pop(next(iter(self.released)))
 
-    def _send(self, run: Run, kind: str, round_: int, owners: Tuple[str, ...], messages: Dict[str, bytes]) -> list:
-        """Each neighbour among the round's owners its mask shares, owner to owner (no lock held: a peer may be
-        sending us its own). Returns the neighbours that could not be reached."""
+    def _send(
+        self, run: Run, kind: str, round_: int, owners: Tuple[str, ...], messages: Dict[str, bytes], digest: str
+    ) -> list:
+        """Each neighbour among the round's owners its mask shares and the digest of this owner's request, owner
+        to owner (no lock held: a peer may be sending us its own). Returns the neighbours not reached."""
         unreached = []
         for peer, data in messages.items():
             if peer not in owners:
                 continue
-            fields = {"session": run.id, "kind": kind, "round": round_}
+            fields = {"session": run.id, "kind": kind, "round": round_, "request": digest}
             try:
                 reply = self.peers[peer].request(Message("mask_shares", fields, {"data": _bytes(data)}))
             except Exception as err:
@@ -454,6 +464,14 @@ class DataOwner:
             kind, _, owners, encoded, trained = prepared
             if not set(participants) <= set(owners):
                 raise Refusal(f"the participants must be among round {round_}'s owners")
+            # a vector is masked only towards partners sent the very same request: their masks cancel with this
+            # owner's, so a partner sent crafted params could otherwise be unmasked by responders sent another
+            asked, digest = run.requests.get(kind, (0, ""))
+            held = run.peer_requests.get((kind, round_), {})
+            partners = [p for p in participants if p in run.secagg[kind].neighbours]
+            differing = [p for p in partners if not same_request(held.get(p, ""), digest)]
+            if asked != round_ or differing:
+                raise Refusal(f"round {round_}: participants {differing} were sent another request than this owner")
             try:
                 masked = run.secagg[kind].masked_vector(round_, encoded, participants)
                 key = run.secagg[kind].public_key(round_)
@@ -522,7 +540,26 @@ class DataOwner:
         )
 
     def _receive_mask_shares(self, requester, message: Message, connection) -> Message:
-        return self._to_secagg(requester, message, "receive_shares")
+        with self._state:
+            run = self.run
+            data = message.arrays.get("data")
+            kind = field_str(message.fields, "kind", 16, KINDS)
+            round_ = field_int(message.fields, "round", 1, MAX_ROUND)
+            digest = field_str(message.fields, "request", 64)
+            if run is None or not run.secagg or field_str(message.fields, "session", 64) != run.id:
+                raise Refusal("no such run on this owner")
+            if data is None or data.dtype != np.uint8 or data.ndim != 1:
+                raise Refusal("mask shares are bytes")
+            known = run.peer_requests.get((kind, round_), {}).get(requester)
+            if known is not None and not same_request(known, digest):
+                raise Refusal(f"{requester!r} already sent mask shares of another request for round {round_}")
+            try:
+                if run.secagg[kind].receive_shares(requester, data.tobytes()) != round_:
+                    raise Refusal("the mask shares are not of the round they are sent for")
+            except SecAggRefused as err:
+                raise Refusal(str(err)) from None
+            run.peer_requests.setdefault((kind, round_), {})[requester] = digest
+        return Message("ok")
 
     def _receive_view(self, requester, message: Message, connection) -> Message:
         return self._to_secagg(requester, message, "receive_view")
