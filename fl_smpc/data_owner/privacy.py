@@ -576,6 +576,19 @@ def prv_epsilon(q: float, z: float, rounds: int, delta: float) -> Tuple[float, f
     return (float(lower), float(estimate), float(upper))
 
 
+class _RdpFallback:
+    """Stands in for the PRV accountant where prv-accountant 0.2.0 cannot discretise the privacy loss
+    ("Discrete mean differs from continuous mean significantly", seen for multipliers below ~0.5): the RDP
+    bound, never below the PRV value."""
+
+    def __init__(self, q: float, z: float):
+        self.q, self.z = q, z
+
+    def compute_epsilon(self, delta: float, rounds: Sequence[int]) -> Tuple[float, float, float]:
+        eps = rdp_epsilon(self.q, self.z, rounds[0], delta)
+        return (0.0, eps, eps)
+
+
 class OwnerBudget:
     """One owner's privacy budget: epsilon after k rounds, whether it may take one more, what each round spent.
 
@@ -617,7 +630,10 @@ class OwnerBudget:
         if rounds not in self._cache:
             if self._accountant is None or rounds > self._cap:
                 self._cap = max(rounds, 2 * self._cap, 64)
-                self._accountant = _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
+                try:
+                    self._accountant = _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
+                except RuntimeError:
+                    self._accountant = _RdpFallback(self.sampling_rate, self.noise_multiplier)
             self._cache[rounds] = float(self._accountant.compute_epsilon(self.delta, [rounds])[2])
         return self._cache[rounds]
 
