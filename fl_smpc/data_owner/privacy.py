@@ -384,34 +384,52 @@ def check_grid(clip_norm: float, precision: int, parameters: int) -> int:
     return k
 
 
+def _grid_entries(
+    grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precision: int
+) -> Tuple[Tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero values of :func:`clip_to_grid`'s rows: (shape, row index, column index, int64 value).
+
+    Works on the non-zero entries only: a hashed message's gradient has a few dozen of its 4,097.
+    """
+    k = grid_clip_bound(clip_norm, precision)
+    g = grads.detach().cpu().numpy() if isinstance(grads, torch.Tensor) else np.asarray(grads)
+    if g.ndim != 2:
+        raise ValueError(f"expected per-example gradients [n, P], got shape {g.shape}")
+    n = g.shape[0]
+    rows, cols = np.nonzero(g)  # row-major: each row's entries are contiguous
+    x = g[rows, cols].astype(np.float64) * 10.0**precision
+    finite = np.isfinite(x)
+    if not finite.all():  # a NaN row would pass the norm test; a diverged example contributes zero
+        bad = np.zeros(n, dtype=bool)
+        bad[rows[~finite]] = True
+        keep = ~bad[rows]
+        rows, cols, x = rows[keep], cols[keep], x[keep]
+    nonzero = np.bincount(rows, minlength=n)
+    bound = np.maximum(k - np.sqrt(nonzero) - 1e-9 * k - 1e-6, 0.0)
+    norms = np.sqrt(np.bincount(rows, weights=x * x, minlength=n))
+    factor = np.where(norms > bound, bound / np.maximum(norms, 1e-300), 1.0)
+    x = x * factor[rows]
+    low = np.floor(x)
+    values = low.astype(np.int64) + (_uniform01(x.size) < x - low)
+    if values.size:  # the exact check, in int64: each row's sum of squares <= K**2 (<= 2**62)
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        if int(np.add.reduceat(values * values, starts).max()) > k * k:
+            raise AssertionError("a rounded gradient exceeds the clip bound")  # impossible by the argument above
+    return (n, g.shape[1]), rows, cols, values
+
+
 def clip_to_grid(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precision: int) -> np.ndarray:
     """Each row clipped and stochastically rounded to the grid: int64 ``[n, P]`` in quanta, row norms <= K.
 
     A row ``g`` (in real units) becomes ``x = g * 10**p`` scaled down to norm ``K - sqrt(m) - margin``
     when longer (``m`` = its non-zero values), then each value rounds up with probability its fractional
     part: ``E[r] = x`` and ``|r - x| < 1`` where ``x`` is not an integer, so ``||r|| < K``; checked exactly.
+    Zeros stay zeros; a row with a non-finite value becomes zeros.
     """
-    k = grid_clip_bound(clip_norm, precision)
-    g = grads.detach().cpu().double().numpy() if isinstance(grads, torch.Tensor) else np.asarray(grads, np.float64)
-    if g.ndim != 2:
-        raise ValueError(f"expected per-example gradients [n, P], got shape {g.shape}")
-    if not np.isfinite(g).all():  # a NaN row would pass the norm test; a diverged example contributes zero
-        g = np.where(np.isfinite(g).all(axis=1, keepdims=True), g, 0.0)
-    x = g * 10.0**precision
-    nonzero = np.count_nonzero(x, axis=1)
-    bound = np.maximum(k - np.sqrt(nonzero) - 1e-9 * k - 1e-6, 0.0)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    factor = np.where(norms > bound, bound / np.maximum(norms, 1e-300), 1.0)
-    x = x * factor[:, None]
-    low = np.floor(x)
-    fraction = (x - low).ravel()
-    fractional = np.flatnonzero(fraction)  # draws only where there is something to round (hashed rows are sparse)
-    up = np.zeros(x.size, dtype=np.int64)
-    up[fractional] = _uniform01(fractional.size) < fraction[fractional]
-    rounded = low.astype(np.int64) + up.reshape(x.shape)
-    if rounded.size and int((rounded * rounded).sum(axis=1).max()) > k * k:
-        raise AssertionError("a rounded gradient exceeds the clip bound")  # impossible by the argument above
-    return rounded
+    shape, rows, cols, values = _grid_entries(grads, clip_norm, precision)
+    out = np.zeros(shape, dtype=np.int64)
+    out[rows, cols] = values
+    return out
 
 
 def clipped_sum(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precision: int) -> np.ndarray:
@@ -419,9 +437,12 @@ def clipped_sum(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precis
 
     ``r_i`` = :func:`clip_to_grid`; the last value is ``K`` times the number of rows.
     """
-    rows = clip_to_grid(grads, clip_norm, precision)
+    (n, p), _, cols, values = _grid_entries(grads, clip_norm, precision)
     k = grid_clip_bound(clip_norm, precision)
-    return np.concatenate([rows.sum(axis=0, dtype=np.int64), np.array([k * rows.shape[0]], dtype=np.int64)])
+    total = np.zeros(p + 1, dtype=np.int64)
+    np.add.at(total, cols, values)
+    total[p] = k * n
+    return total
 
 
 def noise_variance(settings: DPSettings, precision: int) -> int:
