@@ -45,19 +45,19 @@ count ``S[-1] / K``, at least 1, and takes one step ``params -= lr * mean``: pos
 What backs it for the noise actually added:
 
 * one discrete Gaussian with integer sensitivity: its Renyi divergences are at most those of the
-  continuous Gaussian of the same ``s2`` (Canonne, Kamath & Steinke 2020, Prop. 5 / Thm. 15 for the
-  multivariate product) -- it is ``(z**2 / 2)``-zCDP exactly like the continuous one;
+  continuous Gaussian of the same ``s2`` (Canonne, Kamath & Steinke 2020; Renyi divergence adds over the
+  independent coordinates) -- it is ``(z**2 / 2)``-zCDP exactly like the continuous one;
 * a sum of ``m`` discrete Gaussians of parameter ``s2 / m`` is not a discrete Gaussian; Kairouz, Liu &
-  Steinke 2021 (Thm. 1 there; the sum of independent discrete Gaussians) bound it: it is
+  Steinke 2021 bound the sum of independent discrete Gaussians: it is
   ``eps**2 / 2``-zCDP with ``eps = 1 / z + tau * sqrt(d)``, ``tau = 10 * sum_{k=1}^{m-1}
   exp(-2 * pi**2 * (s2 / m) * k / (k + 1))``, ``d = P + 1``; :func:`accounting_noise_multiplier` returns
-  ``1 / eps``. For any share of more than a few quanta ``tau`` underflows (``exp(-pi**2 * 100)`` for a
-  share of 10 quanta): the effective multiplier *is* ``z`` in float64;
+  ``1 / eps``. For any share of standard deviation above a few quanta ``tau`` underflows
+  (``exp(-pi**2 * 100)`` for a standard deviation of 10 quanta): the effective multiplier *is* ``z`` in float64;
 * subsampling: the PRV accountant's privacy loss distribution is the continuous Gaussian's. For the
-  discrete noise this is an assumption -- the same one TF Privacy's distributed discrete Gaussian makes
-  with its RDP accountant. A bound that needs only the RDP curves above is :func:`rdp_epsilon` with
-  ``generic=True`` (Zhu & Wang 2019, Thm. 6: Poisson subsampling of *any* mechanism of the given RDP):
-  rigorous for the discrete mechanism, and a little looser. docs/privacy.md compares the three.
+  discrete noise this is an assumption. A bound that needs only the RDP curves above is :func:`rdp_epsilon` with
+  ``generic=True`` (Zhu & Wang 2019's general bound for Poisson subsampling of *any* mechanism of the given
+  RDP): rigorous for the discrete mechanism, and looser (much looser at large ``q``). docs/privacy.md
+  compares the three.
 
 Randomness: ``secrets`` (the discrete Gaussian) and ``os.urandom`` (sampling and rounding), never torch's
 or numpy's generators: seeding those (``torch.manual_seed``, ``np.random.seed``) changes nothing here.
@@ -251,7 +251,7 @@ def _discrete_gaussian_one(s2: int, t: int) -> int:
 def discrete_gaussian_sq(sigma_squared: int, size: int) -> np.ndarray:
     """``size`` exact draws of the discrete Gaussian N_Z(0, sigma_squared) (an integer >= 1) as int64.
 
-    Variance just below ``sigma_squared`` for a large one (CKS 2020, Prop. 19: below it always).
+    Variance just below ``sigma_squared`` for a large one (CKS 2020: never above it).
     """
     s2 = int(sigma_squared)
     if s2 != sigma_squared or s2 < 1:
@@ -521,7 +521,7 @@ def rdp_subsampled_gaussian(q: float, z: float, order: int) -> float:
 def rdp_poisson_generic(q: float, base_rdp: Callable[[int], float], order: int) -> float:
     """An RDP bound of order ``order`` for Poisson subsampling of *any* mechanism with RDP ``base_rdp``.
 
-    Zhu & Wang 2019 (Poisson subsampled RDP, Thm. 6), integer orders >= 2:
+    Zhu & Wang 2019 (Poisson subsampled RDP, their general upper bound), integer orders >= 2:
     ``log((1-q)**(a-1) (1 + (a-1) q) + C(a,2) q**2 (1-q)**(a-2) e**eps(2)
     + 3 sum_{l=3}^a C(a,l) (1-q)**(a-l) q**l e**((l-1) eps(l))) / (a - 1)``.
     """
@@ -543,9 +543,10 @@ def rdp_epsilon(
 ) -> float:
     """Epsilon after ``rounds`` subsampled Gaussian releases by RDP composition, minimised over ``orders``.
 
-    Conversion of Balle et al. 2020 (Thm. 21): ``eps = rounds * rdp(a) + log((a-1)/a) - (log(delta) +
-    log(a)) / (a - 1)``. ``generic=True`` uses :func:`rdp_poisson_generic` on the Gaussian's RDP curve
-    ``a / (2 z**2)`` (which the discrete Gaussian also satisfies) instead of the Gaussian-specific formula.
+    Conversion of Balle et al. 2020 (the one prv-accountant's RDP code uses):
+    ``eps = rounds * rdp(a) + log((a-1)/a) - (log(delta) + log(a)) / (a - 1)``. ``generic=True`` uses
+    :func:`rdp_poisson_generic` on the Gaussian's RDP curve ``a / (2 z**2)`` (which the discrete Gaussian
+    also satisfies) instead of the Gaussian-specific formula.
     """
     if rounds == 0:
         return 0.0
