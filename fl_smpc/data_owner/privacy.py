@@ -315,7 +315,7 @@ def _hook_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
     per_param: Dict[int, torch.Tensor] = {}
     for module, grad in zip(linears, grads):
         activation = seen[id(module)][0].detach()
-        g = torch.zeros_like(outputs[0]) if grad is None else grad.detach() * scale
+        g = torch.zeros_like(seen[id(module)][1]) if grad is None else grad.detach() * scale
         per_param[id(module.weight)] = (g.unsqueeze(2) * activation.unsqueeze(1)).reshape(n, -1)
         if module.bias is not None:
             per_param[id(module.bias)] = g
@@ -354,9 +354,10 @@ def per_example_gradients(
         raise ValueError("the hooks path needs a Linear or a Sequential of Linear layers and activations, 2-D inputs")
     if x.shape[0] == 0:
         return torch.zeros(0, sum(p.numel() for p in _trainable(model)))
-    if fast and method != "loop":
-        return _hook_gradients(model, loss_fn, x, y, reduction)
-    return _loop_gradients(model, loss_fn, x, y)
+    with torch.enable_grad():  # also when called under torch.no_grad()
+        if fast and method != "loop":
+            return _hook_gradients(model, loss_fn, x, y, reduction)
+        return _loop_gradients(model, loss_fn, x, y)
 
 
 # --- clipping on the grid, the owner's release ----------------------------------------------------------
