@@ -356,8 +356,10 @@ def per_example_gradients(
         return torch.zeros(0, sum(p.numel() for p in _trainable(model)))
     with torch.enable_grad():  # also when called under torch.no_grad()
         if fast and method != "loop":
-            return _hook_gradients(model, loss_fn, x, y, reduction)
-        return _loop_gradients(model, loss_fn, x, y)
+            grads = _hook_gradients(model, loss_fn, x, y, reduction)
+        else:
+            grads = _loop_gradients(model, loss_fn, x, y)
+    return grads
 
 
 # --- clipping on the grid, the owner's release ----------------------------------------------------------
