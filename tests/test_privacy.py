@@ -219,6 +219,17 @@ def test_per_example_gradients_match_the_single_example_loop(model, loss_fn, red
     assert torch.allclose(fast.sum(0), batch, atol=1e-5)
 
 
+def test_per_example_gradients_work_under_no_grad_and_with_frozen_layers():
+    model = mlp(nn.ReLU())
+    model[0].weight.requires_grad_(False)
+    x, y = torch.randn(4, 6), torch.randn(4, 2)
+    with torch.no_grad():
+        fast = per_example_gradients(model, nn.functional.mse_loss, x, y)
+    loop = per_example_gradients(model, nn.functional.mse_loss, x, y, method="loop")
+    assert fast.shape == (4, sum(p.numel() for p in model.parameters() if p.requires_grad))
+    assert torch.allclose(fast, loop, atol=1e-6)
+
+
 def test_hooks_are_refused_for_a_model_they_cannot_handle():
     with pytest.raises(ValueError, match="hooks path"):
         per_example_gradients(Residual(), nn.functional.mse_loss, torch.randn(2, 6), torch.randn(2, 2), method="hooks")

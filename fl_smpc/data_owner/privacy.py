@@ -45,19 +45,19 @@ count ``S[-1] / K``, at least 1, and takes one step ``params -= lr * mean``: pos
 What backs it for the noise actually added:
 
 * one discrete Gaussian with integer sensitivity: its Renyi divergences are at most those of the
-  continuous Gaussian of the same ``s2`` (Canonne, Kamath & Steinke 2020, Prop. 5 / Thm. 15 for the
-  multivariate product) -- it is ``(z**2 / 2)``-zCDP exactly like the continuous one;
+  continuous Gaussian of the same ``s2`` (Canonne, Kamath & Steinke 2020; Renyi divergence adds over the
+  independent coordinates) -- it is ``(z**2 / 2)``-zCDP exactly like the continuous one;
 * a sum of ``m`` discrete Gaussians of parameter ``s2 / m`` is not a discrete Gaussian; Kairouz, Liu &
-  Steinke 2021 (Thm. 1 there; the sum of independent discrete Gaussians) bound it: it is
+  Steinke 2021 bound the sum of independent discrete Gaussians: it is
   ``eps**2 / 2``-zCDP with ``eps = 1 / z + tau * sqrt(d)``, ``tau = 10 * sum_{k=1}^{m-1}
   exp(-2 * pi**2 * (s2 / m) * k / (k + 1))``, ``d = P + 1``; :func:`accounting_noise_multiplier` returns
-  ``1 / eps``. For any share of more than a few quanta ``tau`` underflows (``exp(-pi**2 * 100)`` for a
-  share of 10 quanta): the effective multiplier *is* ``z`` in float64;
+  ``1 / eps``. For any share of standard deviation above a few quanta ``tau`` underflows
+  (``exp(-pi**2 * 100)`` for a standard deviation of 10 quanta): the effective multiplier *is* ``z`` in float64;
 * subsampling: the PRV accountant's privacy loss distribution is the continuous Gaussian's. For the
-  discrete noise this is an assumption -- the same one TF Privacy's distributed discrete Gaussian makes
-  with its RDP accountant. A bound that needs only the RDP curves above is :func:`rdp_epsilon` with
-  ``generic=True`` (Zhu & Wang 2019, Thm. 6: Poisson subsampling of *any* mechanism of the given RDP):
-  rigorous for the discrete mechanism, and a little looser. docs/privacy.md compares the three.
+  discrete noise this is an assumption. A bound that needs only the RDP curves above is :func:`rdp_epsilon` with
+  ``generic=True`` (Zhu & Wang 2019's general bound for Poisson subsampling of *any* mechanism of the given
+  RDP): rigorous for the discrete mechanism, and looser (much looser at large ``q``). docs/privacy.md
+  compares the three.
 
 Randomness: ``secrets`` (the discrete Gaussian) and ``os.urandom`` (sampling and rounding), never torch's
 or numpy's generators: seeding those (``torch.manual_seed``, ``np.random.seed``) changes nothing here.
@@ -251,7 +251,7 @@ def _discrete_gaussian_one(s2: int, t: int) -> int:
 def discrete_gaussian_sq(sigma_squared: int, size: int) -> np.ndarray:
     """``size`` exact draws of the discrete Gaussian N_Z(0, sigma_squared) (an integer >= 1) as int64.
 
-    Variance just below ``sigma_squared`` for a large one (CKS 2020, Prop. 19: below it always).
+    Variance just below ``sigma_squared`` for a large one (CKS 2020: never above it).
     """
     s2 = int(sigma_squared)
     if s2 != sigma_squared or s2 < 1:
@@ -315,7 +315,7 @@ def _hook_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
     per_param: Dict[int, torch.Tensor] = {}
     for module, grad in zip(linears, grads):
         activation = seen[id(module)][0].detach()
-        g = torch.zeros_like(outputs[0]) if grad is None else grad.detach() * scale
+        g = torch.zeros_like(seen[id(module)][1]) if grad is None else grad.detach() * scale
         per_param[id(module.weight)] = (g.unsqueeze(2) * activation.unsqueeze(1)).reshape(n, -1)
         if module.bias is not None:
             per_param[id(module.bias)] = g
@@ -354,9 +354,12 @@ def per_example_gradients(
         raise ValueError("the hooks path needs a Linear or a Sequential of Linear layers and activations, 2-D inputs")
     if x.shape[0] == 0:
         return torch.zeros(0, sum(p.numel() for p in _trainable(model)))
-    if fast and method != "loop":
-        return _hook_gradients(model, loss_fn, x, y, reduction)
-    return _loop_gradients(model, loss_fn, x, y)
+    with torch.enable_grad():  # also when called under torch.no_grad()
+        if fast and method != "loop":
+            grads = _hook_gradients(model, loss_fn, x, y, reduction)
+        else:
+            grads = _loop_gradients(model, loss_fn, x, y)
+    return grads
 
 
 # --- clipping on the grid, the owner's release ----------------------------------------------------------
@@ -384,34 +387,52 @@ def check_grid(clip_norm: float, precision: int, parameters: int) -> int:
     return k
 
 
+def _grid_entries(
+    grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precision: int
+) -> Tuple[Tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero values of :func:`clip_to_grid`'s rows: (shape, row index, column index, int64 value).
+
+    Works on the non-zero entries only: a hashed message's gradient has a few dozen of its 4,097.
+    """
+    k = grid_clip_bound(clip_norm, precision)
+    g = grads.detach().cpu().numpy() if isinstance(grads, torch.Tensor) else np.asarray(grads)
+    if g.ndim != 2:
+        raise ValueError(f"expected per-example gradients [n, P], got shape {g.shape}")
+    n = g.shape[0]
+    rows, cols = np.nonzero(g)  # row-major: each row's entries are contiguous
+    x = g[rows, cols].astype(np.float64) * 10.0**precision
+    finite = np.isfinite(x)
+    if not finite.all():  # a NaN row would pass the norm test; a diverged example contributes zero
+        bad = np.zeros(n, dtype=bool)
+        bad[rows[~finite]] = True
+        keep = ~bad[rows]
+        rows, cols, x = rows[keep], cols[keep], x[keep]
+    nonzero = np.bincount(rows, minlength=n)
+    bound = np.maximum(k - np.sqrt(nonzero) - 1e-9 * k - 1e-6, 0.0)
+    norms = np.sqrt(np.bincount(rows, weights=x * x, minlength=n))
+    factor = np.where(norms > bound, bound / np.maximum(norms, 1e-300), 1.0)
+    x = x * factor[rows]
+    low = np.floor(x)
+    values = low.astype(np.int64) + (_uniform01(x.size) < x - low)
+    if values.size:  # the exact check, in int64: each row's sum of squares <= K**2 (<= 2**62)
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        if int(np.add.reduceat(values * values, starts).max()) > k * k:
+            raise AssertionError("a rounded gradient exceeds the clip bound")  # impossible by the argument above
+    return (n, g.shape[1]), rows, cols, values
+
+
 def clip_to_grid(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precision: int) -> np.ndarray:
     """Each row clipped and stochastically rounded to the grid: int64 ``[n, P]`` in quanta, row norms <= K.
 
     A row ``g`` (in real units) becomes ``x = g * 10**p`` scaled down to norm ``K - sqrt(m) - margin``
     when longer (``m`` = its non-zero values), then each value rounds up with probability its fractional
     part: ``E[r] = x`` and ``|r - x| < 1`` where ``x`` is not an integer, so ``||r|| < K``; checked exactly.
+    Zeros stay zeros; a row with a non-finite value becomes zeros.
     """
-    k = grid_clip_bound(clip_norm, precision)
-    g = grads.detach().cpu().double().numpy() if isinstance(grads, torch.Tensor) else np.asarray(grads, np.float64)
-    if g.ndim != 2:
-        raise ValueError(f"expected per-example gradients [n, P], got shape {g.shape}")
-    if not np.isfinite(g).all():  # a NaN row would pass the norm test; a diverged example contributes zero
-        g = np.where(np.isfinite(g).all(axis=1, keepdims=True), g, 0.0)
-    x = g * 10.0**precision
-    nonzero = np.count_nonzero(x, axis=1)
-    bound = np.maximum(k - np.sqrt(nonzero) - 1e-9 * k - 1e-6, 0.0)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    factor = np.where(norms > bound, bound / np.maximum(norms, 1e-300), 1.0)
-    x = x * factor[:, None]
-    low = np.floor(x)
-    fraction = (x - low).ravel()
-    fractional = np.flatnonzero(fraction)  # draws only where there is something to round (hashed rows are sparse)
-    up = np.zeros(x.size, dtype=np.int64)
-    up[fractional] = _uniform01(fractional.size) < fraction[fractional]
-    rounded = low.astype(np.int64) + up.reshape(x.shape)
-    if rounded.size and int((rounded * rounded).sum(axis=1).max()) > k * k:
-        raise AssertionError("a rounded gradient exceeds the clip bound")  # impossible by the argument above
-    return rounded
+    shape, rows, cols, values = _grid_entries(grads, clip_norm, precision)
+    out = np.zeros(shape, dtype=np.int64)
+    out[rows, cols] = values
+    return out
 
 
 def clipped_sum(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precision: int) -> np.ndarray:
@@ -419,9 +440,12 @@ def clipped_sum(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precis
 
     ``r_i`` = :func:`clip_to_grid`; the last value is ``K`` times the number of rows.
     """
-    rows = clip_to_grid(grads, clip_norm, precision)
+    (n, p), _, cols, values = _grid_entries(grads, clip_norm, precision)
     k = grid_clip_bound(clip_norm, precision)
-    return np.concatenate([rows.sum(axis=0, dtype=np.int64), np.array([k * rows.shape[0]], dtype=np.int64)])
+    total = np.zeros(p + 1, dtype=np.int64)
+    np.add.at(total, cols, values)
+    total[p] = k * n
+    return total
 
 
 def noise_variance(settings: DPSettings, precision: int) -> int:
@@ -503,7 +527,7 @@ def rdp_subsampled_gaussian(q: float, z: float, order: int) -> float:
 def rdp_poisson_generic(q: float, base_rdp: Callable[[int], float], order: int) -> float:
     """An RDP bound of order ``order`` for Poisson subsampling of *any* mechanism with RDP ``base_rdp``.
 
-    Zhu & Wang 2019 (Poisson subsampled RDP, Thm. 6), integer orders >= 2:
+    Zhu & Wang 2019 (Poisson subsampled RDP, their general upper bound), integer orders >= 2:
     ``log((1-q)**(a-1) (1 + (a-1) q) + C(a,2) q**2 (1-q)**(a-2) e**eps(2)
     + 3 sum_{l=3}^a C(a,l) (1-q)**(a-l) q**l e**((l-1) eps(l))) / (a - 1)``.
     """
@@ -525,9 +549,10 @@ def rdp_epsilon(
 ) -> float:
     """Epsilon after ``rounds`` subsampled Gaussian releases by RDP composition, minimised over ``orders``.
 
-    Conversion of Balle et al. 2020 (Thm. 21): ``eps = rounds * rdp(a) + log((a-1)/a) - (log(delta) +
-    log(a)) / (a - 1)``. ``generic=True`` uses :func:`rdp_poisson_generic` on the Gaussian's RDP curve
-    ``a / (2 z**2)`` (which the discrete Gaussian also satisfies) instead of the Gaussian-specific formula.
+    Conversion of Balle et al. 2020 (the one prv-accountant's RDP code uses):
+    ``eps = rounds * rdp(a) + log((a-1)/a) - (log(delta) + log(a)) / (a - 1)``. ``generic=True`` uses
+    :func:`rdp_poisson_generic` on the Gaussian's RDP curve ``a / (2 z**2)`` (which the discrete Gaussian
+    also satisfies) instead of the Gaussian-specific formula.
     """
     if rounds == 0:
         return 0.0
@@ -579,6 +604,19 @@ def prv_epsilon(q: float, z: float, rounds: int, delta: float) -> Tuple[float, f
     return (float(lower), float(estimate), float(upper))
 
 
+class _RdpFallback:
+    """Stands in for the PRV accountant where prv-accountant 0.2.0 cannot discretise the privacy loss
+    ("Discrete mean differs from continuous mean significantly", seen for multipliers below ~0.5): the RDP
+    bound, never below the PRV value."""
+
+    def __init__(self, q: float, z: float):
+        self.q, self.z = q, z
+
+    def compute_epsilon(self, delta: float, rounds: Sequence[int]) -> Tuple[float, float, float]:
+        eps = rdp_epsilon(self.q, self.z, rounds[0], delta)
+        return (0.0, eps, eps)
+
+
 class OwnerBudget:
     """One owner's privacy budget: epsilon after k rounds, whether it may take one more, what each round spent.
 
@@ -620,7 +658,10 @@ class OwnerBudget:
         if rounds not in self._cache:
             if self._accountant is None or rounds > self._cap:
                 self._cap = max(rounds, 2 * self._cap, 64)
-                self._accountant = _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
+                try:
+                    self._accountant = _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
+                except RuntimeError:
+                    self._accountant = _RdpFallback(self.sampling_rate, self.noise_multiplier)
             self._cache[rounds] = float(self._accountant.compute_epsilon(self.delta, [rounds])[2])
         return self._cache[rounds]
 
