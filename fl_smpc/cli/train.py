@@ -220,6 +220,12 @@ def build_parser(
         help="per-example L2 clip norm C (default: %(default)s)",
     )
     add(
+        "--dp-bias-lr",
+        type=finite_float,
+        default=DEFAULTS.dp_bias_lr,
+        help="with --dp: the biases' learning rate relative to the weights' (default: %(default)s; sms: 0.1)",
+    )
+    add(
         "--dp-sampling",
         type=finite_float,
         default=DEFAULTS.dp_sampling,
@@ -387,6 +393,7 @@ def spec_from_args(
         dp_noise=args.dp_noise,
         dp_clip=args.dp_clip,
         dp_sampling=args.dp_sampling,
+        dp_bias_lr=args.dp_bias_lr,
     )
     return RunSpec(
         config=config,

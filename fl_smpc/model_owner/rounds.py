@@ -385,9 +385,15 @@ def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: i
             total[-1] * 10.0**config.precision_fractional / grid_clip_bound(dp.clip_norm, config.precision_fractional),
             1.0,
         )
+        rates = torch.cat(
+            [
+                torch.full((p.numel(),), config.lr * (config.dp_bias_lr if name.endswith("bias") else 1.0))
+                for name, p in model.named_parameters()
+            ]
+        )
         with torch.no_grad():
             step = torch.from_numpy((total[:-1] / count).astype(np.float32))
-            vector_to_parameters(params - config.lr * step, model.parameters())
+            vector_to_parameters(params - rates * step, model.parameters())
         result = RoundResult(r, {}, float("nan"), snapshot(model), evaluate(model), contributors, dropped)
         result.epsilon = epsilon
         return result
