@@ -5,7 +5,7 @@ import os
 
 from torch import nn
 
-from fl_smpc.data_owner.task import sum_squared_error
+from fl_smpc.training import sum_squared_error
 
 reduction = "sum"
 binary_labels = True

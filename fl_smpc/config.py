@@ -276,10 +276,9 @@ class FLConfig:
             return None
         from .data_owner.privacy import DPSettings
 
-        return DPSettings(
-            self.dp, self.dp_noise, self.dp_clip, self.dp_sampling, self.dp_epsilon, self.dp_delta,
-            self.min_owners if self.dp == "distributed" else 1,
-        )  # fmt: skip
+        return DPSettings.for_mode(
+            self.dp, self.dp_noise, self.dp_clip, self.dp_sampling, self.dp_epsilon, self.dp_delta, self.min_owners
+        )
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

@@ -116,8 +116,9 @@ def owner_dp(args):
         return None
     from ..data_owner.privacy import DPSettings
 
-    shares = args.min_owners if args.dp == "distributed" else 1
-    return DPSettings(args.dp, args.dp_noise, args.dp_clip, args.dp_sampling, args.dp_epsilon, args.dp_delta, shares)
+    return DPSettings.for_mode(
+        args.dp, args.dp_noise, args.dp_clip, args.dp_sampling, args.dp_epsilon, args.dp_delta, args.min_owners
+    )
 
 
 def main(argv) -> int:

@@ -137,6 +137,12 @@ class DPSettings:
         if self.mode == "distributed" and m < 2:
             raise ConfigError("dp min_owners: distributed noise is split over at least 2 owners; use mode 'local'")
 
+    @classmethod
+    def for_mode(cls, mode, noise_multiplier, clip_norm, sampling_rate, epsilon, delta, min_owners) -> "DPSettings":
+        """The settings of a run's flags: the noise is split over ``min_owners`` owners (distributed) or not."""
+        shares = min_owners if mode == "distributed" else 1
+        return cls(mode, noise_multiplier, clip_norm, sampling_rate, epsilon, delta, shares)
+
     @property
     def noise_shares(self) -> int:
         """Over how many owners the variance is split: ``min_owners`` (distributed) or 1 (local)."""

@@ -29,18 +29,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..training import sum_squared_error
 
 BUILTIN_TASKS = ("toy", "sms", "mlp-regression", "mlp-classification")
 ACC = ("accuracy",)
 
 
-def sum_squared_error(prediction, target):
-    """The seed's loss: a *sum* of squared errors."""
-    return ((prediction - target) ** 2).sum()
-
-
 def mean_bce_with_logits(logits, target):
-    """Logistic loss averaged over the rows."""
+    """Logistic loss averaged over an owner's rows.
+
+    A mean (not a sum) keeps the step size independent of how many messages an owner holds, so one
+    learning rate fits every owner and the pooled baseline; the global loss is the mean over all owners'
+    messages (``loss_reduction="mean"``).
+    """
     return F.binary_cross_entropy_with_logits(logits, target)
 
 

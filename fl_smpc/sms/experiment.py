@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from typing import List
 
 import torch
-import torch.nn.functional as F
 from torch import nn, optim
 
 from ..config import SMS_SPLIT_SEED, SMS_TEST_FRACTION, RunSpec
 from ..data import send_partitions
+from ..data_owner.task import mean_bce_with_logits
 from ..errors import ConfigError
 from ..federated import initial_model, run_rounds
 from ..training import sum_squared_error
@@ -32,17 +32,6 @@ from .corpus import (
     spam_metrics,
     train_test_split,
 )
-
-
-def mean_bce_with_logits(logits, target):
-    """Logistic loss averaged over an owner's messages.
-
-    A mean (not a sum) keeps the step size independent of how many messages an owner holds, so one
-    learning rate fits every owner and the pooled baseline; the global loss is the mean over all owners'
-    messages (``loss_reduction="mean"``).
-    """
-    return F.binary_cross_entropy_with_logits(logits, target)
-
 
 # name -> (loss function, decision threshold on the model's output)
 LOSSES = {"bce": (mean_bce_with_logits, 0.0), "sse": (sum_squared_error, 0.5)}
