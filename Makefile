@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check --no-deps
 CHECKED := fl_smpc benchmarks federated_learning_smpc.py $(wildcard examples/*.py)
 ARGS   ?=
 
-.PHONY: run test check format bench clean notebook picture demo-network figures
+.PHONY: run test check format bench clean notebook picture demo-network figures dp-study dp-figure
 # @: the recipe is not echoed, so stdout is the program's alone (`make run ARGS="--json" | python3 -m json.tool`).
 run: $(STAMP)
 	@$(PY) federated_learning_smpc.py $(ARGS)
@@ -39,6 +39,15 @@ format: $(DEV_STAMP)
 # ARGS=--quick for a smoke run; tables go to results/bench (JSON + CSV).
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# Differential privacy on SMS (docs/privacy.md): every DP variant at epsilon 1, 3, 8 and the run without DP, seeds
+# 0-2 (about 10 min), written to docs/data/dp_sms.csv; then dp-figure. dp-figure alone redraws
+# docs/dp_f1_epsilon.png from that file (the tables in README.md and docs/privacy.md: `make figures`).
+dp-study: $(STAMP)
+	$(PY) benchmarks/dp_sms.py --study --figure
+
+dp-figure: $(STAMP)
+	$(PY) benchmarks/dp_sms.py --figure
 
 # syft 0.2.9 has wheels for Python <= 3.8 only. tools/find-python38.sh picks python3.8, pyenv's 3.8, or
 # uv with a uv-managed CPython 3.8 (docs/setup.md) and prints the command that creates the venv.

@@ -9,7 +9,8 @@ makes the fast figures afresh and compares them, and the first epoch of the slow
 
 Figures: sample-output (``make run ARGS="--seed 0"``), toy-results (README's Results table), sms-rounds
 (docs/sms.md's per-round output; its times are the machine's), boston-readme and boston-api (Part 10, 10
-epochs at precision 3 and 6: about 80 s).
+epochs at precision 3 and 6: about 80 s), dp-readme and dp-privacy (the DP table, from docs/data/dp_sms.csv,
+which ``make dp-study`` measures).
 """
 
 import argparse
@@ -23,6 +24,7 @@ from typing import Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 README, API, SMS = ROOT / "README.md", ROOT / "docs" / "api.md", ROOT / "docs" / "sms.md"
+PRIVACY = ROOT / "docs" / "privacy.md"
 BOSTON_EPOCHS = 10
 README_EPOCHS = (0, 1, 2, 4, 6, 8, 10)
 # Measured before owners rounded to nearest (syft's truncating fix_prec): the code cannot make it any more.
@@ -140,12 +142,22 @@ def boston_readme(epochs: int = BOSTON_EPOCHS) -> str:
     )
 
 
+def dp_table() -> str:
+    """README and docs/privacy.md: SMS spam F1 against epsilon, from the measured docs/data/dp_sms.csv."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import dp_sms
+
+    return dp_sms.table()
+
+
 FIGURES: Dict[str, Tuple[Path, Callable[[], str]]] = {
     "sample-output": (README, sample_output),
     "toy-results": (README, toy_results),
     "boston-readme": (README, boston_readme),
     "boston-api": (API, boston_api),
     "sms-rounds": (SMS, sms_rounds),
+    "dp-readme": (README, dp_table),
+    "dp-privacy": (PRIVACY, dp_table),
 }
 
 

@@ -1,72 +1,71 @@
-"""Utility of the owner-side DP-FedSGD core on the SMS spam split, against Opacus's anchor (issue 16).
+"""Utility of owner-side DP-FedSGD on the SMS spam split, against Opacus's anchor (issue 16): the study.
 
 Runs :func:`fl_smpc.data_owner.privacy.noised_contribution` round after round on the project's SMS training
 split (3,618 messages, 4,096 hashed features, ``nn.Linear(4096, 1)`` with mean BCE), decodes the sum with
 :func:`~fl_smpc.data_owner.privacy.mean_gradient` and steps ``params -= lr * mean``, exactly as the model
-owner will. No transport, no secure aggregation: the sum of the owners' int64 vectors is taken in plaintext
+owner does. No transport, no secure aggregation: the sum of the owners' int64 vectors is taken in plaintext
 here, which is what the secure aggregate reveals.
 
 * ``--owners 1``: centralized DP-SGD, one owner holding the whole split, all the noise on it (``local``);
 * ``--owners 3``: the three iid owners of the federated runs, each Poisson-sampling its own messages and
   adding ``1/3`` of the noise variance (``distributed``) or all of it (``local``).
 
-The noise multiplier is calibrated so that prv-accountant's upper bound on epsilon after ``--rounds``
-rounds is at most ``--epsilon`` (delta 1e-5), and :class:`~fl_smpc.data_owner.privacy.OwnerBudget` checks
-every round. F1 is the spam F1 on the held-out 904 messages after the last round (no model selection on
-the test set). ``--table`` runs the configurations recorded in docs/privacy.md.
+The noise multiplier is :func:`~fl_smpc.data_owner.privacy.calibrate_noise`'s (the rounds just fit into the
+budget, delta 1e-5) and an :class:`~fl_smpc.data_owner.privacy.OwnerBudget` per owner checks every round.
+F1 is the spam F1 on the held-out 904 messages after the last round (no model selection on the test set).
+The settings are ``fl-smpc --dataset sms --dp``'s (``fl_smpc.config.SMS_DP_PROFILES``).
 
-    PYTHONPATH=. nice .venv/bin/python benchmarks/dp_sms.py --epsilon 3 --q 0.1 --clip 1 --lr 300 --rounds 60
-    PYTHONPATH=. nice .venv/bin/python benchmarks/dp_sms.py --table
+    make dp-study     # --study (27 DP runs + 3 without DP, ~15 min) then --figure
+    make dp-figure    # --figure: docs/dp_f1_epsilon.png and the tables from docs/data/dp_sms.csv
+    PYTHONPATH=. nice .venv/bin/python benchmarks/dp_sms.py --epsilon 3 --owners 3 --seeds 0   # one run
 """
 
 import argparse
+import csv
+import io
 import math
+import statistics
 import time
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from fl_smpc.data_owner.privacy import (
-    DPSettings,
-    OwnerBudget,
-    mean_gradient,
-    noised_contribution,
-    prv_epsilon,
-    rdp_epsilon,
-)
+from fl_smpc.config import SMS_DP_PROFILES, sms_dp_defaults
+from fl_smpc.data_owner.privacy import DPSettings, OwnerBudget, calibrate_noise, mean_gradient, noised_contribution
+from fl_smpc.history_io import write_atomically
 from fl_smpc.sms.corpus import featurize, labels_tensor, load_packaged_corpus, spam_metrics
 from fl_smpc.sms.experiment import mean_bce_with_logits, prepare_data
 
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "data" / "dp_sms.csv"  # measured by --study, committed
+OPACUS_RESULTS = ROOT / "docs" / "data" / "opacus_sms.csv"  # measured by benchmarks/peers/opacus_sms.py
+FIGURE = ROOT / "docs" / "dp_f1_epsilon.png"
 DELTA = 1e-5
 FEATURES = 4096
-OPACUS = {1.0: 0.594, 3.0: 0.757, 8.0: 0.837}  # issue 16's anchor: Opacus 1.6, same split and features
-
-
-def within(q: float, z: float, rounds: int, delta: float, epsilon: float) -> bool:
-    try:
-        return prv_epsilon(q, z, rounds, delta)[2] <= epsilon
-    except RuntimeError:  # prv-accountant 0.2.0 fails to discretise some small multipliers: treat as too small
-        return False
-
-
-def calibrate(epsilon: float, q: float, rounds: int, delta: float = DELTA) -> float:
-    """The smallest noise multiplier (to 0.5 %) whose PRV upper bound after ``rounds`` rounds is <= epsilon."""
-    high = 0.5
-    while rdp_epsilon(q, high, rounds, delta) > epsilon:  # RDP is an upper bound: a safe upper bracket
-        high *= 2
-    low = high / 2
-    while within(q, low, rounds, delta, epsilon):
-        low, high = low / 2, low
-    while high / low > 1.005:
-        middle = math.sqrt(low * high)
-        if within(q, middle, rounds, delta, epsilon):
-            high = middle
-        else:
-            low = middle
-    return high
+# issue 16's anchor (Opacus 1.6, same split and features, best of a small grid, seed 0): used when
+# OPACUS_RESULTS is absent
+OPACUS_ISSUE = {1.0: 0.594, 3.0: 0.757, 8.0: 0.837}
+VARIANTS = ((3, "distributed"), (3, "local"), (1, "local"))  # (owners, noise placement)
+SEEDS = (0, 1, 2)
+FIELDS = (
+    "owners",
+    "mode",
+    "epsilon",
+    "q",
+    "clip",
+    "lr",
+    "bias_lr",
+    "rounds",
+    "z",
+    "epsilon_spent",
+    "seed",
+    "f1",
+    "accuracy",
+    "seconds",
+)
 
 
 class Data:
@@ -83,37 +82,18 @@ class Data:
         return spam_metrics(self.test_y, predicted)
 
 
-def run(
-    data: Data,
-    epsilon: float,
-    q: float,
-    clip: float,
-    lr: float,
-    rounds: int,
-    mode: str,
-    seed: int,
-    precision: int = 3,
-    z: float = 0.0,
-    bias_lr: float = 1.0,
-) -> Dict[str, float]:
-    """One DP-FedSGD run; ``epsilon=inf`` with a given ``z`` is the same training without the budget (a reference).
+def run(data: Data, epsilon: float, mode: str, seed: int, precision: int = 5, **given) -> Dict[str, float]:
+    """One DP-FedSGD run with ``fl-smpc --dataset sms --dp MODE --dp-epsilon E``'s settings (``given`` overrides).
 
-    ``bias_lr``: the bias's step relative to the weights' (the model owner's choice, post-processing): the
-    bias carries as much noise as any weight but moves every logit at once.
+    The noise multiplier is calibrated to the rounds; each owner's budget checks every round.
     """
-    private = math.isfinite(epsilon)
-    z = z or calibrate(epsilon, q, rounds)
+    settings_of_run = {**sms_dp_defaults(epsilon), **given}
+    q, clip, lr = settings_of_run["dp_sampling"], settings_of_run["dp_clip"], settings_of_run["lr"]
+    rounds, bias_lr = settings_of_run["rounds"], settings_of_run["dp_bias_lr"]
+    z = calibrate_noise(epsilon, DELTA, q, rounds)
     shares = len(data.parts) if mode == "distributed" else 1
-    settings = DPSettings(
-        mode=mode,
-        noise_multiplier=z,
-        clip_norm=clip,
-        sampling_rate=q,
-        epsilon=epsilon if private else 1e3,
-        delta=DELTA,
-        min_owners=max(shares, 2) if mode == "distributed" else 1,
-    )
-    budgets = [OwnerBudget.for_settings(settings, precision, FEATURES + 2) for _ in data.parts] if private else []
+    settings = DPSettings.for_mode(mode, z, clip, q, epsilon, DELTA, max(shares, 2) if mode == "distributed" else 1)
+    budgets = [OwnerBudget.for_settings(settings, precision, FEATURES + 2) for _ in data.parts]
     torch.manual_seed(seed)  # the initial model only: no DP draw comes from torch's generator
     model = nn.Linear(FEATURES, 1)
     started = time.perf_counter()
@@ -131,65 +111,197 @@ def run(
             vector_to_parameters(parameters_to_vector(model.parameters()) - rates * step, model.parameters())
     metrics = data.f1(model)
     return {
-        "epsilon": budgets[0].epsilon_spent if budgets else math.inf,
-        "z": z,
-        "f1": metrics["f1"],
-        "accuracy": metrics["accuracy"],
-        "seconds": time.perf_counter() - started,
-    }
+        "owners": len(data.parts), "mode": mode, "epsilon": epsilon, "q": q, "clip": clip, "lr": lr,
+        "bias_lr": bias_lr, "rounds": rounds, "z": round(z, 4), "epsilon_spent": round(budgets[0].epsilon_spent, 4),
+        "seed": seed, "f1": round(metrics["f1"], 4), "accuracy": round(metrics["accuracy"], 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
 
 
-# (owners, mode, epsilon, q, clip, lr, rounds, bias_lr): the configurations of docs/privacy.md, picked with a
-# small grid (a continuous-noise simulation of the same training, then checked here) -- on the test split, as
-# the Opacus anchor's were: that selection is not privacy-accounted.
-SETTINGS = {1.0: (0.2, 0.2, 100.0, 200, 1.0), 3.0: (1.0, 0.2, 1000.0, 20, 0.1), 8.0: (1.0, 0.2, 1000.0, 50, 0.1)}
-TABLE = [
-    (owners, mode, eps, *SETTINGS[eps])
-    for owners, mode in ((1, "local"), (3, "distributed"), (3, "local"))
-    for eps in (1.0, 3.0, 8.0)
-]
+def run_without_dp(seed: int) -> Dict[str, float]:
+    """``fl-smpc --dataset sms --seed S`` (secure FedAvg, 3 owners, 20 rounds x 20 local steps): the non-private run."""
+    from fl_smpc.config import SMS_DEFAULTS, FLConfig
+    from fl_smpc.runner import run_sms_experiment
+
+    started = time.perf_counter()
+    config = FLConfig(
+        seed=seed, rounds=SMS_DEFAULTS["rounds"], local_steps=SMS_DEFAULTS["local_steps"], lr=SMS_DEFAULTS["lr"]["bce"]
+    )
+    last = run_sms_experiment(config).history.rounds[-1].metrics
+    return {
+        "owners": 3, "mode": "none", "epsilon": math.inf, "rounds": config.rounds, "seed": seed,
+        "f1": round(last["f1"], 4), "accuracy": round(last["accuracy"], 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+
+
+def run_cli(epsilon: float, seed: int) -> Dict[str, float]:
+    """``fl-smpc --dataset sms --dp distributed --dp-epsilon E --seed S --json``: the product, secure sums included."""
+    import contextlib
+    import json
+
+    from fl_smpc.cli import main as cli
+
+    out, started = io.StringIO(), time.perf_counter()
+    argv = ["--dataset", "sms", "--dp", "distributed", "--dp-epsilon", f"{epsilon:g}", "--seed", str(seed), "--json"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        if cli(argv) != 0:
+            raise RuntimeError(f"fl-smpc {' '.join(argv)} failed")
+    doc = json.loads(out.getvalue())
+    config, last = doc["config"], doc["rounds"][-1]
+    return {
+        "owners": 3, "mode": "cli", "epsilon": epsilon, "q": config["dp_sampling"], "clip": config["dp_clip"],
+        "lr": config["lr"], "bias_lr": config["dp_bias_lr"], "rounds": len(doc["rounds"]),
+        "z": round(config["dp_noise"], 4), "epsilon_spent": round(max(last["epsilon"].values()), 4), "seed": seed,
+        "f1": round(last["metrics"]["f1"], 4), "accuracy": round(last["metrics"]["accuracy"], 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+
+
+def study(seeds: Sequence[int] = SEEDS, progress=None) -> List[Dict]:
+    """Every variant at every profile's epsilon, and the run without DP, for each seed."""
+    rows: List[Dict] = []
+    for owners, mode in VARIANTS:
+        data = Data(owners)
+        for epsilon in SMS_DP_PROFILES:
+            for seed in seeds:
+                rows.append(run(data, epsilon, mode, seed))
+                if progress:
+                    progress(rows[-1])
+    for epsilon in SMS_DP_PROFILES:
+        for seed in seeds:
+            rows.append(run_cli(epsilon, seed))
+            if progress:
+                progress(rows[-1])
+    for seed in seeds:
+        rows.append(run_without_dp(seed))
+        if progress:
+            progress(rows[-1])
+    return rows
+
+
+def write_results(rows: List[Dict], path: Path = RESULTS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write, private=False)
+
+
+def read_results(path: Path = RESULTS) -> List[Dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def opacus_anchor(path: Path = OPACUS_RESULTS) -> Dict[float, float]:
+    """Opacus's F1 per epsilon: the peers script's measurement when present, else the issue's figures."""
+    if not path.exists():
+        return dict(OPACUS_ISSUE)
+    return {float(r["epsilon"]): float(r["f1"]) for r in read_results(path) if math.isfinite(float(r["epsilon"]))}
+
+
+def summary(rows: List[Dict]) -> Dict[tuple, List[float]]:
+    """(owners, mode, epsilon) -> the F1 of each seed."""
+    out: Dict[tuple, List[float]] = {}
+    for r in rows:
+        out.setdefault((int(r["owners"]), r["mode"], float(r["epsilon"])), []).append(float(r["f1"]))
+    return out
+
+
+def mean_sd(values: List[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def table(rows: Optional[List[Dict]] = None) -> str:
+    """The markdown table of README and docs/privacy.md: F1 mean ± sd over the seeds, per epsilon and variant."""
+    rows = read_results() if rows is None else rows
+    f1, anchor = summary(rows), opacus_anchor()
+    settings = {float(r["epsilon"]): r for r in rows if r["mode"] != "none"}
+    out = io.StringIO()
+    out.write(
+        "| ε (settings) | Opacus 1.6 | `fl-smpc --dp distributed` | 3 owners, distributed | 3 owners, local "
+        "| one owner (centralized) |\n"
+    )
+    out.write("|---|---|---|---|---|---|\n")
+    for epsilon in sorted(settings):
+        r = settings[epsilon]
+        cells = [mean_sd(f1[(owners, mode, epsilon)]) if (owners, mode, epsilon) in f1 else "–"
+                 for owners, mode in ((3, "cli"), *VARIANTS)]  # fmt: skip
+        out.write(
+            f"| {epsilon:g} ({r['rounds']} rounds, z {float(r['z']):.2f}, lr {float(r['lr']):g}) | "
+            f"{anchor.get(epsilon, float('nan')):.3f} | {' | '.join(cells)} |\n"
+        )
+    plain = f1.get((3, "none", math.inf))
+    if plain:
+        no_dp = "∞ (no DP: `fl-smpc --dataset sms`, 20 rounds × 20 local steps)"
+        out.write(f"| {no_dp} | – | {mean_sd(plain)} | – | – | – |\n")
+    seeds = sorted({int(r["seed"]) for r in rows})
+    out.write(f"\nMean ± sd over seeds {', '.join(map(str, seeds))} (`docs/data/dp_sms.csv`, `make dp-study`).")
+    return out.getvalue()
+
+
+def figure(rows: Optional[List[Dict]] = None, path: Path = FIGURE) -> Path:
+    """F1 against epsilon: each variant's mean (bars: min-max over the seeds), Opacus, and the run without DP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_results() if rows is None else rows
+    f1, anchor = summary(rows), opacus_anchor()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labels = {(3, "cli"): "fl-smpc --dp distributed (3 owners)", (3, "distributed"): "3 owners, distributed noise",
+              (3, "local"): "3 owners, local noise", (1, "local"): "one owner (centralized)"}  # fmt: skip
+    for key, label in labels.items():
+        eps = sorted(e for (o, m, e) in f1 if (o, m) == key)
+        means = [statistics.mean(f1[(*key, e)]) for e in eps]
+        low = [m - min(f1[(*key, e)]) for m, e in zip(means, eps)]
+        high = [max(f1[(*key, e)]) - m for m, e in zip(means, eps)]
+        ax.errorbar(eps, means, yerr=[low, high], marker="o", capsize=3, label=label)
+    eps = sorted(anchor)
+    ax.plot(eps, [anchor[e] for e in eps], "k--", marker="s", label="Opacus 1.6 (centralized DP-SGD)")
+    plain = f1.get((3, "none", math.inf))
+    if plain:
+        ax.axhline(statistics.mean(plain), color="grey", linestyle=":", label="no DP (secure FedAvg)")
+    ax.set_xscale("log")
+    ax.set_xticks(eps)
+    ax.set_xticklabels([f"{e:g}" for e in eps])
+    ax.set_xlabel("ε (δ = 1e-5), per example of each owner")
+    ax.set_ylabel("spam F1, 904 held-out messages")
+    ax.set_title("SMS spam filter with owner-enforced DP-FedSGD")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--owners", type=int, choices=(1, 3), default=1)
-    parser.add_argument("--mode", choices=("local", "distributed"), default=None)
+    parser.add_argument("--study", action="store_true", help=f"all runs, written to {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--figure", action="store_true", help=f"{FIGURE.relative_to(ROOT)} from the results")
+    parser.add_argument("--owners", type=int, choices=(1, 3), default=3)
+    parser.add_argument("--mode", choices=("local", "distributed"), default="distributed")
     parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--q", type=float, default=0.2)
-    parser.add_argument("--clip", type=float, default=0.2)
-    parser.add_argument("--lr", type=float, default=100.0)
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--bias-lr", type=float, default=1.0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--precision", type=int, default=5)
-    parser.add_argument("--row", type=int, nargs="+", help="run these rows (from 0) of the docs/privacy.md table")
-    parser.add_argument("--header", action="store_true", help="print the table's header first")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     args = parser.parse_args(argv)
-    if args.row is not None:
-        configs = [TABLE[i] for i in args.row]
-    else:
-        mode = args.mode or ("local" if args.owners == 1 else "distributed")
-        configs = [(args.owners, mode, args.epsilon, args.q, args.clip, args.lr, args.rounds, args.bias_lr)]
-    datasets: Dict[int, Data] = {}
-    if args.header:
-        print(
-            "| owners | noise | target eps | q | C | lr (bias) | rounds | z | eps spent | spam F1 per seed | mean F1 "
-            "| Opacus F1 | s/run |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for owners, mode, epsilon, q, clip, lr, rounds, bias_lr in configs:
-        data = datasets.setdefault(owners, Data(owners))
-        z = calibrate(epsilon, q, rounds)
-        results: List[Dict[str, float]] = [
-            run(data, epsilon, q, clip, lr, rounds, mode, seed, args.precision, z, bias_lr) for seed in args.seeds
-        ]
-        f1s = [r["f1"] for r in results]
-        print(
-            f"| {owners} | {mode} | {epsilon:g} | {q:g} | {clip:g} | {lr:g} ({lr * bias_lr:g}) | {rounds} | {z:.3f} | "
-            f"{results[0]['epsilon']:.3f} | {' / '.join(f'{f:.3f}' for f in f1s)} | {np.mean(f1s):.3f} | "
-            f"{OPACUS.get(epsilon, float('nan')):.3f} | {np.mean([r['seconds'] for r in results]):.0f} |",
-            flush=True,
-        )
+    if args.study:
+        rows = study(args.seeds, progress=lambda r: print(r, flush=True))
+        write_results(rows)
+        print(table(rows))
+    if args.figure:
+        print(f"wrote {figure()}")
+    if not (args.study or args.figure):
+        data = Data(args.owners)
+        for seed in args.seeds:
+            print(run(data, args.epsilon, args.mode, seed), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import dp_sms
 import numpy as np
 import torch
 
+from fl_smpc.data_owner.privacy import COUNT_SCALE, calibrate_noise
 from fl_smpc.sms.corpus import spam_metrics
 
 
@@ -30,7 +31,7 @@ def simulate(data, q, clip, lr, rounds, seed, bias_lr, z):
     torch.manual_seed(seed)
     model = torch.nn.Linear(dp_sms.FEATURES, 1)
     w, b = model.weight.detach().double().view(-1).clone(), float(model.bias.item())
-    sigma = z * clip * math.sqrt(2)
+    sigma = z * clip * math.hypot(1, 1 / COUNT_SCALE)  # z * Delta, the count weighing C / 4 (privacy.py)
     for _ in range(rounds):
         if q < 1:
             keep = torch.rand(n, generator=generator) < q
@@ -41,7 +42,7 @@ def simulate(data, q, clip, lr, rounds, seed, bias_lr, z):
         coefficient = r * torch.clamp(clip / (r.abs() * torch.sqrt((x * x).sum(1) + 1)).clamp_min(1e-12), max=1.0)
         noisy_w = x.t() @ coefficient + torch.randn(dp_sms.FEATURES, generator=generator, dtype=torch.float64) * sigma
         noisy_b = float(coefficient.sum()) + float(torch.randn(1, generator=generator)) * sigma
-        count = max(x.shape[0] + float(torch.randn(1, generator=generator)) * z * math.sqrt(2), 1.0)
+        count = max(x.shape[0] + float(torch.randn(1, generator=generator)) * sigma * COUNT_SCALE / clip, 1.0)
         w, b = w - lr * noisy_w / count, b - lr * bias_lr * noisy_b / count
     predicted = ((data.test_x.double() @ w + b) > 0).long().tolist()
     return spam_metrics(data.test_y, predicted)["f1"]
@@ -54,7 +55,7 @@ def main(argv):
     data = dp_sms.Data(1)
     started, results = time.perf_counter(), []
     for q, rounds in itertools.product(qs, rounds_list):
-        z = dp_sms.calibrate(epsilon, q, int(rounds))
+        z = calibrate_noise(epsilon, dp_sms.DELTA, q, int(rounds))
         for clip, lr, bias_lr in itertools.product(clips, lrs, bias_lrs):
             f1 = [simulate(data, q, clip, lr, int(rounds), s, bias_lr, z) for s in seeds]
             results.append((float(np.mean(f1)), q, clip, lr, int(rounds), bias_lr, z, f1))

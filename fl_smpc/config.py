@@ -46,19 +46,29 @@ SMS_SPLIT_SEED = 2011  # fixed: the same held-out test set and owner shares in e
 # bce: a mean over L2-normalised hashed rows has small gradients, hence the large step.
 # sse: a *sum* over ~1,200 rows per owner diverges unless lr < 1 / rows.
 SMS_DEFAULTS: Dict[str, Any] = {"rounds": 20, "local_steps": 20, "lr": {"bce": 100.0, "sse": 2e-4}}
-# With --dp (DP-FedSGD: one local step per round) on SMS; the rest of the DP settings are FLConfig's dp_* defaults.
-# Tuned for epsilon 3 at delta 1e-5 (docs/privacy.md): full-batch rounds (q = 1), C = 0.2, z = 6.253 spends
-# epsilon 2.99 in 20 rounds; the grid needs precision 5 for C = 0.2.
-SMS_DP_DEFAULTS: Dict[str, Any] = {
-    "rounds": 20,
-    "local_steps": 1,
-    "lr": 1000.0,
-    "dp_bias_lr": 0.1,
-    "precision": 5,
-    "dp_sampling": 1.0,
-    "dp_clip": 0.2,
-    "dp_noise": 6.253,
+# With --dp on SMS (DP-FedSGD: one full-batch step per round): the settings of docs/privacy.md's study, picked for
+# epsilon 1, 3 and 8 at delta 1e-5; a run takes the profile nearest its --dp-epsilon (on a log scale). The noise
+# multiplier is not in them: it is calibrated so that the run's rounds fit into the budget (calibrate_noise).
+# C = 0.2 needs precision 5 for the grid; q = 1 (no subsampling) makes the RDP bound rigorous for the discrete noise.
+SMS_DP_COMMON: Dict[str, Any] = {"local_steps": 1, "precision": 5, "dp_sampling": 1.0, "dp_clip": 0.2}
+SMS_DP_PROFILES: Dict[float, Dict[str, Any]] = {
+    1.0: {"rounds": 5, "lr": 4000.0, "dp_bias_lr": 0.03},
+    3.0: {"rounds": 20, "lr": 1000.0, "dp_bias_lr": 0.1},
+    8.0: {"rounds": 30, "lr": 2000.0, "dp_bias_lr": 0.1},
 }
+
+
+# A worker's default least noise multiplier (fl-smpc worker --dp-noise): its budget caps epsilon whatever z is
+# asked for; the floor keeps a model owner from spending that budget in a few nearly noiseless rounds.
+DP_NOISE_FLOOR = 1.0
+
+
+def sms_dp_defaults(epsilon: float) -> Dict[str, Any]:
+    """The SMS DP settings for a budget: the profile whose epsilon is nearest on a log scale, plus the common ones."""
+    nearest = min(SMS_DP_PROFILES, key=lambda e: abs(math.log(e / epsilon)) if epsilon > 0 else e)
+    return {**SMS_DP_COMMON, **SMS_DP_PROFILES[nearest]}
+
+
 LOSSES = ("sse", "bce")
 DATASETS = ("toy", "sms")
 
@@ -178,7 +188,8 @@ class FLConfig:
     dp: differential privacy on each owner (owner-side training, one local step per round: DP-FedSGD):
         ``"local"`` (each owner adds all the noise) or ``"distributed"`` (each adds its share, so that any
         ``min_owners`` honest owners give the sum the full noise); ``None`` = off. ``dp_epsilon``/``dp_delta``:
-        each in-process owner's budget; ``dp_noise`` (noise multiplier z), ``dp_clip`` (per-example L2 clip C),
+        each in-process owner's budget; ``dp_noise`` (noise multiplier z; ``None``: the least z with which
+        ``rounds`` rounds fit into the budget, :func:`~fl_smpc.data_owner.privacy.calibrate_noise`), ``dp_clip`` (per-example L2 clip C),
         ``dp_sampling`` (Poisson sampling rate q): see fl_smpc/data_owner/privacy.py. ``dp_bias_lr``: the
         biases' step relative to the weights' (the model owner's choice, post-processing: a bias carries as
         much noise as any weight but moves every output at once).
@@ -201,7 +212,7 @@ class FLConfig:
     dp: Optional[str] = None
     dp_epsilon: float = 3.0
     dp_delta: float = 1e-5
-    dp_noise: float = 1.0
+    dp_noise: Optional[float] = None
     dp_clip: float = 1.0
     dp_sampling: float = 0.05
     dp_bias_lr: float = 1.0
@@ -261,7 +272,7 @@ class FLConfig:
                     f"local_steps: differential privacy needs exactly 1 local step per round (DP-FedSGD), got "
                     f"{self.local_steps}: the accountant counts one subsampled Gaussian release per round"
                 )
-            self.dp_settings()  # checks the numbers
+            self.dp_settings(calibrate=False)  # checks the numbers
             check_positive_float("dp_bias_lr", self.dp_bias_lr)
         k = self.neighbours
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 2 or self.training != "owner"):
@@ -270,15 +281,28 @@ class FLConfig:
                 f"pairwise masking, got {k!r}"
             )
 
-    def dp_settings(self):
-        """The run's :class:`~fl_smpc.data_owner.privacy.DPSettings` (None without ``dp``); light: no torch."""
+    def dp_settings(self, calibrate: bool = True):
+        """The run's :class:`~fl_smpc.data_owner.privacy.DPSettings` (None without ``dp``).
+
+        ``dp_noise=None`` is calibrated to the rounds (seconds, cached); ``calibrate=False`` puts 1 in its place,
+        to check the other numbers quickly.
+        """
         if self.dp is None:
             return None
-        from .data_owner.privacy import DPSettings
+        from .data_owner.privacy import DPSettings, calibrate_noise
 
+        z = self.dp_noise
+        if z is None:
+            z = calibrate_noise(self.dp_epsilon, self.dp_delta, self.dp_sampling, self.rounds) if calibrate else 1.0
         return DPSettings.for_mode(
-            self.dp, self.dp_noise, self.dp_clip, self.dp_sampling, self.dp_epsilon, self.dp_delta, self.min_owners
+            self.dp, z, self.dp_clip, self.dp_sampling, self.dp_epsilon, self.dp_delta, self.min_owners
         )
+
+    def with_dp_noise(self) -> "FLConfig":
+        """This config with a concrete ``dp_noise`` (calibrated when None), so the run records the z it used."""
+        if self.dp is None or self.dp_noise is not None:
+            return self
+        return replace(self, dp_noise=self.dp_settings().noise_multiplier)
 
     def with_seed(self) -> "FLConfig":
         """This config with a concrete seed: a fresh one is drawn when ``seed`` is None, so the run

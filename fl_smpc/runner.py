@@ -94,7 +94,7 @@ def run(spec: RunSpec = RunSpec(), on_round: Optional[Callable] = None) -> RunRe
     if spec.checkpoint:
         check_checkpoint_path(spec.checkpoint)
     spec, history = resumed_spec(spec)
-    spec = replace(spec, config=spec.config.with_seed())
+    spec = replace(spec, config=spec.config.with_seed().with_dp_noise())
     callbacks = [checkpoint_writer(spec.checkpoint)] if spec.checkpoint else []
     callbacks += [on_round] if on_round else []
 

@@ -22,7 +22,7 @@ def test_json_document_has_the_stable_keys(capsys):
                              "precision_fractional": 3, "seed": 0, "batch_size": None, "loss_reduction": "sum",
                              "weighting": "samples", "min_owners": 3, "owners_per_round": None,
                              "aggregation": "additive", "training": "tutorial", "neighbours": None, "dp": None,
-                             "dp_epsilon": 3.0, "dp_delta": 1e-5, "dp_noise": 1.0, "dp_clip": 1.0, "dp_sampling": 0.05,
+                             "dp_epsilon": 3.0, "dp_delta": 1e-5, "dp_noise": None, "dp_clip": 1.0, "dp_sampling": 0.05,
                              "dp_bias_lr": 1.0}
     assert len(doc["initial_model"]["weight"]) == 1 and len(doc["initial_model"]["weight"][0]) == 3
     assert len(doc["initial_model"]["bias"]) == 1

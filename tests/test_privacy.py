@@ -137,7 +137,7 @@ def test_contribution_noise_local_is_full_and_distributed_shares_add_up_to_it():
     empty = torch.zeros(0, 999), torch.zeros(0, 1)  # no rows: the release is the noise alone
     local = DPSettings(mode="local", noise_multiplier=1.0, clip_norm=1.0)
     shared = DPSettings(mode="distributed", noise_multiplier=1.0, clip_norm=1.0, min_owners=3)
-    full = math.sqrt(2) * 1000  # sigma = z * C * sqrt(2) in quanta at precision 3
+    full = math.hypot(1000, 250)  # sigma = z * Delta, Delta = sqrt(K**2 + (K/4)**2) quanta (C = 1, precision 3)
     released = noised_contribution(model, mean_bce, *empty, local, precision=3)
     assert released.shape == (1001,) and abs(released.std() / full - 1) < 0.08
     shares = [noised_contribution(model, mean_bce, *empty, shared, precision=3) for _ in range(3)]
@@ -163,7 +163,20 @@ def test_clipping_bounds_every_example_on_the_grid():
     small = grads.norm(dim=1) * 1e4 < k - math.sqrt(300)
     assert np.abs(rows[small.numpy()] - grads[small].double().numpy() * 1e4).max() < 1
     total = clipped_sum(grads, 0.5, 4)  # rounded afresh: within one quantum per row of the sum above
-    assert total.shape == (301,) and total[-1] == 200 * k and np.abs(total[:-1] - rows.sum(axis=0)).max() <= 200
+    assert total.shape == (301,) and total[-1] == 200 * (k // 4) and np.abs(total[:-1] - rows.sum(axis=0)).max() <= 200
+
+
+def test_one_example_weighs_at_most_the_sensitivity():
+    """One example's joint vector (its clipped gradient, then its count weight c) has L2 norm <= Delta."""
+    k, c = grid_clip_bound(0.5, 4), privacy.count_quanta(0.5, 4)
+    assert (k, c) == (5000, 1250) and privacy.sensitivity_squared_quanta(0.5, 4) == k * k + c * c
+    nan = torch.randn(1, 300)
+    nan[0, 3] = float("nan")
+    for row in (torch.randn(1, 300) * 1e3, torch.full((1, 300), 1e-3), torch.zeros(1, 300), nan):
+        joint = clipped_sum(row, 0.5, 4)
+        assert joint[-1] == c and int((joint * joint).sum()) <= k * k + c * c
+    long = clipped_sum(torch.randn(1, 300) * 1e3, 0.5, 4)
+    assert int((long[:-1] * long[:-1]).sum()) > (0.99 * k) ** 2  # a long gradient is clipped to nearly K
 
 
 def test_stochastic_rounding_is_unbiased():
@@ -271,8 +284,8 @@ def test_three_distributed_releases_decode_to_the_mean_clipped_gradient():
     clipped = grads * torch.clamp(1.0 / grads.norm(dim=1, keepdim=True), max=1.0)
     expected = clipped.mean(0).numpy()
     decoded = mean_gradient(total, settings, precision=6)
-    # noise: sigma = 0.01 * sqrt(2) per summed value, over 120 examples
-    assert np.abs(decoded - expected).max() < 5 * 0.01 * math.sqrt(2) / 120 + 1e-4
+    # noise: sigma = 0.01 * Delta = 0.01 * sqrt(1 + 1/16) per summed value, over 120 examples
+    assert np.abs(decoded - expected).max() < 5 * 0.01 * math.hypot(1, 0.25) / 120 + 1e-4
     assert all(p.grad is None for p in model.parameters())
 
 

@@ -17,7 +17,6 @@ from ..config import (
     MODEL_PARTY,
     REPLY_TIMEOUT,
     SMS_DEFAULTS,
-    SMS_DP_DEFAULTS,
     SMS_FEATURES,
     SMS_PARTITIONS,
     TRAININGS,
@@ -26,6 +25,7 @@ from ..config import (
     FLConfig,
     RunSpec,
     parse_addresses,
+    sms_dp_defaults,
 )
 from ..errors import ConfigError, FlSmpcError, one_line
 from .report import FAILED, OK, ArgumentParser, attempt, fail
@@ -211,7 +211,8 @@ def build_parser(
         "--dp-noise",
         type=finite_float,
         default=DEFAULTS.dp_noise,
-        help="noise multiplier z: noise std / the sensitivity (default: %(default)s)",
+        help="noise multiplier z: noise std / the sensitivity (default: the least z with which --rounds rounds fit "
+        "into --dp-epsilon)",
     )
     add(
         "--dp-clip",
@@ -350,8 +351,8 @@ def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
         )
     if known.dp:  # DP-FedSGD: one local step per round (FLConfig refuses more)
         parser.set_defaults(local_steps=1, training="owner")
-        if known.dataset == "sms":
-            parser.set_defaults(**SMS_DP_DEFAULTS)
+        if known.dataset == "sms":  # the study's settings for the budget nearest --dp-epsilon (docs/privacy.md)
+            parser.set_defaults(**sms_dp_defaults(known.dp_epsilon))
     return parser.parse_args(argv)
 
 

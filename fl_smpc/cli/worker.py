@@ -3,6 +3,7 @@
 from ..config import (
     DEFAULT_BOUNDS,
     DEFAULT_TASK,
+    DP_NOISE_FLOOR,
     MODEL_PARTY,
     SECURITY_CHOICE,
     WORKER_HOST,
@@ -94,7 +95,7 @@ def build_parser() -> ArgumentParser:
     privacy.add_argument("--dp-epsilon", type=float, default=DP.dp_epsilon, help="budget (default: %(default)s)")
     privacy.add_argument("--dp-delta", type=float, default=DP.dp_delta, help="(default: %(default)s)")
     privacy.add_argument(
-        "--dp-noise", type=float, default=DP.dp_noise, help="least noise multiplier (default: %(default)s)"
+        "--dp-noise", type=float, default=DP_NOISE_FLOOR, help="least noise multiplier (default: %(default)s)"
     )
     privacy.add_argument("--dp-clip", type=float, default=DP.dp_clip, help="clip norm C (default: %(default)s)")
     privacy.add_argument(

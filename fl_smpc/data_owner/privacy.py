@@ -15,9 +15,12 @@ parameters it received:
    coordinates) and then rounded to the grid *stochastically* (up with probability the fractional part,
    from ``os.urandom``): unbiased, and each coordinate moves by less than one quantum, so the rounded
    gradient ``r_i`` has norm ``< K`` -- always, not only with high probability (checked in integers).
-4. **The joint vector** ``v_i = (r_i, K)``: the last coordinate counts the example (scaled, so one example
-   weighs the same in both parts). ``||v_i|| <= K * sqrt(2)``: adding or removing one example moves the
-   sum ``S = sum_i v_i`` by at most ``Delta = K * sqrt(2)`` quanta in L2.
+4. **The joint vector** ``v_i = (r_i, c)``: the last coordinate counts the example, with weight
+   ``c = K // 4`` (:func:`count_quanta`). ``||v_i||**2 <= K**2 + c**2``: adding or removing one example
+   moves the sum ``S = sum_i v_i`` by at most ``Delta = sqrt(K**2 + c**2)`` (about ``1.03 K``) quanta in L2.
+   Why a quarter: the model owner needs the count only to a few percent, so nearly all of the sensitivity
+   goes to the gradient -- with ``c = K`` the gradient would carry ``sqrt(2)`` times the noise, for the
+   same guarantee.
 5. **Noise** (:func:`discrete_gaussian`): integer noise on every one of the ``P + 1`` coordinates from the
    discrete Gaussian ``N_Z(0, s2)``, ``P(X = x) ~ exp(-x**2 / (2 * s2))`` on the integers, sampled
    *exactly* (Canonne, Kamath & Steinke 2020, Algorithm 3: rejection from a discrete Laplace, only integer
@@ -37,7 +40,7 @@ on the data with no noise of their own (under distributed noise nobody's share p
 refused rather than left unaccounted.
 
 The model owner decodes the revealed sum with :func:`mean_gradient`: the gradient part over the (noisy)
-count ``S[-1] / K``, at least 1, and takes one step ``params -= lr * mean``: post-processing, free.
+count ``S[-1] / c``, at least 1, and takes one step ``params -= lr * mean``: post-processing, free.
 
 **What the accountant assumes.** :class:`OwnerBudget` uses prv-accountant 0.2.0 (Gopi, Lee & Wutschitz
 2021) on the *continuous* Poisson-subsampled Gaussian mechanism with noise multiplier ``z`` (local) or
@@ -63,6 +66,7 @@ Randomness: ``secrets`` (the discrete Gaussian) and ``os.urandom`` (sampling and
 or numpy's generators: seeding those (``torch.manual_seed``, ``np.random.seed``) changes nothing here.
 """
 
+import functools
 import math
 import os
 import secrets
@@ -108,7 +112,8 @@ class DPSettings:
 
     mode: ``"local"`` (all the noise on each owner) or ``"distributed"`` (each owner ``1 / min_owners``
         of the variance, relying on secure aggregation and ``min_owners`` honest owners).
-    noise_multiplier: ``z``, the noise's standard deviation over the L2 sensitivity ``C * sqrt(2)``.
+    noise_multiplier: ``z``, the noise's standard deviation over the L2 sensitivity ``Delta`` (about ``1.03 C``;
+        :func:`sensitivity_quanta`).
     clip_norm: ``C``, the L2 bound of each example's gradient.
     sampling_rate: ``q``, each example's probability of taking part in a round (Poisson sampling).
     epsilon, delta: the owner's budget over all the rounds it takes part in.
@@ -381,6 +386,20 @@ def grid_clip_bound(clip_norm: float, precision: int) -> int:
     return k
 
 
+COUNT_SCALE = 4  # the count coordinate weighs K // COUNT_SCALE quanta per example (module docstring, step 4)
+
+
+def count_quanta(clip_norm: float, precision: int) -> int:
+    """``c = max(K // 4, 1)``: one example's weight in the count coordinate of the joint vector, in quanta."""
+    return max(grid_clip_bound(clip_norm, precision) // COUNT_SCALE, 1)
+
+
+def sensitivity_squared_quanta(clip_norm: float, precision: int) -> int:
+    """``Delta**2 = K**2 + c**2``: the squared L2 sensitivity of one owner's sum, in quanta**2 (exact)."""
+    k = grid_clip_bound(clip_norm, precision)
+    return k * k + count_quanta(clip_norm, precision) ** 2
+
+
 def check_grid(clip_norm: float, precision: int, parameters: int) -> int:
     """K for these public settings; ConfigError when rounding to the grid would eat half the clip norm."""
     k = grid_clip_bound(clip_norm, precision)
@@ -442,22 +461,21 @@ def clip_to_grid(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, preci
 
 
 def clipped_sum(grads: Union[torch.Tensor, np.ndarray], clip_norm: float, precision: int) -> np.ndarray:
-    """The sum of the joint vectors ``(r_i, K)`` over the rows: int64 ``[P + 1]`` in quanta (no noise).
+    """The sum of the joint vectors ``(r_i, c)`` over the rows: int64 ``[P + 1]`` in quanta (no noise).
 
-    ``r_i`` = :func:`clip_to_grid`; the last value is ``K`` times the number of rows.
+    ``r_i`` = :func:`clip_to_grid`; the last value is ``c`` (:func:`count_quanta`) times the number of rows.
     """
     (n, p), _, cols, values = _grid_entries(grads, clip_norm, precision)
-    k = grid_clip_bound(clip_norm, precision)
     total = np.zeros(p + 1, dtype=np.int64)
     np.add.at(total, cols, values)
-    total[p] = k * n
+    total[p] = count_quanta(clip_norm, precision) * n
     return total
 
 
 def noise_variance(settings: DPSettings, precision: int) -> int:
-    """This owner's integer noise parameter s2 in quanta**2: ``ceil(z**2 * 2 * K**2 / shares)``."""
-    k = grid_clip_bound(settings.clip_norm, precision)
-    return math.ceil(Fraction(settings.noise_multiplier) ** 2 * 2 * k * k / settings.noise_shares)
+    """This owner's integer noise parameter s2 in quanta**2: ``ceil(z**2 * Delta**2 / shares)``."""
+    sensitivity2 = sensitivity_squared_quanta(settings.clip_norm, precision)
+    return math.ceil(Fraction(settings.noise_multiplier) ** 2 * sensitivity2 / settings.noise_shares)
 
 
 def noised_contribution(
@@ -473,7 +491,7 @@ def noised_contribution(
     """This owner's release for one round: int64 ``[P + 1]`` on the grid (one quantum = 10**-precision).
 
     ``model`` holds the received global parameters (left unchanged). Poisson-samples the rows with
-    ``settings.sampling_rate``, sums the clipped, rounded joint vectors ``(r_i, K)`` of the sampled rows and
+    ``settings.sampling_rate``, sums the clipped, rounded joint vectors ``(r_i, c)`` of the sampled rows and
     adds discrete Gaussian noise of parameter :func:`noise_variance` to every value. Summed over the owners
     (modulo 2**64 as the aggregate does), decode with :func:`mean_gradient`. Always noised, also when no
     row is sampled. Divide by ``10**precision`` for the float values the aggregate's encoder expects
@@ -493,11 +511,10 @@ def noised_contribution(
 def mean_gradient(total: np.ndarray, settings: DPSettings, precision: int) -> np.ndarray:
     """The model owner's decoding of the summed releases: the mean clipped gradient (float64 ``[P]``).
 
-    The gradient part in real units over the noisy example count ``total[-1] / K``, at least 1.
+    The gradient part in real units over the noisy example count ``total[-1] / c``, at least 1.
     The DP-FedSGD step is then ``params -= lr * mean_gradient(...)``.
     """
-    k = grid_clip_bound(settings.clip_norm, precision)
-    count = max(float(total[-1]) / k, 1.0)
+    count = max(float(total[-1]) / count_quanta(settings.clip_norm, precision), 1.0)
     return total[:-1].astype(np.float64) / 10.0**precision / count
 
 
@@ -578,7 +595,7 @@ def accounting_noise_multiplier(settings: DPSettings, precision: int, dimension:
 
     Local: ``z``. Distributed: ``1 / (1 / z + tau * sqrt(dimension))`` with Kairouz, Liu & Steinke 2021's
     ``tau = 10 * sum_{k=1}^{m-1} exp(-2 pi**2 s2_share k / (k + 1))`` for the sum of ``m = min_owners``
-    discrete Gaussians of parameter ``s2_share`` each, and ``s2_share`` in quanta**2 (about ``z**2 * 2K**2 / m``).
+    discrete Gaussians of parameter ``s2_share`` each, and ``s2_share`` in quanta**2 (about ``z**2 * Delta**2 / m``).
     Equal to ``z`` whenever ``tau`` underflows, i.e. for any share of more than ~9 quanta.
     """
     z = settings.noise_multiplier
@@ -663,7 +680,8 @@ class OwnerBudget:
             raise ValueError(f"rounds must be >= 0, got {rounds}")
         if rounds not in self._cache:
             if self._accountant is None or rounds > self._cap:
-                self._cap = max(rounds, 2 * self._cap, 64)
+                # a power of two: the same discretisation for the owner and for calibrate_noise, at any round
+                self._cap = max(64, 1 << (rounds - 1).bit_length())
                 try:
                     self._accountant = _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
                 except RuntimeError:
@@ -714,9 +732,36 @@ class OwnerBudget:
         return rows
 
 
+@functools.lru_cache(maxsize=64)
+def calibrate_noise(epsilon: float, delta: float, sampling_rate: float, rounds: int) -> float:
+    """The least noise multiplier (to 0.5 %) with which ``rounds`` rounds fit into the budget (epsilon, delta).
+
+    Checked with :class:`OwnerBudget` itself, so an owner with these settings takes every one of the
+    ``rounds`` rounds and declines the next. Public: settings only. Takes seconds (prv-accountant).
+    """
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"dp rounds: must be a positive integer, got {rounds!r}")
+
+    def fits(z: float) -> bool:
+        return OwnerBudget(epsilon, delta, z, sampling_rate).epsilon_after(rounds) <= epsilon
+
+    high = 0.5
+    while rdp_epsilon(sampling_rate, high, rounds, delta) > epsilon:  # RDP bounds PRV from above: it fits
+        high *= 2
+        if high > 1e6:
+            raise ConfigError(f"dp epsilon {epsilon:g}: no noise multiplier up to 1e6 fits {rounds} rounds")
+    low = high / 2
+    while fits(low):
+        low, high = low / 2, low
+    while high / low > 1.005:
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
 def sensitivity_quanta(clip_norm: float, precision: int) -> float:
-    """The L2 sensitivity of one owner's sum in quanta: ``K * sqrt(2)``."""
-    return grid_clip_bound(clip_norm, precision) * math.sqrt(2)
+    """The L2 sensitivity of one owner's sum in quanta: ``sqrt(K**2 + c**2)``."""
+    return math.sqrt(sensitivity_squared_quanta(clip_norm, precision))
 
 
 def noise_std_quanta(settings: DPSettings, precision: int) -> float:
@@ -729,9 +774,11 @@ __all__ = [
     "DPSettings",
     "OwnerBudget",
     "accounting_noise_multiplier",
+    "calibrate_noise",
     "check_grid",
     "clip_to_grid",
     "clipped_sum",
+    "count_quanta",
     "discrete_gaussian",
     "discrete_gaussian_sq",
     "grid_clip_bound",
@@ -748,4 +795,5 @@ __all__ = [
     "rdp_subsampled_gaussian",
     "require_one_local_step",
     "sensitivity_quanta",
+    "sensitivity_squared_quanta",
 ]

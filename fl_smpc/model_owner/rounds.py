@@ -379,12 +379,10 @@ def owner_round(model: nn.Module, federation: Federation, config: FLConfig, r: i
     dropped = {**away, **dropped}
     epsilon = {o: e for o, e in federation.epsilon.items() if o in contributors}
     if dp is not None:  # DP-FedSGD: one step along the noised mean of the clipped per-example gradients
-        from ..data_owner.privacy import grid_clip_bound
+        from ..data_owner.privacy import count_quanta
 
-        count = max(
-            total[-1] * 10.0**config.precision_fractional / grid_clip_bound(dp.clip_norm, config.precision_fractional),
-            1.0,
-        )
+        quantum = 10.0**-config.precision_fractional
+        count = max(total[-1] / (count_quanta(dp.clip_norm, config.precision_fractional) * quantum), 1.0)
         rates = torch.cat(
             [
                 torch.full((p.numel(),), config.lr * (config.dp_bias_lr if name.endswith("bias") else 1.0))

@@ -1,0 +1,60 @@
+"""The DP study's results in the docs are the measured file's, and its settings are the CLI's (issue 16).
+
+docs/data/dp_sms.csv is measured by ``make dp-study`` (benchmarks/dp_sms.py, ~10 min, not run here); these
+tests check that the README's and docs/privacy.md's tables and the picture are made from it, and that every
+row ran with what ``fl-smpc --dataset sms --dp --dp-epsilon E`` runs now.
+"""
+
+import math
+
+import pytest
+
+import doc_figures
+import dp_sms
+from fl_smpc.config import SMS_DP_PROFILES, sms_dp_defaults
+from fl_smpc.data_owner.privacy import OwnerBudget, calibrate_noise
+
+
+@pytest.mark.parametrize("name", ["dp-readme", "dp-privacy"])
+def test_the_dp_tables_are_the_measured_file(name):
+    assert doc_figures.FIGURES[name][1]() == doc_figures.shown(name)
+
+
+def test_every_variant_ran_three_seeds_with_the_cli_settings():
+    rows = dp_sms.read_results()
+    f1 = dp_sms.summary(rows)
+    for owners, mode in dp_sms.VARIANTS:
+        for epsilon in SMS_DP_PROFILES:
+            assert len(f1[(owners, mode, epsilon)]) == 3, (owners, mode, epsilon)
+    assert len(f1[(3, "none", math.inf)]) == 3
+    for r in rows:
+        if r["mode"] == "none":
+            continue
+        profile, epsilon = sms_dp_defaults(float(r["epsilon"])), float(r["epsilon"])
+        assert (float(r["q"]), float(r["clip"]), float(r["lr"]), float(r["bias_lr"]), int(r["rounds"])) == (
+            profile["dp_sampling"],
+            profile["dp_clip"],
+            profile["lr"],
+            profile["dp_bias_lr"],
+            profile["rounds"],
+        )
+        assert float(r["epsilon_spent"]) <= epsilon
+
+
+def test_the_picture_is_drawn_from_the_file(tmp_path):
+    path = dp_sms.figure(path=tmp_path / "f1.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert dp_sms.FIGURE.exists()
+
+
+def test_profiles_are_picked_by_the_nearest_budget():
+    assert sms_dp_defaults(1.0)["rounds"] == SMS_DP_PROFILES[1.0]["rounds"]
+    assert sms_dp_defaults(1.6)["rounds"] == SMS_DP_PROFILES[1.0]["rounds"]  # log-nearer 1 than 3
+    assert sms_dp_defaults(2.0)["rounds"] == SMS_DP_PROFILES[3.0]["rounds"]
+    assert sms_dp_defaults(100.0)["rounds"] == SMS_DP_PROFILES[8.0]["rounds"]
+
+
+def test_calibrated_noise_fits_the_rounds_and_no_less_noise_does():
+    z = calibrate_noise(3.0, 1e-5, 1.0, 20)
+    assert OwnerBudget(3.0, 1e-5, z, 1.0).max_rounds(limit=40) == 20
+    assert OwnerBudget(3.0, 1e-5, z / 1.01, 1.0).max_rounds(limit=40) < 20
