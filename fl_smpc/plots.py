@@ -92,7 +92,7 @@ def plot_history(history, baseline: Optional[float] = None, metric: str = "f1", 
             style = (
                 {"marker": "o", "linewidth": 2.5, "color": "black"} if i == 0 else {"marker": ".", "linestyle": "--"}
             )
-            loss_ax.plot(x, y, label=label, **style)  # type: ignore[arg-type]
+            loss_ax.plot(x, y, label=label, **style)
         loss_ax.set(xlabel="round", ylabel="loss", title="Loss per round")
         shown = _finite(v for line in loss_ax.get_lines() for v in line.get_ydata())
         if shown and min(shown) > 0:

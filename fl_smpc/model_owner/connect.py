@@ -121,6 +121,7 @@ def charge_past_rounds(owners: Dict[str, DataOwner], history: History, precision
             continue
         owner._budget_for(precision)
         budget = owner.budget
+        assert budget is not None  # made by _budget_for for an owner with its own DP settings
         try:
             while budget.rounds < taken or (reported and budget.epsilon_spent < reported[-1] * (1 - 1e-12)):
                 budget.take_round()
