@@ -351,9 +351,23 @@ def format_round(r, rounds: int) -> str:
 SMS_COLUMNS = f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}"
 
 
-def format_sms_row(n: int, loss: float, m: dict) -> str:
-    """One row of the SMS run's per-round table: the global loss and the test metrics after round ``n``."""
-    return f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+SMS_EPSILON = "  epsilon spent"  # the SMS table's last column with differential privacy
+
+
+def sms_columns(config) -> str:
+    """The SMS run's table header; with differential privacy, a column of the owners' epsilon spent."""
+    return SMS_COLUMNS + (SMS_EPSILON if config.dp is not None else "")
+
+
+def format_sms_row(n: int, loss: float, m: dict, epsilon: Optional[Dict[str, float]] = None) -> str:
+    """One row of the SMS run's per-round table: the global loss and the test metrics after round ``n``;
+    with ``epsilon`` (DP: each contributing owner's epsilon spent), one number if the owners spent the same."""
+    row = f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+    if epsilon is None:
+        return row
+    spent = sorted(set(epsilon.values()))
+    text = f"{spent[0]:.3f}" if len(spent) == 1 else ", ".join(f"{o} {e:.3f}" for o, e in epsilon.items())
+    return f"{row}  {text or '0':>13}"
 
 
 def format_sms_settings(history, spec) -> str:
@@ -382,8 +396,10 @@ def format_privacy(history) -> str:
 def format_sms_result(result) -> str:
     """Per-round test metrics of the global model, then federated-secure vs the two baselines."""
     h = result.history
-    rows = [(0, h.initial_loss, h.initial_metrics)] + [(r.round, r.global_loss, r.metrics) for r in h.rounds]
-    lines = [format_sms_data(result), format_sms_settings(h, result.spec), SMS_COLUMNS]
+    dp = h.config.dp is not None
+    rows: List[tuple] = [(0, h.initial_loss, h.initial_metrics, {} if dp else None)]
+    rows += [(r.round, r.global_loss, r.metrics, r.epsilon if dp else None) for r in h.rounds]
+    lines = [format_sms_data(result), format_sms_settings(h, result.spec), sms_columns(h.config)]
     lines += [format_sms_row(*row) for row in rows]
     lines.append(format_sms_summary(result))
     return "\n".join(lines)

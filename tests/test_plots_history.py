@@ -242,3 +242,18 @@ def test_a_metric_named_like_an_epsilon_column_is_refused():
                                                              epsilon={"bob": 1.0})])
     with pytest.raises(ValueError, match="clash"):
         history_rows(history)
+
+
+def test_the_sms_table_has_an_epsilon_column_with_dp():
+    from fl_smpc.history_io import SMS_COLUMNS, format_sms_row, sms_columns
+
+    metrics = {"accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.75}
+    assert sms_columns(FLConfig()) == SMS_COLUMNS  # no DP: the table is unchanged
+    header = sms_columns(FLConfig(**DP_RUN))
+    assert header.startswith(SMS_COLUMNS) and header.split()[-2:] == ["epsilon", "spent"]
+    assert format_sms_row(3, 0.5, metrics) == format_sms_row(3, 0.5, metrics, None)
+    row = format_sms_row(3, 0.5, metrics, {"bob": 1.25, "alice": 1.25})
+    assert row.startswith(format_sms_row(3, 0.5, metrics)) and row.split()[-1] == "1.250"
+    assert len(row) == len(header)  # the number sits under its heading
+    assert format_sms_row(0, 0.5, metrics, {}).split()[-1] == "0"
+    assert format_sms_row(3, 0.5, metrics, {"bob": 1.25, "alice": 2.0}).endswith("bob 1.250, alice 2.000")
