@@ -1,7 +1,9 @@
 """The figures in the docs are what the code prints now (benchmarks/doc_figures.py; `make figures` rewrites them).
 
 Fast figures are made afresh and compared whole. The Boston tables (10 epochs, about 80 s) are checked on
-the rows a fresh one-epoch run makes; the SMS run's times are the machine's and are left out.
+the rows a fresh one-epoch run makes; the SMS run's times are the machine's and are left out. The DP runs'
+losses are noise from a CSPRNG (not the seed): their epsilon column and round count are checked against the
+owners' accountant, their first rows against a fresh one-round run, the losses only for being numbers.
 """
 import re
 
