@@ -257,3 +257,13 @@ def test_the_sms_table_has_an_epsilon_column_with_dp():
     assert len(row) == len(header)  # the number sits under its heading
     assert format_sms_row(0, 0.5, metrics, {}).split()[-1] == "0"
     assert format_sms_row(3, 0.5, metrics, {"bob": 1.25, "alice": 2.0}).endswith("bob 1.250, alice 2.000")
+
+
+def test_owner_side_training_plots_the_owners_mean_local_loss():
+    """--training owner releases no single owner's loss: the loss panel has the global loss and the owners' mean."""
+    config = FLConfig(workers=("bob", "alice", "jane"), rounds=2, seed=7, training="owner")
+    rounds = [RoundResult(r, {}, 5.0 / r, {}, local_loss=1.0 / r, contributors=["bob", "alice", "jane"]) for r in (1, 2)]
+    (ax,) = plot_history(History(config, {}, 6.0, rounds)).axes
+    global_line, mean_line = ax.get_lines()
+    assert "owners' weighted mean" in mean_line.get_label()
+    assert list(mean_line.get_xdata()) == [1, 2] and list(mean_line.get_ydata()) == [1.0, 0.5]
