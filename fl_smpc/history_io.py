@@ -159,7 +159,7 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
     history = History(
         config,
         initial,
-        _number(doc.get("initial_global_loss"), f"{what}: initial_global_loss"),
+        _loss(doc.get("initial_global_loss"), f"{what}: initial_global_loss", config),
         initial_metrics=_metrics(doc.get("initial_metrics", {}), f"{what}: initial_metrics"),
     )
     for i, item in enumerate(doc["rounds"], start=1):
@@ -183,17 +183,40 @@ def history_from_dict(doc: dict, what: str = "malformed checkpoint"):
             RoundResult(
                 i,
                 {w: _number(v, f"{where}.worker_losses.{w}") for w, v in losses.items()},
-                _number(item.get("global_loss"), f"{where}.global_loss"),
+                _loss(item.get("global_loss"), f"{where}.global_loss", config),
                 _state(item.get("model"), f"{where}.model", shapes),
                 _metrics(item.get("metrics", {}), f"{where}.metrics"),
                 contributors,
                 dropped,
                 None if item.get("local_loss") is None else _number(item["local_loss"], f"{where}.local_loss"),
+                _epsilon(item.get("epsilon", {}), f"{where}.epsilon", config.workers),
             )
         )
     if len(history.rounds) > config.rounds:
         raise CheckpointError(f"{what}: {len(history.rounds)} rounds recorded but the config asks for {config.rounds}")
+    stopped = doc.get("stopped")
+    if stopped is not None and not isinstance(stopped, str):
+        raise CheckpointError(f"{what}: stopped: expected a string, got {type(stopped).__name__}")
+    history.stopped = stopped
     return history
+
+
+def _loss(value, what: str, config: FLConfig) -> float:
+    """A global loss; with differential privacy ``null`` too (NaN written as JSON: the owners evaluate nothing)."""
+    if value is None and config.dp is not None:
+        return math.nan
+    return _number(value, what)
+
+
+def _epsilon(value, what: str, owners) -> Dict[str, float]:
+    """A round's epsilon spent per owner: an object of this run's owners -> finite numbers >= 0."""
+    if not isinstance(value, dict) or set(value) - set(owners):
+        raise CheckpointError(f"{what}: expected an object of this run's owner names -> epsilon spent")
+    spent = {owner: _number(v, f"{what}.{owner}") for owner, v in value.items()}
+    bad = [owner for owner, eps in spent.items() if not (math.isfinite(eps) and eps >= 0)]
+    if bad:
+        raise CheckpointError(f"{what}.{bad[0]}: epsilon spent must be a finite number >= 0")
+    return spent
 
 
 def _metrics(value, what: str) -> dict:
@@ -227,26 +250,57 @@ def metric_names(history) -> List[str]:
     return sorted({name for r in history.rounds for name in r.metrics})
 
 
+EPSILON_PREFIX = "epsilon_"
+DP_ROW = "(owners)"  # with differential privacy no owner releases a loss: one row per round
+
+
+def epsilon_columns(history) -> List[str]:
+    """With differential privacy, one column per owner of the run (``epsilon_bob``...): its epsilon spent so far."""
+    if history.config.dp is None:
+        return []
+    return [EPSILON_PREFIX + owner for owner in history.config.workers]
+
+
+def csv_fields(history) -> List[str]:
+    """The history CSV's header: :data:`CSV_FIELDS`, with DP the owners' epsilon columns, then the metrics."""
+    return CSV_FIELDS + epsilon_columns(history) + metric_names(history)
+
+
+def _loss_rows(r, dp: bool) -> List[tuple]:
+    """(worker, local loss) of a round's rows: each owner's loss (tutorial), the owners' mean (owner-side),
+    or with DP, where no loss leaves an owner, one row with the loss left empty."""
+    if r.local_loss is not None:
+        return [("(owners' mean)", r.local_loss)]
+    if dp and not r.worker_losses:
+        return [(DP_ROW, "")]
+    return list(r.worker_losses.items())
+
+
 def history_rows(history) -> List[Dict]:
     """One dict per (round, owner): the owner's local loss, the round's global loss and its metrics.
 
     Round-level values (global loss, metrics) repeat on each owner's row; a metric a round lacks is
     left empty. The initial model (round 0) has no local losses; its loss is in the JSON document.
+    Owner-side training releases only the owners' mean local loss (one row per round, worker
+    ``(owners' mean)``); with differential privacy not even that (one row per round, worker ``(owners)``,
+    local loss empty), and each owner's epsilon spent after the round is in its column ``epsilon_OWNER``
+    (empty for an owner that did not contribute to the round).
     """
-    names = metric_names(history)
-    clash = sorted(set(names) & set(CSV_FIELDS))
+    names, spent = metric_names(history), epsilon_columns(history)
+    clash = sorted(set(names) & set(CSV_FIELDS + spent))
     if clash:
-        raise ConfigError(f"metrics {clash} clash with the history columns {CSV_FIELDS}; rename them")
+        raise ConfigError(f"metrics {clash} clash with the history columns {CSV_FIELDS + spent}; rename them")
     return [
         {
             "round": r.round,
             "worker": worker,
             "local_loss": loss,
             "global_loss": r.global_loss,
+            **{column: r.epsilon.get(column[len(EPSILON_PREFIX) :], "") for column in spent},
             **{name: r.metrics.get(name, "") for name in names},
         }
         for r in history.rounds
-        for worker, loss in (r.worker_losses.items() if r.local_loss is None else [("(owners' mean)", r.local_loss)])
+        for worker, loss in _loss_rows(r, history.config.dp is not None)
     ]
 
 
@@ -256,7 +310,7 @@ def write_history_csv(history, path) -> Path:
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + metric_names(history))
+            writer = csv.DictWriter(f, fieldnames=csv_fields(history))
             writer.writeheader()
             writer.writerows(rows)
 
@@ -297,9 +351,23 @@ def format_round(r, rounds: int) -> str:
 SMS_COLUMNS = f"{'round':>5} {'global loss':>11} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6}"
 
 
-def format_sms_row(n: int, loss: float, m: dict) -> str:
-    """One row of the SMS run's per-round table: the global loss and the test metrics after round ``n``."""
-    return f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+SMS_EPSILON = "  epsilon spent"  # the SMS table's last column with differential privacy
+
+
+def sms_columns(config) -> str:
+    """The SMS run's table header; with differential privacy, a column of the owners' epsilon spent."""
+    return SMS_COLUMNS + (SMS_EPSILON if config.dp is not None else "")
+
+
+def format_sms_row(n: int, loss: float, m: dict, epsilon: Optional[Dict[str, float]] = None) -> str:
+    """One row of the SMS run's per-round table: the global loss and the test metrics after round ``n``;
+    with ``epsilon`` (DP: each contributing owner's epsilon spent), one number if the owners spent the same."""
+    row = f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+    if epsilon is None:
+        return row
+    spent = sorted(set(epsilon.values()))
+    text = f"{spent[0]:.3f}" if len(spent) == 1 else ", ".join(f"{o} {e:.3f}" for o, e in epsilon.items())
+    return f"{row}  {text or '0':>13}"
 
 
 def format_sms_settings(history, spec) -> str:
@@ -328,8 +396,10 @@ def format_privacy(history) -> str:
 def format_sms_result(result) -> str:
     """Per-round test metrics of the global model, then federated-secure vs the two baselines."""
     h = result.history
-    rows = [(0, h.initial_loss, h.initial_metrics)] + [(r.round, r.global_loss, r.metrics) for r in h.rounds]
-    lines = [format_sms_data(result), format_sms_settings(h, result.spec), SMS_COLUMNS]
+    dp = h.config.dp is not None
+    rows: List[tuple] = [(0, h.initial_loss, h.initial_metrics, {} if dp else None)]
+    rows += [(r.round, r.global_loss, r.metrics, r.epsilon if dp else None) for r in h.rounds]
+    lines = [format_sms_data(result), format_sms_settings(h, result.spec), sms_columns(h.config)]
     lines += [format_sms_row(*row) for row in rows]
     lines.append(format_sms_summary(result))
     return "\n".join(lines)

@@ -120,6 +120,9 @@ CORRUPTIONS = {
     "unknown config key": (lambda d: d["config"].update(colour="blue"), "unexpected keyword argument 'colour'"),
     "rounds out of order": (lambda d: d["rounds"].reverse(), "numbered 1, 2, ... in order"),
     "worker_losses not an object": (lambda d: d["rounds"][0].update(worker_losses=[1]), "worker_losses: expected"),
+    "epsilon of a stranger": (lambda d: d["rounds"][0].update(epsilon={"eve": 1.0}), "rounds[0].epsilon: expected"),
+    "negative epsilon": (lambda d: d["rounds"][1].update(epsilon={"bob": -1.0}), "rounds[1].epsilon.bob: epsilon"),
+    "stopped not a string": (lambda d: d.update(stopped=3), "stopped: expected a string"),
 }
 
 

@@ -105,3 +105,22 @@ def test_over_tls_each_worker_enforces_its_own_budget(tmp_path):
     assert len(history.rounds) == rounds_within(2.0, 1e-5, 3.0, 0.5)
     assert "privacy budget spent" in history.stopped
     assert torch.isfinite(torch.cat([t.flatten() for t in history.rounds[-1].model.values()])).all()
+
+
+def test_a_resumed_run_keeps_each_owners_epsilon_and_its_budget(tmp_path):
+    """The checkpoint keeps epsilon spent per round; the resumed run's owners (new objects in this process)
+    start from what they had spent, so round 3 spends as round 3 of an uninterrupted run, not as a round 1."""
+    from fl_smpc.config import RunSpec
+    from fl_smpc.data_owner.privacy import OwnerBudget
+    from fl_smpc.history_io import load_checkpoint
+    from fl_smpc.runner import run
+
+    path = str(tmp_path / "run.json")
+    config = FLConfig(seed=0, rounds=2, aggregation="additive", **{**PRIVATE, "dp_sampling": 1.0})
+    first = run(RunSpec(config=config, checkpoint=path)).history
+    assert [r.epsilon for r in load_checkpoint(path).rounds] == [r.epsilon for r in first.rounds]
+    resumed = run(RunSpec(config=config, checkpoint=path, resume=path, resume_rounds=4)).history
+    budget = OwnerBudget.for_settings(config.dp_settings(), config.precision_fractional, 4 + 1)  # toy: P = 4
+    for k, r in enumerate(resumed.rounds, start=1):
+        assert r.epsilon == pytest.approx(dict.fromkeys(config.workers, budget.epsilon_after(k)), rel=1e-9)
+    assert [r.epsilon for r in load_checkpoint(path).rounds] == [r.epsilon for r in resumed.rounds]

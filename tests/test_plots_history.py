@@ -1,5 +1,6 @@
 """--plot, --history and the progress bar: files people open elsewhere, and clean --json output."""
 import csv
+import functools
 import io
 import json
 import sys
@@ -146,3 +147,123 @@ def test_failed_run_still_writes_its_completed_rounds(tmp_path, capsys):
     assert "round 2 failed" in capsys.readouterr().err
     with table.open() as f:
         assert [(r["round"], r["worker"]) for r in csv.DictReader(f)] == [("1", "bob"), ("1", "alice"), ("1", "jane")]
+
+
+# --- differential privacy: epsilon spent per owner per round is public, in the CSV and the picture ---
+
+DP_RUN = dict(training="owner", dp="distributed", local_steps=1, lr=0.5, dp_sampling=0.5, dp_noise=3.0)
+
+
+@functools.lru_cache(maxsize=None)
+def expected_epsilon(config, rounds):
+    """Epsilon after 1..rounds releases, from the owner's accountant built here for the same settings (the toy
+    task's P = 4 parameters: the owner releases P + 1 values per round)."""
+    from fl_smpc.data_owner.privacy import OwnerBudget
+
+    budget = OwnerBudget.for_settings(config.dp_settings(), config.precision_fractional, 4 + 1)
+    return tuple(budget.epsilon_after(k) for k in range(1, rounds + 1))
+
+
+@pytest.fixture(scope="module")
+def dp_cli_run(tmp_path_factory):
+    """A 3-round toy run with --dp distributed through the CLI: --json on stdout, --plot and --history files
+    (sampling rate 1: the owners' accountants are quick to build)."""
+    out = tmp_path_factory.mktemp("dp")
+    png, table = out / "dp.png", out / "dp.csv"
+    argv = ["--seed", "0", "--rounds", "3", "--dp", "distributed", "--dp-sampling", "1", "--dp-noise", "3",
+            "--json", "--plot", str(png), "--history", str(table)]
+    capture = pytest.MonkeyPatch()
+    stdout = io.StringIO()
+    capture.setattr(sys, "stdout", stdout)
+    try:
+        status = main(argv)
+    finally:
+        capture.undo()
+    assert status == 0
+    return json.loads(stdout.getvalue()), png, table
+
+
+def test_dp_history_csv_has_each_owners_epsilon_per_round(dp_cli_run):
+    from fl_smpc.history_io import history_from_dict
+
+    doc, _, table = dp_cli_run
+    with table.open() as f:
+        rows = list(csv.DictReader(f))
+    workers = doc["config"]["workers"]
+    assert list(rows[0]) == ["round", "worker", "local_loss", "global_loss"] + [f"epsilon_{w}" for w in workers]
+    assert [(r["round"], r["worker"], r["local_loss"]) for r in rows] == [(str(n), "(owners)", "") for n in (1, 2, 3)]
+    expected = expected_epsilon(history_from_dict(doc).config, 3)
+    for row, json_round, eps in zip(rows, doc["rounds"], expected):
+        assert {w: float(row[f"epsilon_{w}"]) for w in workers} == json_round["epsilon"]
+        assert all(float(row[f"epsilon_{w}"]) == pytest.approx(eps, rel=1e-9) for w in workers)
+
+
+def test_dp_plot_has_an_epsilon_panel_with_the_budget(dp_cli_run):
+    from fl_smpc.history_io import history_from_dict
+
+    doc, png, _ = dp_cli_run
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    history = history_from_dict(doc)
+    fig = plot_history(history)
+    (eps_ax,) = fig.axes  # the owners release no loss with DP: no loss panel, nothing else to show
+    *owner_lines, budget = eps_ax.get_lines()
+    assert [line.get_label() for line in owner_lines] == [f"{w}: epsilon spent" for w in history.config.workers]
+    expected = expected_epsilon(history.config, 3)
+    for name, line in zip(history.config.workers, owner_lines):
+        assert list(line.get_xdata()) == [0, 1, 2, 3]
+        assert list(line.get_ydata()) == [0.0] + [r.epsilon[name] for r in history.rounds]
+        assert list(line.get_ydata())[1:] == pytest.approx(expected, rel=1e-9)
+    assert list(budget.get_ydata()) == [history.config.dp_epsilon] * 2 and budget.get_linestyle() == "--"
+    assert eps_ax.get_xlabel() == "round" and eps_ax.get_ylabel().startswith("epsilon spent")
+    assert "DP distributed" in fig._suptitle.get_text()
+
+
+def test_dp_plot_steps_where_an_owner_sat_a_round_out_and_keeps_the_other_panels():
+    """An owner left out of round 2 has no epsilon that round: its curve holds its round-1 value until round 3."""
+    config = FLConfig(workers=("bob", "alice", "jane"), rounds=3, seed=7, min_owners=2, **DP_RUN)
+    spent = [{"bob": 1.0, "alice": 1.0, "jane": 1.0}, {"bob": 1.5, "alice": 1.5},
+             {"bob": 2.0, "alice": 2.0, "jane": 1.5}]
+    rounds = [RoundResult(r, {}, float("nan"), {}, {"f1": 0.1 * r}, list(eps), epsilon=eps)
+              for r, eps in zip((1, 2, 3), spent)]
+    history = History(config, {}, float("nan"), rounds, {"f1": 0.0})
+    f1_ax, eps_ax = plot_history(history).axes
+    jane = eps_ax.get_lines()[2]
+    assert list(jane.get_xdata()) == [0, 1, 3] and list(jane.get_ydata()) == [0.0, 1.0, 1.5]
+    assert jane.get_drawstyle() == "steps-post"
+    assert f1_ax.get_ylabel() == "test f1"
+    rows = history_rows(history)
+    assert [row["epsilon_jane"] for row in rows] == [1.0, "", 1.5] and [row["epsilon_bob"] for row in rows] == [
+        1.0, 1.5, 2.0]
+
+
+def test_a_metric_named_like_an_epsilon_column_is_refused():
+    config = FLConfig(workers=("bob", "alice", "jane"), rounds=1, seed=7, **DP_RUN)
+    history = History(config, {}, float("nan"), [RoundResult(1, {}, float("nan"), {}, {"epsilon_bob": 1.0},
+                                                             epsilon={"bob": 1.0})])
+    with pytest.raises(ValueError, match="clash"):
+        history_rows(history)
+
+
+def test_the_sms_table_has_an_epsilon_column_with_dp():
+    from fl_smpc.history_io import SMS_COLUMNS, format_sms_row, sms_columns
+
+    metrics = {"accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.75}
+    assert sms_columns(FLConfig()) == SMS_COLUMNS  # no DP: the table is unchanged
+    header = sms_columns(FLConfig(**DP_RUN))
+    assert header.startswith(SMS_COLUMNS) and header.split()[-2:] == ["epsilon", "spent"]
+    assert format_sms_row(3, 0.5, metrics) == format_sms_row(3, 0.5, metrics, None)
+    row = format_sms_row(3, 0.5, metrics, {"bob": 1.25, "alice": 1.25})
+    assert row.startswith(format_sms_row(3, 0.5, metrics)) and row.split()[-1] == "1.250"
+    assert len(row) == len(header)  # the number sits under its heading
+    assert format_sms_row(0, 0.5, metrics, {}).split()[-1] == "0"
+    assert format_sms_row(3, 0.5, metrics, {"bob": 1.25, "alice": 2.0}).endswith("bob 1.250, alice 2.000")
+
+
+def test_owner_side_training_plots_the_owners_mean_local_loss():
+    """--training owner releases no single owner's loss: the loss panel has the global loss and the owners' mean."""
+    config = FLConfig(workers=("bob", "alice", "jane"), rounds=2, seed=7, training="owner")
+    rounds = [RoundResult(r, {}, 5.0 / r, {}, local_loss=1.0 / r, contributors=["bob", "alice", "jane"]) for r in (1, 2)]
+    (ax,) = plot_history(History(config, {}, 6.0, rounds)).axes
+    global_line, mean_line = ax.get_lines()
+    assert "owners' weighted mean" in mean_line.get_label()
+    assert list(mean_line.get_xdata()) == [1, 2] and list(mean_line.get_ydata()) == [1.0, 0.5]

@@ -279,13 +279,15 @@ def build_parser(
         "--plot",
         type=plot_path,
         metavar="PATH",
-        help="save a picture of the losses per round, e.g. training.png (default: none)",
+        help="save a picture of the losses per round (with --dp: each owner's epsilon spent), e.g. training.png "
+        "(default: none)",
     )
     add(
         "--history",
         type=output_path,
         metavar="PATH.csv",
-        help="write one CSV row per round per worker: losses and metrics (default: none)",
+        help="write one CSV row per round per worker: losses and metrics; with --dp one row per round, each "
+        "owner's epsilon spent in column epsilon_OWNER (default: none)",
     )
     add(
         "--save-model",
@@ -485,7 +487,7 @@ class Report:
 
     def start(self, history) -> None:
         """The header, once, before the first round (or before the error when no round completed)."""
-        from ..history_io import SMS_COLUMNS, format_header, format_sms_row, format_sms_settings, to_json
+        from ..history_io import format_header, format_sms_row, format_sms_settings, sms_columns, to_json
 
         if self.started or self.mode == "json":
             return
@@ -496,8 +498,9 @@ class Report:
             self.emit(to_json({"type": "start", **head}))
         elif self.spec.dataset == "sms":
             self.emit(format_sms_settings(history, self.spec))
-            self.emit(SMS_COLUMNS)
-            self.emit(format_sms_row(0, history.initial_loss, history.initial_metrics))
+            self.emit(sms_columns(history.config))
+            dp: Optional[dict] = {} if history.config.dp is not None else None  # nothing spent before round 1
+            self.emit(format_sms_row(0, history.initial_loss, history.initial_metrics, dp))
         else:
             self.emit(format_header(history))
 
@@ -517,7 +520,8 @@ class Report:
             if self.mode == "jsonl":
                 self.emit(to_json({"type": "round", **r.to_dict()}))
             elif self.spec.dataset == "sms":
-                self.emit(format_sms_row(r.round, r.global_loss, r.metrics))
+                spent = r.epsilon if history.config.dp is not None else None
+                self.emit(format_sms_row(r.round, r.global_loss, r.metrics, spent))
             else:
                 self.emit(format_round(r, history.config.rounds))
         self.shown = len(history.rounds)

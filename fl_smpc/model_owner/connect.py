@@ -29,7 +29,7 @@ from ..config import (
 from ..data import split_dataset, toy_dataset
 from ..data_owner.owner import MODEL, DataOwner, Link
 from ..data_owner.task import Task, load_task
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, FlSmpcError
 from ..history import History, check_loss_reduction
 from ..network.links import InProcessLink, WebsocketLink
 from .rounds import Federation, run_owner_rounds
@@ -101,11 +101,32 @@ def train_parts_in_process(
         owners[name] = DataOwner(name, x, y, task, bounds)
     for name, owner in owners.items():
         owner.peers.update({peer: InProcessLink(other, name) for peer, other in owners.items() if peer != name})
+    if history is not None and bounds.dp is not None:
+        charge_past_rounds(owners, history, config.precision_fractional)
     links: Dict[str, Link] = {name: InProcessLink(owner, MODEL) for name, owner in owners.items()}
     federation = Federation(links, task, concurrent=False, neighbours=config.neighbours)
     federation.start()
     model = start_model(config, federation, model, history)
     return run_owner_rounds(model, federation, config, history, evaluate, on_round)
+
+
+def charge_past_rounds(owners: Dict[str, DataOwner], history: History, precision: int) -> None:
+    """A resumed in-process run's owners are new objects: each starts with the rounds it already released
+    counted against its budget (those it contributed to, and as many as the epsilon it last reported), so
+    a resumed run spends no more than an uninterrupted one would."""
+    for name, owner in owners.items():
+        taken = sum(name in r.contributors for r in history.rounds)
+        reported = [r.epsilon[name] for r in history.rounds if name in r.epsilon]
+        if not taken and not reported:
+            continue
+        owner._budget_for(precision)
+        budget = owner.budget
+        assert budget is not None  # made by _budget_for for an owner with its own DP settings
+        try:
+            while budget.rounds < taken or (reported and budget.epsilon_spent < reported[-1] * (1 - 1e-12)):
+                budget.take_round()
+        except FlSmpcError as err:  # more rounds recorded than the budget allows: not this run's checkpoint
+            raise CheckpointError(f"the checkpoint's rounds exceed owner {name!r}'s privacy budget: {err}") from None
 
 
 @contextmanager
