@@ -27,7 +27,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -45,8 +45,7 @@ OPACUS_RESULTS = ROOT / "docs" / "data" / "opacus_sms.csv"  # measured by benchm
 FIGURE = ROOT / "docs" / "dp_f1_epsilon.png"
 DELTA = 1e-5
 FEATURES = 4096
-# issue 16's anchor (Opacus 1.6, same split and features, best of a small grid, seed 0): used when
-# OPACUS_RESULTS is absent
+# issue 16's anchor as quoted (Opacus 1.6, same split and features, best of a small grid, seed 0)
 OPACUS_ISSUE = {1.0: 0.594, 3.0: 0.757, 8.0: 0.837}
 VARIANTS = ((3, "distributed"), (3, "local"), (1, "local"))  # (owners, noise placement)
 SEEDS = (0, 1, 2)
@@ -82,7 +81,7 @@ class Data:
         return spam_metrics(self.test_y, predicted)
 
 
-def run(data: Data, epsilon: float, mode: str, seed: int, precision: int = 5, **given) -> Dict[str, float]:
+def run(data: Data, epsilon: float, mode: str, seed: int, precision: int = 5, **given) -> Dict[str, Any]:
     """One DP-FedSGD run with ``fl-smpc --dataset sms --dp MODE --dp-epsilon E``'s settings (``given`` overrides).
 
     The noise multiplier is calibrated to the rounds; each owner's budget checks every round.
@@ -118,7 +117,7 @@ def run(data: Data, epsilon: float, mode: str, seed: int, precision: int = 5, **
     }  # fmt: skip
 
 
-def run_without_dp(seed: int) -> Dict[str, float]:
+def run_without_dp(seed: int) -> Dict[str, Any]:
     """``fl-smpc --dataset sms --seed S`` (secure FedAvg, 3 owners, 20 rounds x 20 local steps): the non-private run."""
     from fl_smpc.config import SMS_DEFAULTS, FLConfig
     from fl_smpc.runner import run_sms_experiment
@@ -135,7 +134,7 @@ def run_without_dp(seed: int) -> Dict[str, float]:
     }  # fmt: skip
 
 
-def run_cli(epsilon: float, seed: int) -> Dict[str, float]:
+def run_cli(epsilon: float, seed: int) -> Dict[str, Any]:
     """``fl-smpc --dataset sms --dp distributed --dp-epsilon E --seed S --json``: the product, secure sums included."""
     import contextlib
     import json
@@ -197,11 +196,12 @@ def read_results(path: Path = RESULTS) -> List[Dict]:
         return list(csv.DictReader(f))
 
 
-def opacus_anchor(path: Path = OPACUS_RESULTS) -> Dict[float, float]:
-    """Opacus's F1 per epsilon: the peers script's measurement when present, else the issue's figures."""
+def opacus_measured(path: Path = OPACUS_RESULTS) -> Dict[float, Dict]:
+    """Opacus measured here per epsilon (benchmarks/peers/opacus_sms.py): best-of-grid F1 at seed 0, and the
+    3-seed mean and sd of that configuration; empty when the file is absent."""
     if not path.exists():
-        return dict(OPACUS_ISSUE)
-    return {float(r["epsilon"]): float(r["f1"]) for r in read_results(path) if math.isfinite(float(r["epsilon"]))}
+        return {}
+    return {float(r["epsilon"]): {k: float(r[k]) for k in ("f1", "f1_mean", "f1_sd")} for r in read_results(path)}
 
 
 def summary(rows: List[Dict]) -> Dict[tuple, List[float]]:
@@ -220,40 +220,55 @@ def mean_sd(values: List[float]) -> str:
 def table(rows: Optional[List[Dict]] = None) -> str:
     """The markdown table of README and docs/privacy.md: F1 mean ± sd over the seeds, per epsilon and variant."""
     rows = read_results() if rows is None else rows
-    f1, anchor = summary(rows), opacus_anchor()
+    f1, measured = summary(rows), opacus_measured()
     settings = {float(r["epsilon"]): r for r in rows if r["mode"] != "none"}
+
+    def opacus(epsilon: float) -> str:
+        m = measured.get(epsilon)
+        return f"{m['f1']:.3f} / {m['f1_mean']:.3f} ± {m['f1_sd']:.3f}" if m else "–"
+
     out = io.StringIO()
     out.write(
-        "| ε (settings) | Opacus 1.6 | `fl-smpc --dp distributed` | 3 owners, distributed | 3 owners, local "
-        "| one owner (centralized) |\n"
+        "| ε (fl-smpc's settings) | Opacus, issue 16 | Opacus here: best at seed 0 / its 3-seed mean "
+        "| `fl-smpc --dp distributed` | 3 owners, distributed | 3 owners, local | one owner (centralized) |\n"
     )
-    out.write("|---|---|---|---|---|---|\n")
+    out.write("|---|---|---|---|---|---|---|\n")
     for epsilon in sorted(settings):
         r = settings[epsilon]
         cells = [mean_sd(f1[(owners, mode, epsilon)]) if (owners, mode, epsilon) in f1 else "–"
                  for owners, mode in ((3, "cli"), *VARIANTS)]  # fmt: skip
         out.write(
             f"| {epsilon:g} ({r['rounds']} rounds, z {float(r['z']):.2f}, lr {float(r['lr']):g}) | "
-            f"{anchor.get(epsilon, float('nan')):.3f} | {' | '.join(cells)} |\n"
+            f"{OPACUS_ISSUE[epsilon]:.3f} | {opacus(epsilon)} | {' | '.join(cells)} |\n"
         )
     plain = f1.get((3, "none", math.inf))
     if plain:
         no_dp = "∞ (no DP: `fl-smpc --dataset sms`, 20 rounds × 20 local steps)"
-        out.write(f"| {no_dp} | – | {mean_sd(plain)} | – | – | – |\n")
+        out.write(
+            f"| {no_dp} | 0.883 (mini-batch) | {opacus(math.inf)} (mini-batch) | {mean_sd(plain)} | – | – | – |\n"
+        )
+    both = [f1[(3, "cli", e)] + f1[(3, "distributed", e)] for e in sorted(settings) if (3, "cli", e) in f1]
+    if both:
+        six = " / ".join(f"{statistics.mean(v):.3f}" for v in both)
+        out.write(f"| both distributed columns together, {len(both[0])} runs each | | | {six} | | | |\n")
     seeds = sorted({int(r["seed"]) for r in rows})
-    out.write(f"\nMean ± sd over seeds {', '.join(map(str, seeds))} (`docs/data/dp_sms.csv`, `make dp-study`).")
+    out.write(
+        f"\nF1 mean ± sd over seeds {', '.join(map(str, seeds))} (`docs/data/dp_sms.csv`, `make dp-study`); Opacus "
+        "here: `benchmarks/peers/opacus_sms.py` (`docs/data/opacus_sms.csv`)."
+    )
     return out.getvalue()
 
 
 def figure(rows: Optional[List[Dict]] = None, path: Path = FIGURE) -> Path:
-    """F1 against epsilon: each variant's mean (bars: min-max over the seeds), Opacus, and the run without DP."""
+    """F1 against epsilon: each variant's mean (bars: min-max over the seeds), Opacus (the issue's figure and the
+    measured 3-seed mean), and the run without DP."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_results() if rows is None else rows
-    f1, anchor = summary(rows), opacus_anchor()
+    f1 = summary(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     labels = {(3, "cli"): "fl-smpc --dp distributed (3 owners)", (3, "distributed"): "3 owners, distributed noise",
               (3, "local"): "3 owners, local noise", (1, "local"): "one owner (centralized)"}  # fmt: skip
@@ -263,12 +278,19 @@ def figure(rows: Optional[List[Dict]] = None, path: Path = FIGURE) -> Path:
         low = [m - min(f1[(*key, e)]) for m, e in zip(means, eps)]
         high = [max(f1[(*key, e)]) - m for m, e in zip(means, eps)]
         ax.errorbar(eps, means, yerr=[low, high], marker="o", capsize=3, label=label)
-    eps = sorted(anchor)
-    ax.plot(eps, [anchor[e] for e in eps], "k--", marker="s", label="Opacus 1.6 (centralized DP-SGD)")
+    eps = sorted(OPACUS_ISSUE)
+    ax.plot(eps, [OPACUS_ISSUE[e] for e in eps], "k--", marker="s", label="Opacus 1.6, issue 16's figure")
+    measured = {e: m for e, m in opacus_measured().items() if math.isfinite(e)}
+    if measured:
+        eps_m = sorted(measured)
+        ax.errorbar(eps_m, [measured[e]["f1_mean"] for e in eps_m], yerr=[measured[e]["f1_sd"] for e in eps_m],
+                    color="k", linestyle=":", marker="^", capsize=3,
+                    label="Opacus 1.6 here, 3-seed mean ± sd")  # fmt: skip
     plain = f1.get((3, "none", math.inf))
     if plain:
         ax.axhline(statistics.mean(plain), color="grey", linestyle=":", label="no DP (secure FedAvg)")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(eps)
     ax.set_xticklabels([f"{e:g}" for e in eps])
     ax.set_xlabel("ε (δ = 1e-5), per example of each owner")

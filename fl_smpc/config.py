@@ -189,7 +189,7 @@ class FLConfig:
         ``"local"`` (each owner adds all the noise) or ``"distributed"`` (each adds its share, so that any
         ``min_owners`` honest owners give the sum the full noise); ``None`` = off. ``dp_epsilon``/``dp_delta``:
         each in-process owner's budget; ``dp_noise`` (noise multiplier z; ``None``: the least z with which
-        ``rounds`` rounds fit into the budget, :func:`~fl_smpc.data_owner.privacy.calibrate_noise`), ``dp_clip`` (per-example L2 clip C),
+        ``rounds`` rounds fit into the budget, ``privacy.calibrate_noise``), ``dp_clip`` (per-example L2 clip C),
         ``dp_sampling`` (Poisson sampling rate q): see fl_smpc/data_owner/privacy.py. ``dp_bias_lr``: the
         biases' step relative to the weights' (the model owner's choice, post-processing: a bias carries as
         much noise as any weight but moves every output at once).

@@ -6,6 +6,7 @@ row ran with what ``fl-smpc --dataset sms --dp --dp-epsilon E`` runs now.
 """
 
 import math
+import re
 
 import pytest
 
@@ -58,3 +59,12 @@ def test_calibrated_noise_fits_the_rounds_and_no_less_noise_does():
     z = calibrate_noise(3.0, 1e-5, 1.0, 20)
     assert OwnerBudget(3.0, 1e-5, z, 1.0).max_rounds(limit=40) == 20
     assert OwnerBudget(3.0, 1e-5, z / 1.01, 1.0).max_rounds(limit=40) < 20
+
+
+def test_the_readme_goal_quotes_only_figures_of_the_tables():
+    """The goal's numbers in README's prose are the generated table's or the anchor file's: none typed by hand."""
+    readme = (dp_sms.ROOT / "README.md").read_text(encoding="utf-8")
+    goal = readme[readme.index("**The goal** (distributed") : readme.index("What made the difference")]
+    sources = dp_sms.table() + (dp_sms.OPACUS_RESULTS).read_text(encoding="utf-8")
+    quoted = re.findall(r"0\.\d{3}", goal)
+    assert len(quoted) >= 12 and all(number in sources for number in quoted), quoted

@@ -354,10 +354,44 @@ def main(argv=None) -> int:
             f"({meta['train']} training / {meta['test']} held-out messages), δ = {DELTA:g}; "
             f"spam F1 on the held-out messages. `{result['command']}`, {seconds / 60:.1f} min.\n\n" + table_md
         )
+    if not args.quick:
+        write_anchor_csv(result)
     print()
     print(table_md, end="")
     print(f"\nwrote {out}.json and {out}.md ({seconds / 60:.1f} min)")
     return 0
+
+
+ANCHOR_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "data", "opacus_sms.csv")
+
+
+def write_anchor_csv(result: dict, path: str = ANCHOR_CSV) -> str:
+    """The anchor per epsilon (full grid), committed in docs/data: benchmarks/dp_sms.py draws it beside fl-smpc."""
+    import csv
+
+    fields = ["epsilon", "f1", "f1_mean", "f1_sd", "seeds", "epochs", "batch_size", "lr", "clip", "noise_multiplier"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in result["table"]:
+            if row["grid"] != "full":
+                continue
+            config = row["config"]
+            writer.writerow(
+                {
+                    "epsilon": "inf" if row["epsilon"] is None else row["epsilon"],
+                    "f1": round(row["f1_seed0"], 4),
+                    "f1_mean": round(row["mean"], 4),
+                    "f1_sd": round(row["sd"], 4),
+                    "seeds": " ".join(f"{v:.4f}" for v in row["seed_f1"]),
+                    "epochs": config["epochs"],
+                    "batch_size": config["batch_size"],
+                    "lr": config["lr"],
+                    "clip": config["clip"] if config["clip"] is not None else "",
+                    "noise_multiplier": "" if row["noise_multiplier"] is None else round(row["noise_multiplier"], 4),
+                }
+            )
+    return path
 
 
 if __name__ == "__main__":
