@@ -1,5 +1,6 @@
 """Differential privacy enforced by each data owner (owner-side training): the owner's budget, its refusal of
 weaker settings, what leaves it with DP on -- in-process and over mutual TLS."""
+import json
 import math
 
 import numpy as np
@@ -10,8 +11,9 @@ from fl_smpc import FLConfig, train_federated
 from fl_smpc.config import OwnerBounds
 from fl_smpc.data import split_dataset, toy_dataset
 from fl_smpc.data_owner.owner import MODEL, DataOwner
-from fl_smpc.data_owner.privacy import DPSettings, _prv_accountant
+from fl_smpc.data_owner.privacy import DPSettings, OwnerBudget, _prv_accountant
 from fl_smpc.data_owner.task import fingerprint, load_task
+from fl_smpc.errors import DataError
 from fl_smpc.model_owner.connect import train_with_owners
 from fl_smpc.network.csvdata import split_to_csv
 from fl_smpc.network.launcher import local_workers
@@ -42,12 +44,12 @@ def test_the_budget_stops_every_owner_at_the_round_that_would_exceed_it():
     assert all(math.isnan(r.global_loss) for r in history.rounds)  # no evaluation on the owners' rows
 
 
-def owner_with_dp(**own):
+def owner_with_dp(ledger=None, **own):
     data, target = split_dataset(*toy_dataset(), 3)[0]
     settings = DPSettings(**{"mode": "distributed", "noise_multiplier": 2.0, "sampling_rate": 0.5, "min_owners": 3,
                              **own})
     owner = DataOwner("bob", data, target, load_task("toy"), OwnerBounds(dp=settings),
-                      peers={"alice": None, "jane": None})
+                      peers={"alice": None, "jane": None}, ledger=ledger)
     hello = {"session": "s", "owners": ["bob", "alice", "jane"], "neighbours": None, "graph_seed": "00" * 16}
     assert owner.handle(MODEL, Message("hello", hello)).kind == "welcome"
     return owner
@@ -85,6 +87,31 @@ def test_an_owner_refuses_settings_weaker_than_its_own(weaker, reason):
     assert stronger.fields.get("epsilon") == pytest.approx(owner.budget.epsilon_after(1))
 
 
+def test_a_restarted_owner_keeps_its_spent_budget(tmp_path):
+    """The ledger is on disk before a release leaves: a new process of the same owner goes on from it."""
+    ledger = str(tmp_path / "bob.dp-ledger.json")
+    own = {"epsilon": 3.0}
+    allowed = OwnerBudget(3.0, 1e-5, 2.0, 0.5).max_rounds()  # the budget's rounds in all
+    assert allowed > 3
+    first = owner_with_dp(ledger=ledger, **own)
+    for round_ in (1, 2):
+        assert "epsilon" in train_request(first, DP, round_=round_).fields
+    assert first.budget.rounds == 2
+    restarted = owner_with_dp(ledger=ledger, **own)  # a crash, a restart: same owner, same ledger
+    assert restarted.budget is not None and restarted.budget.rounds == 2
+    assert restarted.budget.epsilon_spent == pytest.approx(first.budget.epsilon_spent)
+    taken = 2
+    for round_ in range(3, 40):
+        reply = train_request(restarted, DP, round_=round_)
+        if "epsilon" not in reply.fields:
+            break
+        taken += 1
+    assert reply.kind == "refused" and "privacy budget spent" in reply.fields["reason"]
+    assert taken == allowed  # over both processes, not per process
+    with pytest.raises(DataError, match="other DP settings"):
+        owner_with_dp(ledger=ledger, epsilon=4.0)
+
+
 def test_with_dp_an_owner_releases_no_evaluation():
     reply = train_request(owner_with_dp(), None, kind="evaluate")
     assert reply.kind == "refused" and "no evaluation" in reply.fields["reason"]
@@ -104,6 +131,9 @@ def test_over_tls_each_worker_enforces_its_own_budget(tmp_path):
         history = train_with_owners(config, addresses, certs=certs, timeout=20.0)
     assert len(history.rounds) == rounds_within(2.0, 1e-5, 3.0, 0.5)
     assert "privacy budget spent" in history.stopped
+    for path in paths.values():  # each worker's ledger (the default: beside its data) counts what it released
+        with open(path + ".dp-ledger.json") as ledger:
+            assert json.load(ledger)["rounds"] == len(history.rounds)
     assert torch.isfinite(torch.cat([t.flatten() for t in history.rounds[-1].model.values()])).all()
 
 

@@ -101,6 +101,11 @@ def build_parser() -> ArgumentParser:
     privacy.add_argument(
         "--dp-sampling", type=float, default=DP.dp_sampling, help="largest sampling rate q (default: %(default)s)"
     )
+    privacy.add_argument(
+        "--dp-ledger",
+        metavar="PATH",
+        help="the file that keeps the rounds this owner has spent across restarts (default: DATA.dp-ledger.json)",
+    )
     bounds.add_argument(
         "--timeout",
         type=float,
@@ -155,8 +160,9 @@ def main(argv) -> int:
         from ..data_owner.server import create_owner_server
 
         server = create_owner_server(
-            args.id, args.data, args.task, args.host, args.port, peers, args.certs, args.model_party, bounds, log
-        )
+            args.id, args.data, args.task, args.host, args.port, peers, args.certs, args.model_party, bounds, log,
+            ledger=(args.dp_ledger or f"{args.data}.dp-ledger.json") if args.dp else None,
+        )  # fmt: skip
     except FlSmpcError as err:  # the data file, the task, the certificates, a setting
         report("fl-smpc worker", err)
         return BAD_INPUT
@@ -172,8 +178,9 @@ def main(argv) -> int:
             f"fl-smpc worker {args.id}: {rows} rows x {features} features from {args.data}; task {owner.task.name} "
             f"({owner.parameters} parameters); sums over >= {bounds.min_owners} owners; "
             + (
-                f"differential privacy {args.dp}, epsilon {args.dp_epsilon:g} at delta {args.dp_delta:g}; "
-                if args.dp
+                f"differential privacy {args.dp}, epsilon {args.dp_epsilon:g} at delta {args.dp_delta:g} "
+                f"({owner.budget.epsilon_spent if owner.budget else 0:.3g} spent, ledger {owner.ledger.path}); "
+                if args.dp and owner.ledger
                 else ""
             )
             + "serving on "

@@ -105,6 +105,7 @@ class DataOwner:
         bounds: OwnerBounds = DEFAULT_BOUNDS,
         peers: Optional[Mapping[str, Link]] = None,
         log: Optional[Callable[[str], None]] = None,
+        ledger: Optional[str] = None,
     ):
         try:
             check_dataset(data, target, binary_labels=task.binary_labels)
@@ -120,6 +121,15 @@ class DataOwner:
         self.released: Dict[str, frozenset] = {}  # digest of trained parameters given -> the sum's owner set
         self.budget: Optional[Any] = None  # its privacy budget (OwnerBudget), counted with its own settings
         self.budget_precision: Optional[int] = None
+        self.ledger: Optional[Any] = None  # with DP and a path: its spent rounds on disk, across restarts
+        if ledger is not None and bounds.dp is not None:
+            from .ledger import PrivacyLedger
+
+            self.ledger = PrivacyLedger(ledger)
+            spent = self.ledger.load(bounds.dp, self.parameters + 1)
+            if spent is not None:
+                self.budget_precision, rounds = spent
+                self.budget = self.ledger.budget(bounds.dp, self.budget_precision, self.parameters + 1, rounds)
         self.refused = 0
         self.run: Optional[Run] = None
         self._state = threading.Condition()
@@ -259,6 +269,14 @@ class DataOwner:
         epsilon: Dict[str, float] = {}
         if kind == "train" and self.budget is not None:  # public: it depends on the settings and the count only
             with self._state:
+                if self.ledger is not None:  # on disk before the release leaves: a restart cannot forget it
+                    assert self.bounds.dp is not None and self.budget_precision is not None
+                    try:
+                        self.ledger.record(
+                            self.bounds.dp, self.budget_precision, self.parameters + 1, self.budget.rounds + 1
+                        )
+                    except OSError:
+                        raise Refusal("this owner cannot record its privacy budget: the round is declined") from None
                 epsilon = {"epsilon": self.budget.take_round()}
         if settings["aggregation"] == "pairwise":
             with self._state:

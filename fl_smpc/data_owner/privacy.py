@@ -689,6 +689,12 @@ class OwnerBudget:
             self._cache[rounds] = float(self._accountant.compute_epsilon(self.delta, [rounds])[2])
         return self._cache[rounds]
 
+    def restore(self, rounds: int) -> None:
+        """Mark ``rounds`` rounds as taken (spent before a restart, from the owner's ledger); ConfigError beyond it."""
+        if rounds > 0 and self.epsilon_after(rounds) > self.epsilon:
+            raise ConfigError(f"dp: {rounds} rounds spent already exceed epsilon {self.epsilon:g}")
+        self.spent = [self.epsilon_after(k) for k in range(1, rounds + 1)]
+
     def can_take_round(self) -> bool:
         """Whether one more round keeps epsilon within the budget."""
         return self.epsilon_after(self.rounds + 1) <= self.epsilon

@@ -200,6 +200,7 @@ def create_owner_server(
     model_party: str = MODEL_PARTY,
     bounds: OwnerBounds = DEFAULT_BOUNDS,
     log: Optional[Callable[[str], None]] = None,
+    ledger: Optional[str] = None,
 ) -> OwnerServer:
     """Load the owner's task and data (before anything else), then build its server and its links to peers.
 
@@ -244,5 +245,5 @@ def create_owner_server(
     from ..workers import create_hook
 
     create_hook()  # before any request thread runs torch: the additive shares use syft's fix_prec().share()
-    owner = DataOwner(worker_id, data, target, the_task, bounds, links, log)
+    owner = DataOwner(worker_id, data, target, the_task, bounds, links, log, ledger)
     return OwnerServer(owner, host, port, tls, model_party)
