@@ -424,7 +424,7 @@ def format_sms_summary(result) -> str:
     lines = [f"\n{'model':<28} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}"]
     for name, m, seconds in (
         (f"federated secure ({len(h.rounds)} rounds)", h.rounds[-1].metrics, result.seconds),
-        (f"centralized ({central['steps']} steps)", central, central["seconds"]),
+        (f"centralized ({central['steps']} steps{', no DP' if h.config.dp else ''})", central, central["seconds"]),
         ("always ham", result.baseline["always_ham"], 0.0),
     ):
         lines.append(

@@ -154,3 +154,24 @@ def test_a_resumed_run_keeps_each_owners_epsilon_and_its_budget(tmp_path):
     for k, r in enumerate(resumed.rounds, start=1):
         assert r.epsilon == pytest.approx(dict.fromkeys(config.workers, budget.epsilon_after(k)), rel=1e-9)
     assert [r.epsilon for r in load_checkpoint(path).rounds] == [r.epsilon for r in resumed.rounds]
+
+
+def test_the_sms_command_trains_with_the_budgets_settings_and_reports_epsilon(capsys):
+    """`fl-smpc --dataset sms --dp distributed --dp-epsilon 1`: the profile for epsilon 1, the noise calibrated so
+    that its rounds just fit, epsilon spent per owner per round, and the non-private centralized model beside it."""
+    from fl_smpc.cli import main
+    from fl_smpc.config import sms_dp_defaults
+
+    assert main(["--dataset", "sms", "--dp", "distributed", "--dp-epsilon", "1", "--seed", "0", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    profile, config = sms_dp_defaults(1.0), doc["config"]
+    assert (config["rounds"], config["lr"], config["dp_sampling"], config["dp_clip"]) == (
+        profile["rounds"], profile["lr"], profile["dp_sampling"], profile["dp_clip"],
+    )  # fmt: skip
+    budget = OwnerBudget(1.0, 1e-5, config["dp_noise"], 1.0)
+    assert budget.max_rounds(limit=20) == config["rounds"] == len(doc["rounds"])  # the rounds just fit
+    for n, r in enumerate(doc["rounds"], 1):
+        assert r["epsilon"] == {o: pytest.approx(budget.epsilon_after(n)) for o in ("bob", "alice", "jane")}
+        assert r["worker_losses"] == {} and 0.0 <= r["metrics"]["f1"] <= 1.0
+    assert doc["rounds"][-1]["epsilon"]["bob"] <= 1.0
+    assert doc["baseline"]["centralized"]["steps"] == 400 and doc["baseline"]["centralized"]["f1"] > 0.85
