@@ -175,3 +175,14 @@ def test_the_sms_command_trains_with_the_budgets_settings_and_reports_epsilon(ca
         assert r["worker_losses"] == {} and 0.0 <= r["metrics"]["f1"] <= 1.0
     assert doc["rounds"][-1]["epsilon"]["bob"] <= 1.0
     assert doc["baseline"]["centralized"]["steps"] == 400 and doc["baseline"]["centralized"]["f1"] > 0.85
+
+
+def test_without_a_noise_multiplier_the_rounds_just_fit_the_budget():
+    """dp_noise=None (the CLI's default): the least z with which the run's rounds fit; recorded in the history."""
+    from fl_smpc.data_owner.privacy import calibrate_noise
+
+    config = FLConfig(seed=0, rounds=20, dp_epsilon=3.0, **{**PRIVATE, "dp_noise": None, "dp_sampling": 1.0})
+    history = train_federated(config)
+    z = calibrate_noise(3.0, 1e-5, 1.0, 20)
+    assert history.config.dp_noise == z and len(history.rounds) == 20 and not history.stopped
+    assert max(history.rounds[-1].epsilon.values()) <= 3.0 < OwnerBudget(3.0, 1e-5, z, 1.0).epsilon_after(21)

@@ -74,7 +74,7 @@ def train_in_process(
     bounds: Optional[OwnerBounds] = None,
 ) -> History:
     """Owner-side training with every owner in this process (``--training owner``), the network's code path."""
-    config = config.with_seed()
+    config = config.with_seed().with_dp_noise()
     toy = data is None and target is None
     if toy:
         data, target = toy_dataset()
@@ -94,7 +94,7 @@ def train_parts_in_process(
     bounds: Optional[OwnerBounds] = None,
 ) -> History:
     """Owner-side training in this process, owner i holding ``parts[i]`` = (data, target) and training ``task``."""
-    config = config.with_seed()
+    config = config.with_seed().with_dp_noise()
     bounds = bounds or OwnerBounds(min_owners=config.min_owners, dp=config.dp_settings())
     owners: Dict[str, DataOwner] = {}
     for name, (x, y) in zip(config.workers, parts):
@@ -179,7 +179,7 @@ def train_with_owners(
     """
     if tuple(addresses) != config.workers:
         raise ConfigError(f"addresses are given for {list(addresses)} but the config names {list(config.workers)}")
-    config = config.with_seed()
+    config = config.with_seed().with_dp_noise()
     connect_timeout = min(timeout, CONNECT_TIMEOUT) if connect_timeout is None else connect_timeout
     with owner_links(addresses, certs, party, timeout, connect_timeout) as links:
         federation = Federation(dict(links), load_task(task), neighbours=config.neighbours)
