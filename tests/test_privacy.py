@@ -277,15 +277,17 @@ def test_draws_do_not_come_from_torch_or_numpy_generators():
 def test_three_distributed_releases_decode_to_the_mean_clipped_gradient():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 1))
-    settings = DPSettings(mode="distributed", noise_multiplier=0.01, clip_norm=1.0, sampling_rate=1.0, min_owners=3)
-    owners = [(torch.randn(40, 8), torch.rand(40, 1).round()) for _ in range(3)]
+    settings = DPSettings(mode="distributed", noise_multiplier=0.3, clip_norm=1.0, sampling_rate=1.0, min_owners=3)
+    owners = [(torch.randn(400, 8), torch.rand(400, 1).round()) for _ in range(3)]
     total = sum(noised_contribution(model, mean_bce, x, y, settings, precision=6) for x, y in owners)
     grads = torch.cat([per_example_gradients(model, mean_bce, x, y) for x, y in owners]).double()
     clipped = grads * torch.clamp(1.0 / grads.norm(dim=1, keepdim=True), max=1.0)
     expected = clipped.mean(0).numpy()
     decoded = mean_gradient(total, settings, precision=6)
-    # noise: sigma = 0.01 * Delta = 0.01 * sqrt(1 + 1/16) per summed value, over 120 examples
-    assert np.abs(decoded - expected).max() < 5 * 0.01 * math.hypot(1, 0.25) / 120 + 1e-4
+    # noise: sigma = 0.3 * Delta = 0.3 * sqrt(1 + 1/16) on each summed value, over 1,200 examples; the count's
+    # noise, in examples, is 4 times that (the count weighs a quarter): 5 sigma of each
+    sigma = 0.3 * math.hypot(1, 0.25) / 1200
+    assert np.abs(decoded - expected).max() < 5 * sigma * (1 + 4 * np.abs(expected).max())
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -320,3 +322,14 @@ def test_weaker_requests_are_named():
     assert DPSettings(mode="local", noise_multiplier=1.2, sampling_rate=0.01, clip_norm=9.0).weaker_than(own) == []
     reasons = DPSettings(mode="distributed", noise_multiplier=0.9, sampling_rate=0.1).weaker_than(own)
     assert len(reasons) == 3 and "noise multiplier" in reasons[0]
+
+
+def test_settings_the_accountant_cannot_bound_are_refused_or_bounded_by_rdp():
+    """A multiplier below MIN_NOISE_MULTIPLIER is refused (prv-accountant would need unbounded memory: z = 0.03
+    raised MemoryError); beyond PRV_MAX_ROUNDS rounds the budget is the RDP bound; calibration stays in range."""
+    with pytest.raises(ConfigError, match="noise_multiplier"):
+        DPSettings(noise_multiplier=0.1)
+    assert privacy.calibrate_noise(1000.0, 1e-5, 0.05, 5) == privacy.MIN_NOISE_MULTIPLIER
+    rounds = privacy.PRV_MAX_ROUNDS + 1
+    budget = privacy.OwnerBudget(1e3, 1e-5, 2.0, 0.01)
+    assert budget.epsilon_after(rounds) == pytest.approx(rdp_epsilon(0.01, 2.0, rounds, 1e-5))

@@ -87,6 +87,12 @@ REDUCTIONS = ("sum", "mean")
 RDP_ORDERS: Tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256, 384, 512, 1024)
 GRID_MAX = 2**31 - 1  # K * K must fit int64 for the exact norm check
 PRV_EPS_ERROR = 0.01  # the PRV accountant's error on epsilon; OwnerBudget enforces the upper bound
+# Beyond this many rounds the budget is the RDP bound (never below PRV): prv-accountant 0.2.0's memory grows with
+# the rounds (10,000 rounds at q = 0.05: a MemoryError).
+PRV_MAX_ROUNDS = 4096
+# The least noise multiplier a setting may ask for: below it epsilon is in the hundreds (no meaningful
+# guarantee) and prv-accountant 0.2.0 needs unbounded time and memory (z = 0.1: 23 s; z = 0.03: a MemoryError).
+MIN_NOISE_MULTIPLIER = 0.3
 
 # Layers whose per-example gradients the hooks compute exactly; activations must act element-wise.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Identity)
@@ -131,7 +137,7 @@ class DPSettings:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"dp mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
-        _number("dp noise_multiplier", self.noise_multiplier, 0.0, 1e6)
+        _number("dp noise_multiplier", self.noise_multiplier, MIN_NOISE_MULTIPLIER, 1e6, low_open=False)
         _number("dp clip_norm", self.clip_norm, 0.0, 1e9)
         _number("dp sampling_rate", self.sampling_rate, 0.0, 1.0)
         _number("dp epsilon", self.epsilon, 0.0, 1e3)
@@ -682,10 +688,7 @@ class OwnerBudget:
             if self._accountant is None or rounds > self._cap:
                 # a power of two: the same discretisation for the owner and for calibrate_noise, at any round
                 self._cap = max(64, 1 << (rounds - 1).bit_length())
-                try:
-                    self._accountant = _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
-                except RuntimeError:
-                    self._accountant = _RdpFallback(self.sampling_rate, self.noise_multiplier)
+                self._accountant = self._make_accountant()
             self._cache[rounds] = float(self._accountant.compute_epsilon(self.delta, [rounds])[2])
         return self._cache[rounds]
 
@@ -694,6 +697,17 @@ class OwnerBudget:
         if rounds > 0 and self.epsilon_after(rounds) > self.epsilon:
             raise ConfigError(f"dp: {rounds} rounds spent already exceed epsilon {self.epsilon:g}")
         self.spent = [self.epsilon_after(k) for k in range(1, rounds + 1)]
+
+    def _make_accountant(self):
+        """PRV for ``self._cap`` rounds; the RDP bound (never below it) where PRV cannot discretise, or would
+        need unbounded memory (a multiplier below MIN_NOISE_MULTIPLIER: distributed shares of ~1 quantum; more
+        than PRV_MAX_ROUNDS rounds)."""
+        if self.noise_multiplier >= MIN_NOISE_MULTIPLIER and self._cap <= PRV_MAX_ROUNDS:
+            try:
+                return _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
+            except RuntimeError:
+                pass
+        return _RdpFallback(self.sampling_rate, self.noise_multiplier)
 
     def can_take_round(self) -> bool:
         """Whether one more round keeps epsilon within the budget."""
@@ -757,9 +771,13 @@ def calibrate_noise(epsilon: float, delta: float, sampling_rate: float, rounds: 
         if high > 1e6:
             raise ConfigError(f"dp epsilon {epsilon:g}: no noise multiplier up to 1e6 fits {rounds} rounds")
     low = high / 2
-    while fits(low):
+    while low > MIN_NOISE_MULTIPLIER and fits(low):
         low, high = low / 2, low
-    while high / low > 1.005:
+    if low <= MIN_NOISE_MULTIPLIER:
+        if fits(MIN_NOISE_MULTIPLIER):  # any allowed noise fits: the least one
+            return MIN_NOISE_MULTIPLIER
+        low = MIN_NOISE_MULTIPLIER
+    while high / low > 1.005:  # low does not fit, high does
         middle = math.sqrt(low * high)
         low, high = (low, middle) if fits(middle) else (middle, high)
     return high
