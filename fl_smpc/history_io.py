@@ -321,6 +321,14 @@ def write_history_csv(history, path) -> Path:
 # --- text ---
 
 
+NOT_RELEASED = "not released (DP)"  # with differential privacy no owner releases a loss
+
+
+def loss_text(loss: float, width: int = 0) -> str:
+    """A loss for the printout; NaN (with differential privacy the owners evaluate nothing) says so."""
+    return f"{loss:>{width}.4f}" if loss == loss else f"{'–' if width else NOT_RELEASED:>{width}}"
+
+
 def format_history(history) -> str:
     """The seed's printout, one block per round: averaged weights and bias, each owner's loss."""
     return "\n".join([format_header(history), *(format_round(r, history.config.rounds) for r in history.rounds)])
@@ -330,13 +338,13 @@ def format_header(history) -> str:
     """The printout's first line: seed, workers, the initial model's global loss."""
     return (
         f"seed {history.config.seed}; workers {', '.join(history.config.workers)}; "
-        f"initial global loss {history.initial_loss:.4f}"
+        f"initial global loss {loss_text(history.initial_loss)}"
     )
 
 
 def format_round(r, rounds: int) -> str:
     """One round's block of the printout (printed as soon as the round completes)."""
-    lines = [f"round {r.round}/{rounds}  global loss {r.global_loss:.4f}"]
+    lines = [f"round {r.round}/{rounds}  global loss {loss_text(r.global_loss)}"]
     for name, value in r.model.items():
         lines.append(f"  avg {name}: {[round(v, 4) for v in value.flatten().tolist()]}")
     if r.worker_losses:
@@ -362,7 +370,7 @@ def sms_columns(config) -> str:
 def format_sms_row(n: int, loss: float, m: dict, epsilon: Optional[Dict[str, float]] = None) -> str:
     """One row of the SMS run's per-round table: the global loss and the test metrics after round ``n``;
     with ``epsilon`` (DP: each contributing owner's epsilon spent), one number if the owners spent the same."""
-    row = f"{n:>5} {loss:>11.4f} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+    row = f"{n:>5} {loss_text(loss, 11)} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
     if epsilon is None:
         return row
     spent = sorted(set(epsilon.values()))
@@ -421,14 +429,14 @@ def format_sms_summary(result) -> str:
     """Federated secure against the centralized and always-ham baselines."""
     h = result.history
     central = result.baseline["centralized"]
-    lines = [f"\n{'model':<28} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}"]
+    lines = [f"\n{'model':<32} {'accuracy':>8} {'precision':>9} {'recall':>6} {'f1':>6} {'time (s)':>8}"]
     for name, m, seconds in (
         (f"federated secure ({len(h.rounds)} rounds)", h.rounds[-1].metrics, result.seconds),
         (f"centralized ({central['steps']} steps{', no DP' if h.config.dp else ''})", central, central["seconds"]),
         ("always ham", result.baseline["always_ham"], 0.0),
     ):
         lines.append(
-            f"{name:<28} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f} "
+            f"{name:<32} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f} "
             f"{seconds:>8.1f}"
         )
     return "\n".join(lines)

@@ -72,3 +72,12 @@ def test_script_runs_and_import_is_light():
     probe = "import sys, fl_smpc; fl_smpc.FLConfig(); print(sorted({'torch', 'syft'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly():
+    """`fl-smpc ... | head`: the pipe's reader closes it; the command stops with 141 and no traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "fl_smpc", "--seed", "0", "--rounds", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    process.stdout.close()  # before the first line: every write fails
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141 and b"Traceback" not in stderr, stderr.decode()
