@@ -370,7 +370,8 @@ def sms_columns(config) -> str:
 def format_sms_row(n: int, loss: float, m: dict, epsilon: Optional[Dict[str, float]] = None) -> str:
     """One row of the SMS run's per-round table: the global loss and the test metrics after round ``n``;
     with ``epsilon`` (DP: each contributing owner's epsilon spent), one number if the owners spent the same."""
-    row = f"{n:>5} {loss_text(loss, 11)} {m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+    scores = f"{m['accuracy']:>8.4f} {m['precision']:>9.4f} {m['recall']:>6.4f} {m['f1']:>6.4f}"
+    row = f"{n:>5} {loss_text(loss, 11)} {scores}"
     if epsilon is None:
         return row
     spent = sorted(set(epsilon.values()))
