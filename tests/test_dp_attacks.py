@@ -239,6 +239,30 @@ def test_the_budget_holds_across_sessions_precisions_and_redone_rounds(tmp_path)
     assert all(not np.array_equal(vectors[0], v) for v in vectors[1:])  # fresh noise on every redo
 
 
+def test_two_workers_on_the_same_data_share_one_budget(tmp_path):
+    """HOLE, fixed. The same data served by two workers (one per model owner, or a second one started by
+    mistake), so with the same ledger (``DATA.dp-ledger.json`` by default): each loaded the ledger at start and
+    counted from it in memory, the last writer won. Before the fix each of the two served the whole budget (2 +
+    2 = 4 releases of the same rows for a budget of 2 rounds), and the ledger said 2. Now every release is
+    counted under the ledger's lock after catching up with the other's rounds: 2 in all, then "privacy budget
+    spent" from both."""
+    ledger = str(tmp_path / "data.csv.dp-ledger.json")
+    first, second = make_owner(ledger=ledger, epsilon=2.0), make_owner(ledger=ledger, epsilon=2.0)
+    allowed = OwnerBudget.for_settings(first.bounds.dp, PRECISION, first.parameters + 1).max_rounds()
+    assert allowed == 2
+    served = 0
+    for round_ in range(1, 4):
+        for owner in (first, second):
+            reply = ask(owner, DP, round_=round_)
+            if reply.kind == "refused":
+                assert "privacy budget spent" in reply.fields["reason"], reply.fields
+            else:
+                served += 1
+    assert served == allowed
+    with open(ledger) as f:
+        assert json.load(f)["rounds"] == allowed
+
+
 def test_a_release_whose_ledger_cannot_be_written_does_not_leave(tmp_path):
     """HELD. The ledger's directory vanishes (disk full, read-only): the round is declined with a one-line
     refusal before anything leaves, and the budget does not move. Weakened (``owner.ledger = None``, the ledger

@@ -269,13 +269,16 @@ class DataOwner:
         epsilon: Dict[str, float] = {}
         if kind == "train" and self.budget is not None:  # public: it depends on the settings and the count only
             with self._state:
-                if self.ledger is not None:  # on disk before the release leaves: a restart cannot forget it
+                if self.ledger is not None:  # on disk before the release leaves: a restart cannot forget it,
+                    # and another worker on the same data (the same ledger) counts into the same budget
+                    from .privacy import BudgetExhausted
+
                     assert self.bounds.dp is not None and self.budget_precision is not None
                     try:
-                        self.ledger.record(
-                            self.bounds.dp, self.budget_precision, self.parameters + 1, self.budget.rounds + 1
-                        )
-                    except OSError:
+                        self.ledger.take(self.bounds.dp, self.budget_precision, self.parameters + 1, self.budget)
+                    except BudgetExhausted as err:
+                        raise Refusal(str(err)) from None
+                    except (OSError, DataError):
                         raise Refusal("this owner cannot record its privacy budget: the round is declined") from None
                 epsilon = {"epsilon": self.budget.take_round()}
         if settings["aggregation"] == "pairwise":
