@@ -7,16 +7,27 @@ leaves the owner, so it never counts fewer rounds than were released (a crash be
 reply over-counts by one, the safe side). It is bound to the owner's own DP settings and the grid: the
 accountant composes one mechanism, so a ledger spent under other settings is refused at start-up rather than
 mixed in; moving it away knowingly starts a new budget.
+
+Several workers on the same data (one per model owner, say) share its ledger, and so one budget: each release is
+counted under an exclusive lock beside the ledger (``PATH.lock``), after catching up with the rounds the others
+recorded (:meth:`PrivacyLedger.take`). Without that, each process counted from what it had loaded at start and
+the last writer won: two workers each spent the whole budget.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import asdict
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..history_io import write_atomically
-from .privacy import DPSettings, OwnerBudget
+from .privacy import BudgetExhausted, DPSettings, OwnerBudget
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: one worker per ledger is then the owner's care
+    fcntl = None  # type: ignore[assignment]
 
 
 def _binding(settings: DPSettings, precision: int, dimension: int) -> Dict[str, Any]:
@@ -59,6 +70,38 @@ class PrivacyLedger:
         budget = OwnerBudget.for_settings(settings, precision, dimension)
         budget.restore(rounds)
         return budget
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def take(self, settings: DPSettings, precision: int, dimension: int, budget: OwnerBudget) -> None:
+        """Count one more release before it leaves, under the ledger's lock: ``budget`` first catches up with the
+        rounds another worker of this data recorded; BudgetExhausted if one more would exceed it, else the ledger
+        holds ``budget.rounds + 1`` (the caller then takes the round). DataError / OSError: nothing recorded."""
+        with self._locked():
+            spent = self.load(settings, dimension)
+            if spent is not None:
+                if spent[0] != precision:
+                    raise DataError(f"privacy ledger {self.path}: spent at precision {spent[0]}, not {precision}")
+                if spent[1] > budget.rounds:
+                    try:
+                        budget.restore(spent[1])
+                    except ConfigError as err:
+                        raise BudgetExhausted(f"privacy budget spent: {err}") from None
+            if not budget.can_take_round():
+                raise BudgetExhausted(
+                    f"privacy budget spent: {budget.rounds} rounds recorded in {os.path.basename(self.path)}"
+                )
+            self.record(settings, precision, dimension, budget.rounds + 1)
 
     def record(self, settings: DPSettings, precision: int, dimension: int, rounds: int) -> None:
         """Write ``rounds`` (atomically; OSError if the disk refuses, and then the round must not be released)."""

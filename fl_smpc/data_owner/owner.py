@@ -182,7 +182,7 @@ class DataOwner:
                 "parameters": self.parameters,
                 "features": int(self.data.shape[1]),
                 "metrics": list(self.task.metric_names),
-                "min_owners": self.bounds.min_owners,
+                "min_owners": self.least_owners,
             },
         )
 
@@ -269,13 +269,16 @@ class DataOwner:
         epsilon: Dict[str, float] = {}
         if kind == "train" and self.budget is not None:  # public: it depends on the settings and the count only
             with self._state:
-                if self.ledger is not None:  # on disk before the release leaves: a restart cannot forget it
+                if self.ledger is not None:  # on disk before the release leaves: a restart cannot forget it,
+                    # and another worker on the same data (the same ledger) counts into the same budget
+                    from .privacy import BudgetExhausted
+
                     assert self.bounds.dp is not None and self.budget_precision is not None
                     try:
-                        self.ledger.record(
-                            self.bounds.dp, self.budget_precision, self.parameters + 1, self.budget.rounds + 1
-                        )
-                    except OSError:
+                        self.ledger.take(self.bounds.dp, self.budget_precision, self.parameters + 1, self.budget)
+                    except BudgetExhausted as err:
+                        raise Refusal(str(err)) from None
+                    except (OSError, DataError):
                         raise Refusal("this owner cannot record its privacy budget: the round is declined") from None
                 epsilon = {"epsilon": self.budget.take_round()}
         if settings["aggregation"] == "pairwise":
@@ -547,8 +550,8 @@ class DataOwner:
     def _story(self, fields) -> tuple:
         names = self.bounds.max_owners
         survivors = field_names(fields, "survivors", names)
-        if len(survivors) < max(2, self.bounds.min_owners):
-            raise Refusal(f"this owner unmasks only sums over at least {self.bounds.min_owners} owners")
+        if len(survivors) < self.least_owners:
+            raise Refusal(f"this owner unmasks only sums over at least {self.least_owners} owners")
         return (
             field_str(fields, "kind", 16, KINDS),
             field_int(fields, "round", 1, MAX_ROUND),
@@ -602,6 +605,14 @@ class DataOwner:
 
     # --- checks ---------------------------------------------------------------------------------------
 
+    @property
+    def least_owners(self) -> int:
+        """The fewest owners of a sum this owner contributes to or unmasks: its ``min_owners``, and with distributed
+        DP at least the owners its noise is split over -- each adds ``1 / noise_shares`` of the variance, so a sum
+        over fewer (even all honest) would carry less noise than its budget counts."""
+        shares = self.bounds.dp.noise_shares if self.bounds.dp is not None else 1
+        return max(2, self.bounds.min_owners, shares)
+
     def _run_of(self, fields, connection) -> Run:
         session = field_str(fields, "session", 64)
         with self._state:
@@ -616,8 +627,8 @@ class DataOwner:
         owners = field_names(fields, "owners", self.bounds.max_owners)
         if self.id not in owners:
             raise Refusal("the round's owners must include this owner")
-        if len(owners) < max(2, self.bounds.min_owners):
-            raise Refusal(f"this owner contributes only to sums over at least {self.bounds.min_owners} owners")
+        if len(owners) < self.least_owners:
+            raise Refusal(f"this owner contributes only to sums over at least {self.least_owners} owners")
         strangers = [o for o in owners if o != self.id and o not in self.peers]
         if strangers:
             raise Refusal(f"owners {strangers} are not peers of this owner")
@@ -639,7 +650,7 @@ class DataOwner:
                 weighting=field_str(settings, "weighting", 16, WEIGHTINGS),
                 batch_size=None if settings.get("batch_size") is None else field_int(settings, "batch_size", 1, 2**31),
             )
-            out["dp"] = self._dp_of(settings.get("dp"), settings["local_steps"])
+            out["dp"] = self._dp_of(settings.get("dp"), settings["local_steps"], out["precision"])
         elif self.bounds.dp is not None:
             raise Refusal("with differential privacy this owner releases only noised gradient sums: no evaluation")
         unknown = set(settings) - set(out) - ({"batch_size", "dp"} if kind == "train" else set())
@@ -660,8 +671,9 @@ class DataOwner:
         elif precision != self.budget_precision:
             raise Refusal(f"this owner's private rounds are at precision {self.budget_precision}")
 
-    def _dp_of(self, requested, local_steps: int):
-        """The round's DP settings (None: no DP), refused if weaker than this owner's own."""
+    def _dp_of(self, requested, local_steps: int, precision: int):
+        """The round's DP settings (None: no DP), refused if weaker than this owner's own, or if its grid at
+        ``precision`` is refused (before the round is reserved: a one-line refusal naming the settings)."""
         own = self.bounds.dp
         if requested is None:
             if own is not None:
@@ -676,6 +688,23 @@ class DataOwner:
         except (ConfigError, TypeError) as err:
             raise Refusal(str(err)) from None
         weaker = dp.weaker_than(own) if own is not None else []
+        try:
+            from .privacy import accounting_noise_multiplier, check_grid, noise_variance
+
+            check_grid(dp.clip_norm, precision, self.parameters)
+            if own is not None and not weaker:
+                # the distributed bound's tau grows as the shares shrink (a smaller clip norm): the multiplier the
+                # budget counts (the owner's own) must not exceed the request's
+                dimension = self.parameters + 1
+                requested_z = accounting_noise_multiplier(dp, precision, dimension)
+                own_z = accounting_noise_multiplier(own, precision, dimension)
+                if requested_z < own_z:
+                    weaker.append(
+                        f"effective noise multiplier {requested_z:.6g} < the owner's {own_z:.6g} (shares of "
+                        f"{noise_variance(dp, precision)} quanta**2 at clip norm {dp.clip_norm:g})"
+                    )
+        except ConfigError as err:
+            raise Refusal(str(err)) from None
         if weaker:
             raise Refusal(f"dp settings weaker than this owner's: {'; '.join(weaker)}")
         if local_steps != 1:

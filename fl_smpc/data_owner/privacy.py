@@ -102,13 +102,22 @@ class BudgetExhausted(FlSmpcError, RuntimeError):
     """Taking one more round would spend more than the owner's epsilon: "privacy budget spent"."""
 
 
+def _shown(value) -> str:
+    """``repr(value)``, at most 40 characters: a refusal names a bad value without echoing a huge one."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _number(name: str, value, low: float, high: float, low_open: bool = True, high_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:  # math.isfinite raises OverflowError for an int beyond float's range (10**400 in a JSON request)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        ok = False
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"{name}: must be a finite number in {interval}, got {value!r}")
+        raise ConfigError(f"{name}: must be a finite number in {interval}, got {_shown(value)}")
     return float(value)
 
 
@@ -136,7 +145,7 @@ class DPSettings:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ConfigError(f"dp mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"dp mode: must be one of {', '.join(MODES)}, got {_shown(self.mode)}")
         _number("dp noise_multiplier", self.noise_multiplier, MIN_NOISE_MULTIPLIER, 1e6, low_open=False)
         _number("dp clip_norm", self.clip_norm, 0.0, 1e9)
         _number("dp sampling_rate", self.sampling_rate, 0.0, 1.0)
@@ -144,7 +153,7 @@ class DPSettings:
         _number("dp delta", self.delta, 0.0, 1.0, high_open=True)
         m = self.min_owners
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-            raise ConfigError(f"dp min_owners: must be a positive integer, got {m!r}")
+            raise ConfigError(f"dp min_owners: must be a positive integer, got {_shown(m)}")
         if self.mode == "distributed" and m < 2:
             raise ConfigError("dp min_owners: distributed noise is split over at least 2 owners; use mode 'local'")
 
@@ -162,8 +171,9 @@ class DPSettings:
     def weaker_than(self, own: "DPSettings") -> List[str]:
         """Why these (requested) settings give a weaker guarantee than ``own``; empty when they do not.
 
-        The guarantee depends on ``z``, ``q``, the mode and ``min_owners`` -- not on ``clip_norm``, since
-        the noise scales with it. A round with weaker settings than the owner's must be declined.
+        The guarantee depends on ``z``, ``q``, the mode and ``min_owners`` -- and on ``clip_norm`` only through
+        the distributed bound's ``tau`` (:func:`accounting_noise_multiplier`: shares of a few quanta), which the
+        owner checks at the run's precision as well. A round with weaker settings than the owner's must be declined.
         """
         reasons = []
         if self.noise_multiplier < own.noise_multiplier:
@@ -171,9 +181,8 @@ class DPSettings:
         if self.sampling_rate > own.sampling_rate:
             reasons.append(f"sampling rate {self.sampling_rate:g} > the owner's {own.sampling_rate:g}")
         if self.noise_shares > own.noise_shares:
-            reasons.append(
-                f"noise split over {self.noise_shares} owners ({self.mode}), the owner allows {own.noise_shares}"
-            )
+            split = _shown(self.noise_shares)
+            reasons.append(f"noise split over {split} owners ({self.mode}), the owner allows {own.noise_shares}")
         return reasons
 
 
