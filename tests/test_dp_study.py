@@ -40,6 +40,9 @@ def test_every_variant_ran_three_seeds_with_the_cli_settings():
             profile["rounds"],
         )
         assert float(r["epsilon_spent"]) <= epsilon
+        if epsilon == 3.0:  # the CLI's default budget (a calibration takes seconds: this one is shared, cached)
+            z = calibrate_noise(epsilon, 1e-5, profile["dp_sampling"], profile["rounds"])
+            assert float(r["z"]) == round(z, 4), (r, z)
 
 
 def test_the_picture_is_drawn_from_the_file(tmp_path):
@@ -56,7 +59,7 @@ def test_profiles_are_picked_by_the_nearest_budget():
 
 
 def test_calibrated_noise_fits_the_rounds_and_no_less_noise_does():
-    z = calibrate_noise(3.0, 1e-5, 1.0, 20)
+    z = calibrate_noise(3.0, 1e-5, 1.0, 20)  # the epsilon-3 profile's
     assert OwnerBudget(3.0, 1e-5, z, 1.0).max_rounds(limit=40) == 20
     assert OwnerBudget(3.0, 1e-5, z / 1.01, 1.0).max_rounds(limit=40) < 20
 
