@@ -11,7 +11,6 @@ In-process :class:`~fl_smpc.data_owner.owner.DataOwner` objects only (the TLS la
 tests/test_dp_owner.py::test_over_tls_each_worker_enforces_its_own_budget runs the same budget over mutual TLS).
 """
 
-import functools
 import json
 import math
 
@@ -21,7 +20,7 @@ import torch
 
 from fl_smpc import FLConfig
 from fl_smpc.config import OwnerBounds
-from fl_smpc.data_owner import owner as owner_module, privacy
+from fl_smpc.data_owner import owner as owner_module
 from fl_smpc.data_owner.owner import MODEL, DataOwner
 from fl_smpc.data_owner.privacy import (
     DPSettings,
@@ -39,15 +38,6 @@ FEATURES = 4
 PRECISION = 3
 SESSION = "s"
 DP = {"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": 1.0, "sampling_rate": 0.5, "min_owners": 3}
-
-
-_accountant = functools.lru_cache(maxsize=None)(privacy._prv_accountant)
-
-
-@pytest.fixture(autouse=True)
-def one_accountant_per_setting(monkeypatch):
-    """prv-accountant takes ~2 s to build; the budgets here share one per (q, z, rounds, delta) (it is pure)."""
-    monkeypatch.setattr(privacy, "_prv_accountant", _accountant)
 
 
 def rows(seed, n=12):

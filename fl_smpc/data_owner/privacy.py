@@ -621,7 +621,10 @@ def accounting_noise_multiplier(settings: DPSettings, precision: int, dimension:
     return 1 / (1 / z + tau * math.sqrt(dimension))
 
 
+@functools.lru_cache(maxsize=32)
 def _prv_accountant(q: float, z: float, max_rounds: int, delta: float):
+    """prv-accountant's accountant for these settings; cached: building one takes about a second, and every owner
+    of an in-process run (and every budget of a worker) with the same settings asks for the same one."""
     from prv_accountant import PoissonSubsampledGaussianMechanism, PRVAccountant
 
     with warnings.catch_warnings():
@@ -642,13 +645,20 @@ def prv_epsilon(q: float, z: float, rounds: int, delta: float) -> Tuple[float, f
     return (float(lower), float(estimate), float(upper))
 
 
+@functools.lru_cache(maxsize=4096)
+def _epsilon_upper(accountant, delta: float, rounds: int) -> float:
+    """The accountant's upper bound on epsilon after ``rounds``; cached, so owners with the same settings share it."""
+    return float(accountant.compute_epsilon(delta, [rounds])[2])
+
+
+@dataclass(frozen=True)
 class _RdpFallback:
     """Stands in for the PRV accountant where prv-accountant 0.2.0 cannot discretise the privacy loss
     ("Discrete mean differs from continuous mean significantly", seen for multipliers below ~0.5): the RDP
-    bound, never below the PRV value."""
+    bound, never below the PRV value. Equal settings hash equal, so their epsilons are cached together."""
 
-    def __init__(self, q: float, z: float):
-        self.q, self.z = q, z
+    q: float
+    z: float
 
     def compute_epsilon(self, delta: float, rounds: Sequence[int]) -> Tuple[float, float, float]:
         eps = rdp_epsilon(self.q, self.z, rounds[0], delta)
@@ -698,7 +708,7 @@ class OwnerBudget:
                 # a power of two: the same discretisation for the owner and for calibrate_noise, at any round
                 self._cap = max(64, 1 << (rounds - 1).bit_length())
                 self._accountant = self._make_accountant()
-            self._cache[rounds] = float(self._accountant.compute_epsilon(self.delta, [rounds])[2])
+            self._cache[rounds] = _epsilon_upper(self._accountant, self.delta, rounds)
         return self._cache[rounds]
 
     def restore(self, rounds: int) -> None:
