@@ -192,7 +192,8 @@ class FLConfig:
         ``rounds`` rounds fit into the budget, ``privacy.calibrate_noise``), ``dp_clip`` (per-example L2 clip C),
         ``dp_sampling`` (Poisson sampling rate q): see fl_smpc/data_owner/privacy.py. ``dp_bias_lr``: the
         biases' step relative to the weights' (the model owner's choice, post-processing: a bias carries as
-        much noise as any weight but moves every output at once).
+        much noise as any weight but moves every output at once). ``dp_accountant``: how the in-process owners
+        count epsilon, ``"prv"`` (tight; for the discrete noise an assumption) or ``"rdp"`` (proven, larger).
     """
 
     workers: Tuple[str, ...] = DEFAULT_WORKERS
@@ -216,6 +217,7 @@ class FLConfig:
     dp_clip: float = 1.0
     dp_sampling: float = 0.05
     dp_bias_lr: float = 1.0
+    dp_accountant: str = "prv"
 
     def __post_init__(self):
         # Accept any sequence of names, store a tuple so the config stays hashable/immutable.
@@ -293,10 +295,15 @@ class FLConfig:
 
         z = self.dp_noise
         if z is None:
-            z = calibrate_noise(self.dp_epsilon, self.dp_delta, self.dp_sampling, self.rounds) if calibrate else 1.0
+            z = (
+                calibrate_noise(self.dp_epsilon, self.dp_delta, self.dp_sampling, self.rounds, self.dp_accountant)
+                if calibrate
+                else 1.0
+            )
         return DPSettings.for_mode(
-            self.dp, z, self.dp_clip, self.dp_sampling, self.dp_epsilon, self.dp_delta, self.min_owners
-        )
+            self.dp, z, self.dp_clip, self.dp_sampling, self.dp_epsilon, self.dp_delta, self.min_owners,
+            self.dp_accountant,
+        )  # fmt: skip
 
     def with_dp_noise(self) -> "FLConfig":
         """This config with a concrete ``dp_noise`` (calibrated when None), so the run records the z it used."""

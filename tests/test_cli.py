@@ -23,7 +23,7 @@ def test_json_document_has_the_stable_keys(capsys):
                              "weighting": "samples", "min_owners": 3, "owners_per_round": None,
                              "aggregation": "additive", "training": "tutorial", "neighbours": None, "dp": None,
                              "dp_epsilon": 3.0, "dp_delta": 1e-5, "dp_noise": None, "dp_clip": 1.0, "dp_sampling": 0.05,
-                             "dp_bias_lr": 1.0}
+                             "dp_bias_lr": 1.0, "dp_accountant": "prv"}
     assert len(doc["initial_model"]["weight"]) == 1 and len(doc["initial_model"]["weight"][0]) == 3
     assert len(doc["initial_model"]["bias"]) == 1
     assert [r["round"] for r in doc["rounds"]] == [1, 2]

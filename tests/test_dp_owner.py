@@ -186,3 +186,16 @@ def test_without_a_noise_multiplier_the_rounds_just_fit_the_budget():
     z = calibrate_noise(3.0, 1e-5, 1.0, 20)
     assert history.config.dp_noise == z and len(history.rounds) == 20 and not history.stopped
     assert max(history.rounds[-1].epsilon.values()) <= 3.0 < OwnerBudget(3.0, 1e-5, z, 1.0).epsilon_after(21)
+
+
+def test_an_owner_counting_the_proven_bound_spends_it_and_the_run_fits_it():
+    """--dp-accountant rdp: the noise is calibrated to the RDP bound, and each owner reports that bound."""
+    from fl_smpc.data_owner.privacy import calibrate_noise, rdp_epsilon
+
+    config = FLConfig(seed=0, rounds=20, dp_epsilon=3.0, dp_accountant="rdp",
+                      **{**PRIVATE, "dp_noise": None, "dp_sampling": 1.0})  # fmt: skip
+    history = train_federated(config)
+    z = calibrate_noise(3.0, 1e-5, 1.0, 20, "rdp")
+    assert history.config.dp_noise == z > calibrate_noise(3.0, 1e-5, 1.0, 20) and len(history.rounds) == 20
+    for n, r in enumerate(history.rounds, 1):
+        assert list(r.epsilon.values()) == [pytest.approx(rdp_epsilon(1.0, z, n, 1e-5))] * 3

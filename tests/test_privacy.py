@@ -333,3 +333,18 @@ def test_settings_the_accountant_cannot_bound_are_refused_or_bounded_by_rdp():
     rounds = privacy.PRV_MAX_ROUNDS + 1
     budget = privacy.OwnerBudget(1e3, 1e-5, 2.0, 0.01)
     assert budget.epsilon_after(rounds) == pytest.approx(rdp_epsilon(0.01, 2.0, rounds, 1e-5))
+
+
+def test_the_rdp_accountant_counts_the_bound_proven_for_the_discrete_noise():
+    """accountant="rdp": without subsampling the Gaussian RDP (which the discrete Gaussian satisfies), with it Zhu &
+    Wang's generic bound; both at least the PRV value, and calibrated to more noise."""
+    full = privacy.OwnerBudget(3.0, 1e-5, 6.0, 1.0, accountant="rdp")
+    assert full.epsilon_after(20) == pytest.approx(rdp_epsilon(1.0, 6.0, 20, 1e-5))
+    assert full.epsilon_after(20) > privacy.OwnerBudget(3.0, 1e-5, 6.0, 1.0).epsilon_after(20)
+    sampled = privacy.OwnerBudget(3.0, 1e-5, 2.0, 0.2, accountant="rdp")
+    assert sampled.epsilon_after(10) == pytest.approx(rdp_epsilon(0.2, 2.0, 10, 1e-5, generic=True))
+    z = privacy.calibrate_noise(3.0, 1e-5, 1.0, 20, "rdp")
+    assert privacy.OwnerBudget(3.0, 1e-5, z, 1.0, "rdp").max_rounds(limit=40) == 20
+    assert z > 6.2  # the PRV calibration's 6.25 falls short of the proven bound
+    with pytest.raises(ConfigError, match="accountant"):
+        DPSettings(accountant="moments")

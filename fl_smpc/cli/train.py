@@ -227,6 +227,13 @@ def build_parser(
         help="with --dp: the biases' learning rate relative to the weights' (default: %(default)s; sms: 0.1)",
     )
     add(
+        "--dp-accountant",
+        choices=("prv", "rdp"),
+        default=DEFAULTS.dp_accountant,
+        help="how each in-process owner counts epsilon: prv (tight; for the discrete noise an assumption) or rdp "
+        "(proven for it, larger) (default: %(default)s)",
+    )
+    add(
         "--dp-sampling",
         type=finite_float,
         default=DEFAULTS.dp_sampling,
@@ -397,6 +404,7 @@ def spec_from_args(
         dp_clip=args.dp_clip,
         dp_sampling=args.dp_sampling,
         dp_bias_lr=args.dp_bias_lr,
+        dp_accountant=args.dp_accountant,
     )
     return RunSpec(
         config=config,

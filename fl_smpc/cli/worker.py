@@ -102,6 +102,13 @@ def build_parser() -> ArgumentParser:
         "--dp-sampling", type=float, default=DP.dp_sampling, help="largest sampling rate q (default: %(default)s)"
     )
     privacy.add_argument(
+        "--dp-accountant",
+        choices=("prv", "rdp"),
+        default=DP.dp_accountant,
+        help="how this owner counts epsilon: prv (tight; for the discrete noise an assumption) or rdp (proven for "
+        "it, larger) (default: %(default)s)",
+    )
+    privacy.add_argument(
         "--dp-ledger",
         metavar="PATH",
         help="the file that keeps the rounds this owner has spent across restarts (default: DATA.dp-ledger.json)",
@@ -123,8 +130,9 @@ def owner_dp(args):
     from ..data_owner.privacy import DPSettings
 
     return DPSettings.for_mode(
-        args.dp, args.dp_noise, args.dp_clip, args.dp_sampling, args.dp_epsilon, args.dp_delta, args.min_owners
-    )
+        args.dp, args.dp_noise, args.dp_clip, args.dp_sampling, args.dp_epsilon, args.dp_delta, args.min_owners,
+        args.dp_accountant,
+    )  # fmt: skip
 
 
 def main(argv) -> int:

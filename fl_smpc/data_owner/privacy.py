@@ -82,6 +82,9 @@ from torch import nn
 from ..errors import ConfigError, FlSmpcError
 
 MODES = ("local", "distributed")
+# How an owner counts its epsilon: "prv", prv-accountant's bound for the continuous Gaussian (tight; for the
+# discrete noise an assumption), or "rdp", the RDP bound proven for the discrete noise (larger).
+ACCOUNTANTS = ("prv", "rdp")
 REDUCTIONS = ("sum", "mean")
 # Integer RDP orders for the independent check (Mironov, Talwar & Zhang 2019 need integers).
 RDP_ORDERS: Tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256, 384, 512, 1024)
@@ -133,6 +136,8 @@ class DPSettings:
     sampling_rate: ``q``, each example's probability of taking part in a round (Poisson sampling).
     epsilon, delta: the owner's budget over all the rounds it takes part in.
     min_owners: honest owners whose shares together make the full noise (distributed mode; 1 in local).
+    accountant: how the owner counts its epsilon (:data:`ACCOUNTANTS`): the owner's own choice, not part of a
+        request.
     """
 
     mode: str = "distributed"
@@ -142,8 +147,11 @@ class DPSettings:
     epsilon: float = 3.0
     delta: float = 1e-5
     min_owners: int = 3
+    accountant: str = "prv"
 
     def __post_init__(self):
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"dp accountant: must be one of {', '.join(ACCOUNTANTS)}, got {_shown(self.accountant)}")
         if self.mode not in MODES:
             raise ConfigError(f"dp mode: must be one of {', '.join(MODES)}, got {_shown(self.mode)}")
         _number("dp noise_multiplier", self.noise_multiplier, MIN_NOISE_MULTIPLIER, 1e6, low_open=False)
@@ -158,10 +166,12 @@ class DPSettings:
             raise ConfigError("dp min_owners: distributed noise is split over at least 2 owners; use mode 'local'")
 
     @classmethod
-    def for_mode(cls, mode, noise_multiplier, clip_norm, sampling_rate, epsilon, delta, min_owners) -> "DPSettings":
+    def for_mode(
+        cls, mode, noise_multiplier, clip_norm, sampling_rate, epsilon, delta, min_owners, accountant="prv"
+    ) -> "DPSettings":
         """The settings of a run's flags: the noise is split over ``min_owners`` owners (distributed) or not."""
         shares = min_owners if mode == "distributed" else 1
-        return cls(mode, noise_multiplier, clip_norm, sampling_rate, epsilon, delta, shares)
+        return cls(mode, noise_multiplier, clip_norm, sampling_rate, epsilon, delta, shares, accountant)
 
     @property
     def noise_shares(self) -> int:
@@ -659,9 +669,10 @@ class _RdpFallback:
 
     q: float
     z: float
+    generic: bool = False  # Zhu & Wang's bound for Poisson subsampling of any mechanism of the Gaussian's RDP
 
     def compute_epsilon(self, delta: float, rounds: Sequence[int]) -> Tuple[float, float, float]:
-        eps = rdp_epsilon(self.q, self.z, rounds[0], delta)
+        eps = rdp_epsilon(self.q, self.z, rounds[0], delta, generic=self.generic)
         return (0.0, eps, eps)
 
 
@@ -674,7 +685,12 @@ class OwnerBudget:
     :meth:`can_take_round` before training and calls :meth:`take_round` when it releases its vector.
     """
 
-    def __init__(self, epsilon: float, delta: float, noise_multiplier: float, sampling_rate: float):
+    def __init__(
+        self, epsilon: float, delta: float, noise_multiplier: float, sampling_rate: float, accountant: str = "prv"
+    ):
+        if accountant not in ACCOUNTANTS:
+            raise ConfigError(f"dp accountant: must be one of {', '.join(ACCOUNTANTS)}, got {_shown(accountant)}")
+        self.accountant = accountant
         self.epsilon = _number("dp epsilon", epsilon, 0.0, 1e3)
         self.delta = _number("dp delta", delta, 0.0, 1.0, high_open=True)
         self.noise_multiplier = _number("dp noise_multiplier", noise_multiplier, 0.0, 1e6)
@@ -688,7 +704,7 @@ class OwnerBudget:
     def for_settings(cls, settings: DPSettings, precision: int, dimension: int) -> "OwnerBudget":
         """The budget of an owner releasing ``dimension`` (= P + 1) values per round with ``settings``."""
         z = accounting_noise_multiplier(settings, precision, dimension)
-        return cls(settings.epsilon, settings.delta, z, settings.sampling_rate)
+        return cls(settings.epsilon, settings.delta, z, settings.sampling_rate, settings.accountant)
 
     @property
     def rounds(self) -> int:
@@ -721,6 +737,8 @@ class OwnerBudget:
         """PRV for ``self._cap`` rounds; the RDP bound (never below it) where PRV cannot discretise, or would
         need unbounded memory (a multiplier below MIN_NOISE_MULTIPLIER: distributed shares of ~1 quantum; more
         than PRV_MAX_ROUNDS rounds)."""
+        if self.accountant == "rdp":  # the bound proven for the discrete noise: generic subsampling for q < 1
+            return _RdpFallback(self.sampling_rate, self.noise_multiplier, generic=self.sampling_rate < 1)
         if self.noise_multiplier >= MIN_NOISE_MULTIPLIER and self._cap <= PRV_MAX_ROUNDS:
             try:
                 return _prv_accountant(self.sampling_rate, self.noise_multiplier, self._cap, self.delta)
@@ -772,7 +790,7 @@ class OwnerBudget:
 
 
 @functools.lru_cache(maxsize=64)
-def calibrate_noise(epsilon: float, delta: float, sampling_rate: float, rounds: int) -> float:
+def calibrate_noise(epsilon: float, delta: float, sampling_rate: float, rounds: int, accountant: str = "prv") -> float:
     """The least noise multiplier (to 0.5 %) with which ``rounds`` rounds fit into the budget (epsilon, delta).
 
     Checked with :class:`OwnerBudget` itself, so an owner with these settings takes every one of the
@@ -782,10 +800,11 @@ def calibrate_noise(epsilon: float, delta: float, sampling_rate: float, rounds: 
         raise ConfigError(f"dp rounds: must be a positive integer, got {rounds!r}")
 
     def fits(z: float) -> bool:
-        return OwnerBudget(epsilon, delta, z, sampling_rate).epsilon_after(rounds) <= epsilon
+        return OwnerBudget(epsilon, delta, z, sampling_rate, accountant).epsilon_after(rounds) <= epsilon
 
     high = 0.5
-    while rdp_epsilon(sampling_rate, high, rounds, delta) > epsilon:  # RDP bounds PRV from above: it fits
+    generic = accountant == "rdp" and sampling_rate < 1  # the rdp accountant's own bound; RDP bounds PRV from above
+    while rdp_epsilon(sampling_rate, high, rounds, delta, generic=generic) > epsilon:  # then high fits
         high *= 2
         if high > 1e6:
             raise ConfigError(f"dp epsilon {epsilon:g}: no noise multiplier up to 1e6 fits {rounds} rounds")
