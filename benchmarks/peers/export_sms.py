@@ -14,7 +14,6 @@ for seeds 0, 1, 2, with the initial parameters it starts from.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from importlib import metadata
 
 import numpy as np
 import torch
+from split_fingerprint import SPLIT_KEYS, fingerprint  # beside this script
 from torch import nn
 
 from fl_smpc.config import SMS_DEFAULTS, SMS_FEATURES
@@ -33,15 +33,6 @@ from fl_smpc.sms.experiment import prepare_data, train_centralized
 N_OWNERS = 3  # the SMS experiment's default federation: the pooled training set does not depend on it
 SEEDS = (0, 1, 2)
 DEFAULT_OUT = os.path.join("results", "peers", "sms_split.npz")
-
-
-def fingerprint(arrays) -> str:
-    """SHA-256 over the arrays' dtypes, shapes and bytes, in order: the Opacus script recomputes it."""
-    digest = hashlib.sha256()
-    for a in arrays:
-        digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(np.ascontiguousarray(a).tobytes())
-    return digest.hexdigest()
 
 
 def main(argv=None) -> int:
@@ -88,7 +79,7 @@ def main(argv=None) -> int:
         "featurize": "fl_smpc.sms.corpus.featurize: HashingVectorizer(ngram_range=(1, 2), alternate_sign=False, "
         "norm='l2'), float32",
         "split": f"fl_smpc.sms.experiment.prepare_data(load_packaged_corpus(), {N_OWNERS}): .train (pooled), .test",
-        "sha256": fingerprint([arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]),
+        "sha256": fingerprint([arrays[k] for k in SPLIT_KEYS]),
         "baseline": {
             "what": "fl_smpc.sms.experiment.train_centralized: full-batch SGD on the pooled training set, "
             f"lr {lr}, {steps} steps, mean logistic loss, nn.Linear from torch.manual_seed(seed)",

@@ -29,7 +29,6 @@ turned out to stop below the best non-private rate).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -43,6 +42,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+from split_fingerprint import SPLIT_KEYS, fingerprint  # beside this script (numpy only)
 from torch import nn
 
 DELTA = 1e-5
@@ -60,21 +60,11 @@ DEFAULT_DATA = os.path.join("results", "peers", "sms_split.npz")
 DEFAULT_OUT = os.path.join("results", "peers", "opacus_sms")
 
 
-def fingerprint(arrays) -> str:
-    """SHA-256 over the arrays' dtypes, shapes and bytes, in order (the same function as export_sms.py's)."""
-    digest = hashlib.sha256()
-    for a in arrays:
-        digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(np.ascontiguousarray(a).tobytes())
-    return digest.hexdigest()
-
-
 def load_split(path: str):
     with np.load(path) as f:
         meta = json.loads(str(f["meta"]))
         arrays = {k: f[k] for k in f.files if k != "meta"}
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    if fingerprint([arrays[k] for k in keys]) != meta["sha256"]:
+    if fingerprint([arrays[k] for k in SPLIT_KEYS]) != meta["sha256"]:
         raise SystemExit(f"{path}: the arrays do not match their recorded SHA-256")
     n_train, n_features = arrays["x_train"].shape
     if (n_train, len(arrays["x_test"]), n_features) != (meta["train"], meta["test"], meta["features"]):
