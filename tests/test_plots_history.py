@@ -83,15 +83,21 @@ def cli_run(tmp_path_factory):
     """One default-settings CLI run (2 rounds) writing --json to stdout, --plot and --history files."""
     out = tmp_path_factory.mktemp("cli")
     png, table = out / "training.png", out / "history.csv"
+    argv = ["--seed", "0", "--rounds", "2", "--json", "--plot", str(png), "--history", str(table)]
+    return cli_json(argv), png, table
+
+
+def cli_json(argv):
+    """``fl-smpc ARGV`` in this process (exit 0), its --json document (stdout captured for a module fixture)."""
     capture = pytest.MonkeyPatch()
     stdout = io.StringIO()
     capture.setattr(sys, "stdout", stdout)
     try:
-        status = main(["--seed", "0", "--rounds", "2", "--json", "--plot", str(png), "--history", str(table)])
+        status = main(argv)
     finally:
         capture.undo()
     assert status == 0
-    return json.loads(stdout.getvalue()), png, table
+    return json.loads(stdout.getvalue())
 
 
 def test_plot_writes_a_png(cli_run):
@@ -172,15 +178,7 @@ def dp_cli_run(tmp_path_factory):
     png, table = out / "dp.png", out / "dp.csv"
     argv = ["--seed", "0", "--rounds", "3", "--dp", "distributed", "--dp-sampling", "1", "--dp-noise", "3",
             "--json", "--plot", str(png), "--history", str(table)]
-    capture = pytest.MonkeyPatch()
-    stdout = io.StringIO()
-    capture.setattr(sys, "stdout", stdout)
-    try:
-        status = main(argv)
-    finally:
-        capture.undo()
-    assert status == 0
-    return json.loads(stdout.getvalue()), png, table
+    return cli_json(argv), png, table
 
 
 def test_dp_history_csv_has_each_owners_epsilon_per_round(dp_cli_run):
