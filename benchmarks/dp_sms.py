@@ -136,17 +136,13 @@ def run_without_dp(seed: int) -> Dict[str, Any]:
 
 def run_cli(epsilon: float, seed: int) -> Dict[str, Any]:
     """``fl-smpc --dataset sms --dp distributed --dp-epsilon E --seed S --json``: the product, secure sums included."""
-    import contextlib
     import json
 
-    from fl_smpc.cli import main as cli
+    from doc_figures import cli_output  # fl-smpc ARGV in this process, its stdout
 
-    out, started = io.StringIO(), time.perf_counter()
+    started = time.perf_counter()
     argv = ["--dataset", "sms", "--dp", "distributed", "--dp-epsilon", f"{epsilon:g}", "--seed", str(seed), "--json"]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        if cli(argv) != 0:
-            raise RuntimeError(f"fl-smpc {' '.join(argv)} failed")
-    doc = json.loads(out.getvalue())
+    doc = json.loads(cli_output(argv))
     config, last = doc["config"], doc["rounds"][-1]
     return {
         "owners": 3, "mode": "cli", "epsilon": epsilon, "q": config["dp_sampling"], "clip": config["dp_clip"],
