@@ -265,7 +265,8 @@ class DataOwner:
             unreached = self._send(run, kind, round_, owners, mask_shares, digest)
         vector = self._vector(kind, settings, torch.from_numpy(params))
         vector = contribution.clipped(vector, len(owners), settings["precision"])
-        trained = self._never_in_two_sums(encode(vector, settings["precision"]), owners) if kind == "train" else ""
+        encoded = encode(vector, settings["precision"])
+        trained = self._never_in_two_sums(encoded, owners) if kind == "train" else ""
         epsilon: Dict[str, float] = {}
         if kind == "train" and self.budget is not None:  # public: it depends on the settings and the count only
             with self._state:
@@ -283,7 +284,7 @@ class DataOwner:
                 epsilon = {"epsilon": self.budget.take_round()}
         if settings["aggregation"] == "pairwise":
             with self._state:
-                run.prepared = (kind, round_, owners, encode(vector, settings["precision"]), trained)
+                run.prepared = (kind, round_, owners, encoded, trained)
             reply = Message("ready", {"unreached": unreached, **epsilon})
         else:
             reply = self._share(run, kind, round_, owners, vector, settings["precision"], digest, trained)
