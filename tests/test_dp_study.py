@@ -8,10 +8,11 @@ row ran with what ``fl-smpc --dataset sms --dp --dp-epsilon E`` runs now.
 import math
 import re
 
-import pytest
-
 import doc_figures
 import dp_sms
+import pytest
+from scipy.stats import norm
+
 from fl_smpc.config import SMS_DP_PROFILES, sms_dp_defaults
 from fl_smpc.data_owner.privacy import OwnerBudget, calibrate_noise
 
@@ -62,6 +63,15 @@ def test_calibrated_noise_fits_the_rounds_and_no_less_noise_does():
     z = calibrate_noise(3.0, 1e-5, 1.0, 20)  # the epsilon-3 profile's
     assert OwnerBudget(3.0, 1e-5, z, 1.0).max_rounds(limit=40) == 20
     assert OwnerBudget(3.0, 1e-5, z / 1.01, 1.0).max_rounds(limit=40) < 20
+
+    # against the plain reference: q = 1, so 20 Gaussian releases are one with mu = sqrt(20) / z, whose
+    # delta(eps) = Phi(-eps/mu + mu/2) - e**eps Phi(-eps/mu - mu/2) (Dong, Roth & Su 2019): z meets (3, 1e-5),
+    # and 1 % less noise misses it even at eps 2.98 (the accountant's error is 0.01 either way)
+    def delta(eps, noise):
+        mu = math.sqrt(20) / noise
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+
+    assert delta(3.0, z) <= 1e-5 < delta(2.98, z / 1.01)
 
 
 def test_the_readme_goal_quotes_only_figures_of_the_tables():
