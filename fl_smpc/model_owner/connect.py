@@ -122,9 +122,11 @@ def charge_past_rounds(owners: Dict[str, DataOwner], history: History, precision
         owner._budget_for(precision)
         budget = owner.budget
         assert budget is not None  # made by _budget_for for an owner with its own DP settings
+        rounds = taken
+        while reported and budget.epsilon_after(rounds) < min(reported[-1] * (1 - 1e-12), budget.epsilon):
+            rounds += 1  # past the budget: restore refuses below
         try:
-            while budget.rounds < taken or (reported and budget.epsilon_spent < reported[-1] * (1 - 1e-12)):
-                budget.take_round()
+            budget.restore(rounds)  # as a worker's ledger restores it
         except FlSmpcError as err:  # more rounds recorded than the budget allows: not this run's checkpoint
             raise CheckpointError(f"the checkpoint's rounds exceed owner {name!r}'s privacy budget: {err}") from None
 
